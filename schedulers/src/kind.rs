@@ -1,0 +1,151 @@
+//! The `Scheduler` trait, the names operators use, and the factory.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::backend::BackendSet;
+use crate::context::{PickContext, Tried};
+
+/// Position of a backend in the [`BackendSet`] the scheduler was built from.
+pub type BackendIndex = usize;
+
+/// A scheduling algorithm bound to one backend set.
+///
+/// Built once per set (precomputing whatever tables it needs), then picked from many times
+/// through `&self` by many threads; per-pick state lives in atomics.
+pub trait Scheduler: Send + Sync + fmt::Debug {
+    fn kind(&self) -> SchedulerKind;
+
+    /// The set this scheduler picks from.
+    fn backends(&self) -> &Arc<BackendSet>;
+
+    /// Picks a pickable backend (weight > 0) that is not in `tried`; `None` when there is none.
+    ///
+    /// With an empty `tried` this is the first choice; calling again after pushing the failed
+    /// index gives the algorithm's next candidate, which is how the data plane retries a
+    /// refused or timed-out connect.
+    fn pick(&self, ctx: &PickContext, tried: &Tried) -> Option<BackendIndex>;
+}
+
+/// The algorithm names, as in `ipvsadm -s` where IPVS has the algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SchedulerKind {
+    /// Round robin.
+    Rr,
+    /// Weighted round robin (IPVS interleaving by weight).
+    Wrr,
+    /// Least connections.
+    Lc,
+    /// Weighted least connections.
+    Wlc,
+    /// Destination hashing.
+    Dh,
+    /// Source hashing.
+    Sh,
+    /// Weighted random.
+    Random,
+    /// Shortest expected delay: (active + 1) / weight.
+    Sed,
+    /// Never queue: an idle backend if any, else sed.
+    Nq,
+    /// Power of two choices on active/weight.
+    P2c,
+    /// Maglev consistent hashing.
+    Maglev,
+    /// Peak-EWMA latency × load, chosen by power of two choices.
+    Ewma,
+}
+
+impl SchedulerKind {
+    pub const ALL: [SchedulerKind; 12] = [
+        SchedulerKind::Rr,
+        SchedulerKind::Wrr,
+        SchedulerKind::Lc,
+        SchedulerKind::Wlc,
+        SchedulerKind::Dh,
+        SchedulerKind::Sh,
+        SchedulerKind::Random,
+        SchedulerKind::Sed,
+        SchedulerKind::Nq,
+        SchedulerKind::P2c,
+        SchedulerKind::Maglev,
+        SchedulerKind::Ewma,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchedulerKind::Rr => "rr",
+            SchedulerKind::Wrr => "wrr",
+            SchedulerKind::Lc => "lc",
+            SchedulerKind::Wlc => "wlc",
+            SchedulerKind::Dh => "dh",
+            SchedulerKind::Sh => "sh",
+            SchedulerKind::Random => "random",
+            SchedulerKind::Sed => "sed",
+            SchedulerKind::Nq => "nq",
+            SchedulerKind::P2c => "p2c",
+            SchedulerKind::Maglev => "maglev",
+            SchedulerKind::Ewma => "ewma",
+        }
+    }
+}
+
+impl fmt::Display for SchedulerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown scheduler {given:?}; expected one of rr, wrr, lc, wlc, dh, sh, random, sed, nq, p2c, maglev, ewma")]
+pub struct UnknownScheduler {
+    pub given: String,
+}
+
+impl FromStr for SchedulerKind {
+    type Err = UnknownScheduler;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_lowercase();
+        // "peak-ewma" is how the literature names it; accept it as an alias.
+        let wanted = if wanted == "peak-ewma" { "ewma".to_string() } else { wanted };
+        SchedulerKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == wanted)
+            .ok_or(UnknownScheduler { given: s.to_string() })
+    }
+}
+
+/// Tunables that apply to some algorithms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedulerOptions {
+    /// Maglev lookup table size; must be prime (65537 unless told otherwise).
+    pub maglev_table_size: usize,
+    /// Seed for the randomised algorithms (random, p2c, ewma); fixed seeds make tests
+    /// reproducible.
+    pub seed: u64,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        SchedulerOptions { maglev_table_size: crate::maglev::DEFAULT_TABLE_SIZE, seed: 0x7470_7673 }
+    }
+}
+
+/// Builds the scheduler `kind` over `set`.
+pub fn build(kind: SchedulerKind, set: Arc<BackendSet>, opts: &SchedulerOptions) -> Arc<dyn Scheduler> {
+    match kind {
+        SchedulerKind::Rr => Arc::new(crate::rr::RoundRobin::new(set)),
+        SchedulerKind::Wrr => Arc::new(crate::wrr::WeightedRoundRobin::new(set)),
+        SchedulerKind::Lc => Arc::new(crate::least::LeastConnections::new(set, crate::least::Rule::Lc)),
+        SchedulerKind::Wlc => Arc::new(crate::least::LeastConnections::new(set, crate::least::Rule::Wlc)),
+        SchedulerKind::Sed => Arc::new(crate::least::LeastConnections::new(set, crate::least::Rule::Sed)),
+        SchedulerKind::Nq => Arc::new(crate::least::LeastConnections::new(set, crate::least::Rule::Nq)),
+        SchedulerKind::Dh => Arc::new(crate::hashing::HashScheduler::new(set, crate::hashing::Key::Destination)),
+        SchedulerKind::Sh => Arc::new(crate::hashing::HashScheduler::new(set, crate::hashing::Key::Source)),
+        SchedulerKind::Random => Arc::new(crate::random::WeightedRandom::new(set, opts.seed)),
+        SchedulerKind::P2c => Arc::new(crate::p2c::PowerOfTwo::new(set, opts.seed)),
+        SchedulerKind::Maglev => Arc::new(crate::maglev::Maglev::new(set, opts.maglev_table_size)),
+        SchedulerKind::Ewma => Arc::new(crate::ewma::PeakEwma::new(set, opts.seed)),
+    }
+}

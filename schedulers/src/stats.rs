@@ -1,0 +1,253 @@
+//! Per-backend runtime state, in atomics, shared across table rebuilds.
+//!
+//! The data plane updates these on every connection; the least-connection and latency-aware
+//! schedulers read them on every pick. They live behind an `Arc` handed out by
+//! [`StatsRegistry`], keyed by backend address, so a rebuilt routing table (a new
+//! `BackendSet`) sees the same counters and an lc scheduler does not forget the connections
+//! that are still open.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
+
+use crate::backend::BackendAddr;
+
+/// Decay time constant of the peak-EWMA latency estimate (Finagle and Linkerd use 10 s).
+pub const EWMA_DECAY_NS: f64 = 10_000_000_000.0;
+
+/// The latency assumed for a backend never measured: optimistic enough that new backends get
+/// traffic, pessimistic enough that a measured fast backend still wins.
+pub const EWMA_DEFAULT_RTT_NS: f64 = 1_000_000.0;
+
+/// Nanoseconds on a process-wide monotonic clock (0 = first call).
+pub fn now_nanos() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Counters for one backend address.
+#[derive(Debug)]
+pub struct BackendStats {
+    active: AtomicU64,
+    connections: AtomicU64,
+    picks: AtomicU64,
+    failures: AtomicU64,
+    bytes_to_backend: AtomicU64,
+    bytes_from_backend: AtomicU64,
+    /// f64 bits of the peak-EWMA latency estimate in nanoseconds.
+    ewma_bits: AtomicU64,
+    /// `now_nanos` at the last estimate update.
+    ewma_stamp: AtomicU64,
+}
+
+impl Default for BackendStats {
+    fn default() -> Self {
+        BackendStats {
+            active: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            picks: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            bytes_to_backend: AtomicU64::new(0),
+            bytes_from_backend: AtomicU64::new(0),
+            ewma_bits: AtomicU64::new(EWMA_DEFAULT_RTT_NS.to_bits()),
+            ewma_stamp: AtomicU64::new(0),
+        }
+    }
+}
+
+impl BackendStats {
+    /// Connections (or UDP flows) currently open to this backend.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Connections ever opened to this backend.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Times a scheduler chose this backend (including picks whose connect then failed).
+    pub fn picks(&self) -> u64 {
+        self.picks.load(Ordering::Relaxed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_to_backend(&self) -> u64 {
+        self.bytes_to_backend.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_from_backend(&self) -> u64 {
+        self.bytes_from_backend.load(Ordering::Relaxed)
+    }
+
+    pub fn record_pick(&self) {
+        self.picks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add_bytes(&self, to_backend: u64, from_backend: u64) {
+        if to_backend > 0 {
+            self.bytes_to_backend.fetch_add(to_backend, Ordering::Relaxed);
+        }
+        if from_backend > 0 {
+            self.bytes_from_backend.fetch_add(from_backend, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks one connection open until the returned guard drops. Keeping the count exact is
+    /// what makes lc/wlc/sed/nq/p2c correct, so the decrement is tied to a destructor.
+    pub fn open(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard { stats: Arc::clone(self) }
+    }
+
+    /// Sets the active count directly; for tests and benchmarks that need given counters.
+    pub fn set_active(&self, n: u64) {
+        self.active.store(n, Ordering::Relaxed);
+    }
+
+    /// Feeds one observed latency (connect or first byte) into the peak-EWMA estimate.
+    pub fn observe_latency_ns(&self, rtt_ns: u64) {
+        self.observe_latency_at(rtt_ns, now_nanos());
+    }
+
+    /// [`Self::observe_latency_ns`] with an explicit clock, for deterministic tests.
+    ///
+    /// Peak-sensitive: a sample above the estimate replaces it at once (a backend that got slow
+    /// is avoided immediately); a lower sample is blended in with a weight that grows with the
+    /// time since the last update (a backend that recovered earns traffic back gradually).
+    pub fn observe_latency_at(&self, rtt_ns: u64, now_ns: u64) {
+        let rtt = rtt_ns as f64;
+        let last = self.ewma_stamp.swap(now_ns, Ordering::Relaxed);
+        let elapsed = now_ns.saturating_sub(last) as f64;
+        let w = (-elapsed / EWMA_DECAY_NS).exp();
+        let _ = self.ewma_bits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+            let cost = f64::from_bits(bits);
+            let next = if rtt > cost { rtt } else { cost * w + rtt * (1.0 - w) };
+            Some(next.to_bits())
+        });
+    }
+
+    /// The current latency estimate in nanoseconds.
+    pub fn ewma_ns(&self) -> f64 {
+        f64::from_bits(self.ewma_bits.load(Ordering::Relaxed))
+    }
+
+    /// Peak-EWMA load: estimated latency × (outstanding connections + 1), the quantity
+    /// Finagle's and Linkerd's balancers minimise.
+    pub fn ewma_load(&self) -> f64 {
+        self.ewma_ns() * (self.active() as f64 + 1.0)
+    }
+}
+
+/// Holds one active connection on a backend; dropping it releases the slot.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    stats: Arc<BackendStats>,
+}
+
+impl ActiveGuard {
+    pub fn stats(&self) -> &Arc<BackendStats> {
+        &self.stats
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Hands out one shared [`BackendStats`] per backend address.
+///
+/// Entries are weak: when no table and no connection references a backend any more its stats
+/// go away (a later re-add starts from zero, like a fresh IPVS destination).
+#[derive(Debug, Default)]
+pub struct StatsRegistry {
+    entries: Mutex<HashMap<BackendAddr, Weak<BackendStats>>>,
+}
+
+impl StatsRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The stats for `addr`, created on first use.
+    pub fn get(&self, addr: BackendAddr) -> Arc<BackendStats> {
+        // A poisoned lock only means another thread panicked mid-insert; the map is still a
+        // valid map, so keep using it rather than taking the whole control plane down.
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = entries.get(&addr).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let fresh = Arc::new(BackendStats::default());
+        entries.insert(addr, Arc::downgrade(&fresh));
+        if entries.len() > 1024 && entries.len().is_power_of_two() {
+            entries.retain(|_, w| w.strong_count() > 0);
+        }
+        fresh
+    }
+
+    /// Number of live entries (for tests and metrics).
+    pub fn live(&self) -> usize {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.values().filter(|w| w.strong_count() > 0).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> BackendAddr {
+        BackendAddr(s.parse().unwrap_or_else(|e| panic!("bad test address {s}: {e}")))
+    }
+
+    #[test]
+    fn registry_returns_same_stats_for_same_address() {
+        let reg = StatsRegistry::new();
+        let a = reg.get(addr("10.0.0.1:80"));
+        let guard = a.open();
+        let again = reg.get(addr("10.0.0.1:80"));
+        assert!(Arc::ptr_eq(&a, &again));
+        assert_eq!(again.active(), 1);
+        drop(guard);
+        assert_eq!(again.active(), 0);
+        assert_eq!(again.connections(), 1);
+        let other = reg.get(addr("10.0.0.2:80"));
+        assert!(!Arc::ptr_eq(&a, &other));
+    }
+
+    #[test]
+    fn registry_forgets_unreferenced_backends() {
+        let reg = StatsRegistry::new();
+        let a = reg.get(addr("10.0.0.1:80"));
+        a.set_active(5);
+        drop(a);
+        assert_eq!(reg.live(), 0);
+        assert_eq!(reg.get(addr("10.0.0.1:80")).active(), 0);
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let s = BackendStats::default();
+        s.observe_latency_at(50_000_000, 1_000);
+        assert_eq!(s.ewma_ns(), 50_000_000.0, "a higher sample replaces the estimate");
+        // One decay constant later a fast sample pulls the estimate most of the way down.
+        s.observe_latency_at(1_000_000, 1_000 + EWMA_DECAY_NS as u64);
+        let e = s.ewma_ns();
+        let expected = 50e6 * (-1.0f64).exp() + 1e6 * (1.0 - (-1.0f64).exp());
+        assert!((e - expected).abs() < 1.0, "got {e}, expected {expected}");
+        s.set_active(3);
+        assert!((s.ewma_load() - e * 4.0).abs() < 1.0);
+    }
+}
