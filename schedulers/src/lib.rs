@@ -17,6 +17,7 @@
 //! backend set, then `pick` is called through `&self` from any number of threads.
 
 pub mod backend;
+mod candidates;
 pub mod context;
 pub mod ewma;
 pub mod hashing;

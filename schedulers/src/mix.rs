@@ -31,3 +31,38 @@ pub(crate) fn hash_ip(ip: std::net::IpAddr) -> u64 {
         }
     }
 }
+
+/// The SplitMix64 increment (2^64 / golden ratio, odd).
+pub(crate) const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// A SplitMix64 generator whose state is one atomic counter.
+///
+/// `next_u64` is a single `fetch_add` plus [`mix64`], so any number of threads can draw through
+/// `&self` without a lock, and a given seed replays the same sequence when drawn from one
+/// thread (what the tests rely on). Statistical quality is SplitMix64's: ample for choosing
+/// backends, not for cryptography.
+#[derive(Debug)]
+pub(crate) struct AtomicSplitMix {
+    state: std::sync::atomic::AtomicU64,
+}
+
+impl AtomicSplitMix {
+    pub(crate) fn new(seed: u64) -> Self {
+        AtomicSplitMix { state: std::sync::atomic::AtomicU64::new(seed) }
+    }
+
+    #[inline]
+    pub(crate) fn next_u64(&self) -> u64 {
+        let s = self.state.fetch_add(GOLDEN_GAMMA, std::sync::atomic::Ordering::Relaxed);
+        mix64(s.wrapping_add(GOLDEN_GAMMA))
+    }
+}
+
+/// Maps a uniform 64-bit `r` onto `0..n` by multiply-shift (Lemire's "fast range").
+///
+/// No division on the hot path; the bias is at most n / 2^64, far below anything measurable.
+/// It uses the *high* bits of `r`, so two draws can come from one word by rotating it.
+#[inline]
+pub(crate) fn below(r: u64, n: usize) -> usize {
+    ((u128::from(r) * n as u128) >> 64) as usize
+}

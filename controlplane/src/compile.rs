@@ -1,0 +1,263 @@
+//! Service + its EndpointSlices (+ this node) → frontends, with kube-proxy's semantics.
+//!
+//! Pure: no I/O, no clock. The same inputs always give the same frontends, which is what lets
+//! the golden tests pin the behaviour and lets the index recompile one Service at a time.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use schedulers::{Backend, BackendAddr, BackendSet, EndpointCondition, Scheduler, SchedulerKind, SchedulerOptions, StatsRegistry};
+
+use crate::model::{EndpointInfo, NodeInfo, ServiceInfo, ServicePortInfo, SliceInfo};
+use crate::table::{Frontend, FrontendKey, FrontendKind, ServicePortName, TrafficPolicy, WhenEmpty};
+
+/// Node-wide settings of the compiler.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// This node's name (`--hostname-override`): endpoints with this `nodeName` are local.
+    pub node_name: Option<String>,
+    /// Scheduler for Services without the `tpvs/scheduler` annotation (`--scheduler`).
+    pub default_scheduler: SchedulerKind,
+    pub scheduler_options: SchedulerOptions,
+    /// Shared per-backend counters, so rebuilt sets keep their connection counts.
+    pub registry: Arc<StatsRegistry>,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            node_name: None,
+            default_scheduler: SchedulerKind::Rr,
+            scheduler_options: SchedulerOptions::default(),
+            registry: Arc::new(StatsRegistry::new()),
+        }
+    }
+}
+
+/// One endpoint resolved for one Service port.
+#[derive(Clone, Debug)]
+struct PortEndpoint<'a> {
+    addr: SocketAddr,
+    info: &'a EndpointInfo,
+    local: bool,
+}
+
+impl PortEndpoint<'_> {
+    fn serving_terminating(&self) -> bool {
+        self.info.serving && self.info.terminating
+    }
+}
+
+/// Which topology hints apply (kube-proxy's `topologyModeFromHints`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TopologyMode {
+    None,
+    Node,
+    Zone,
+}
+
+/// Hints are honoured only when every ready endpoint carries them and at least one names this
+/// node (or zone); otherwise a half-hinted slice would starve whole zones, so all endpoints are
+/// used. Node hints win over zone hints (`trafficDistribution: PreferSameNode`).
+fn topology_mode(eps: &[PortEndpoint<'_>], node: &NodeInfo) -> TopologyMode {
+    let (mut all_node_hints, mut has_for_node) = (true, false);
+    let (mut all_zone_hints, mut has_for_zone) = (true, false);
+    let mut any_ready = false;
+    for ep in eps.iter().filter(|e| e.info.ready) {
+        any_ready = true;
+        if ep.info.node_hints.is_empty() {
+            all_node_hints = false;
+        } else if node.name.as_ref().is_some_and(|n| ep.info.node_hints.contains(n)) {
+            has_for_node = true;
+        }
+        if ep.info.zone_hints.is_empty() {
+            all_zone_hints = false;
+        } else if node.zone.as_ref().is_some_and(|z| ep.info.zone_hints.contains(z)) {
+            has_for_zone = true;
+        }
+    }
+    if !any_ready {
+        return TopologyMode::None;
+    }
+    if all_node_hints && has_for_node {
+        return TopologyMode::Node;
+    }
+    if all_zone_hints && has_for_zone {
+        return TopologyMode::Zone;
+    }
+    TopologyMode::None
+}
+
+fn available_for_topology(ep: &PortEndpoint<'_>, mode: TopologyMode, node: &NodeInfo) -> bool {
+    match mode {
+        TopologyMode::None => true,
+        TopologyMode::Node => node.name.as_ref().is_some_and(|n| ep.info.node_hints.contains(n)),
+        TopologyMode::Zone => node.zone.as_ref().is_some_and(|z| ep.info.zone_hints.contains(z)),
+    }
+}
+
+/// kube-proxy's `CategorizeEndpoints` for one Service port and one IP family.
+struct Categorized<'a> {
+    cluster: Vec<PortEndpoint<'a>>,
+    local: Vec<PortEndpoint<'a>>,
+    /// Some endpoint anywhere is ready or serving-terminating.
+    has_any: bool,
+    local_ready: usize,
+}
+
+fn categorize<'a>(eps: &[PortEndpoint<'a>], node: &NodeInfo) -> Categorized<'a> {
+    let mode = topology_mode(eps, node);
+    let mut cluster: Vec<_> =
+        eps.iter().filter(|e| e.info.ready && available_for_topology(e, mode, node)).cloned().collect();
+    // KEP-1669: with no ready endpoint, serving-but-terminating ones still take traffic rather
+    // than the client being refused during a rolling update.
+    if cluster.is_empty() {
+        cluster = eps.iter().filter(|e| e.serving_terminating()).cloned().collect();
+    }
+    let has_any = eps.iter().any(|e| e.info.ready || e.serving_terminating());
+    let local_ready = eps.iter().filter(|e| e.local && e.info.ready).count();
+    let local = if local_ready > 0 {
+        eps.iter().filter(|e| e.local && e.info.ready).cloned().collect()
+    } else {
+        eps.iter().filter(|e| e.local && e.serving_terminating()).cloned().collect()
+    };
+    Categorized { cluster, local, has_any, local_ready }
+}
+
+/// Endpoints of `port` across the Service's slices, deduplicated by address (slices may overlap
+/// while the endpoint controller moves endpoints between them), in a stable order.
+fn endpoints_for_port<'a>(port: &ServicePortInfo, slices: &[&'a SliceInfo], node: &NodeInfo) -> Vec<PortEndpoint<'a>> {
+    let mut by_addr: BTreeMap<SocketAddr, PortEndpoint<'a>> = BTreeMap::new();
+    for slice in slices {
+        // The endpoint controller names each slice port after the Service port it serves and
+        // has already resolved a named targetPort to a number; match by name and protocol.
+        let Some(sp) = slice.ports.iter().find(|sp| sp.name == port.name && sp.protocol == port.protocol) else {
+            continue;
+        };
+        for info in &slice.endpoints {
+            let addr = SocketAddr::new(info.ip, sp.port);
+            let local = match (&info.node, &node.name) {
+                (Some(ep_node), Some(me)) => ep_node == me,
+                _ => false,
+            };
+            by_addr.entry(addr).or_insert(PortEndpoint { addr, info, local });
+        }
+    }
+    by_addr.into_values().collect()
+}
+
+fn family_matches(a: IpAddr, b: IpAddr) -> bool {
+    a.is_ipv4() == b.is_ipv4()
+}
+
+/// Builds schedulers lazily and shares one per distinct endpoint list within a Service port,
+/// so a Service reachable at a ClusterIP, a NodePort and an LB IP keeps one scheduler (and one
+/// maglev table) per policy instead of one per address.
+struct SchedulerCache<'o> {
+    kind: SchedulerKind,
+    svc: &'o ServiceInfo,
+    opts: &'o CompileOptions,
+    built: Vec<(Vec<SocketAddr>, Arc<dyn Scheduler>)>,
+}
+
+impl SchedulerCache<'_> {
+    fn get(&mut self, eps: &[PortEndpoint<'_>]) -> Arc<dyn Scheduler> {
+        let addrs: Vec<SocketAddr> = eps.iter().map(|e| e.addr).collect();
+        if let Some((_, s)) = self.built.iter().find(|(a, _)| *a == addrs) {
+            return Arc::clone(s);
+        }
+        let backends = eps.iter().map(|e| self.backend(e)).collect();
+        let s = schedulers::build(self.kind, Arc::new(BackendSet::new(backends)), &self.opts.scheduler_options);
+        self.built.push((addrs, Arc::clone(&s)));
+        s
+    }
+
+    fn backend(&self, ep: &PortEndpoint<'_>) -> Backend {
+        let ip_key = ep.info.ip.to_string();
+        let weight = self
+            .svc
+            .weights
+            .get(&ip_key)
+            .or_else(|| ep.info.target_name.as_deref().and_then(|n| self.svc.weights.get(n)))
+            .copied()
+            .unwrap_or(1);
+        Backend {
+            addr: BackendAddr(ep.addr),
+            weight,
+            condition: if ep.info.ready { EndpointCondition::Ready } else { EndpointCondition::ServingTerminating },
+            node: ep.info.node.clone(),
+            zone: ep.info.zone.clone(),
+            stats: self.opts.registry.get(BackendAddr(ep.addr)),
+        }
+    }
+}
+
+/// Every frontend of one Service.
+pub fn compile_service(
+    svc: &ServiceInfo,
+    slices: &[&SliceInfo],
+    node: &NodeInfo,
+    opts: &CompileOptions,
+) -> Vec<Frontend> {
+    let mut out = Vec::new();
+    let kind = svc.scheduler.unwrap_or(opts.default_scheduler);
+    let mut families: Vec<IpAddr> = Vec::new();
+    for ip in svc.cluster_ips.iter().chain(&svc.load_balancer_ips).chain(&svc.external_ips) {
+        if !families.iter().any(|f| family_matches(*f, *ip)) {
+            families.push(*ip);
+        }
+    }
+    for port in &svc.ports {
+        let all = endpoints_for_port(port, slices, node);
+        let mut cache = SchedulerCache { kind, svc, opts, built: Vec::new() };
+        for family in &families {
+            let eps: Vec<_> = all.iter().filter(|e| family_matches(e.addr.ip(), *family)).cloned().collect();
+            let cat = categorize(&eps, node);
+            let name = ServicePortName {
+                namespace: Arc::clone(&svc.key.namespace),
+                name: Arc::clone(&svc.key.name),
+                port: Arc::clone(&port.name),
+            };
+            let mut add = |key: FrontendKey, fkind: FrontendKind| {
+                let local = if fkind.is_external() { svc.external_policy_local } else { svc.internal_policy_local };
+                let (policy, chosen) = if local {
+                    (TrafficPolicy::Local, &cat.local)
+                } else {
+                    (TrafficPolicy::Cluster, &cat.cluster)
+                };
+                let when_empty = if local && cat.has_any { WhenEmpty::Drop } else { WhenEmpty::Reject };
+                out.push(Frontend {
+                    key,
+                    kind: fkind,
+                    service: name.clone(),
+                    policy,
+                    affinity: svc.affinity,
+                    when_empty,
+                    health_check_node_port: if fkind.is_external() && local {
+                        svc.health_check_node_port
+                    } else {
+                        None
+                    },
+                    local_endpoints: cat.local_ready,
+                    scheduler: cache.get(chosen),
+                });
+            };
+            for ip in svc.cluster_ips.iter().filter(|ip| family_matches(**ip, *family)) {
+                add(FrontendKey::new(*ip, port.port, port.protocol), FrontendKind::ClusterIp);
+            }
+            // A NodePort opens for each IP family the Service itself has (its ClusterIPs).
+            let family_is_services = svc.cluster_ips.iter().any(|ip| family_matches(*ip, *family));
+            if let (true, true, Some(np)) = (svc.exposes_node_ports, family_is_services, port.node_port) {
+                add(FrontendKey::node_port(*family, np, port.protocol), FrontendKind::NodePort);
+            }
+            for ip in svc.load_balancer_ips.iter().filter(|ip| family_matches(**ip, *family)) {
+                add(FrontendKey::new(*ip, port.port, port.protocol), FrontendKind::LoadBalancer);
+            }
+            for ip in svc.external_ips.iter().filter(|ip| family_matches(**ip, *family)) {
+                add(FrontendKey::new(*ip, port.port, port.protocol), FrontendKind::ExternalIp);
+            }
+        }
+    }
+    out
+}

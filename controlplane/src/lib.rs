@@ -1,0 +1,32 @@
+//! The tpvs control plane: Kubernetes semantics, from API objects to the routing table.
+//!
+//! # Layout
+//!
+//! - [`table`]: the [`RoutingTable`] contract with the data plane (frontends keyed by
+//!   address:port/protocol, each with its policy, affinity and scheduler).
+//! - [`model`]: Services, EndpointSlices and the Node converted once, at ingestion, into the
+//!   small validated structs the compiler needs; malformed objects are rejected here.
+//! - [`compile`]: one Service + its slices → its frontends, with kube-proxy's endpoint
+//!   selection (ready, else serving-terminating; Local vs Cluster; topology hints).
+//! - [`index`]: the live set of objects, recompiling only the Services an event touched.
+//! - [`publish`]: the single writer of the `ArcSwap` the data plane reads.
+//! - [`manifests`]: the offline source (a file or directory of YAML, hot-reloaded).
+//! - [`error`]: what gets reported and counted when input is bad.
+//!
+//! Nothing here opens a socket: the data plane (`tpvs` binary) owns all mechanism.
+
+pub mod compile;
+pub mod error;
+pub mod index;
+pub mod manifests;
+pub mod model;
+pub mod publish;
+pub mod table;
+
+pub use compile::CompileOptions;
+pub use error::{FrontendConflict, ManifestError, ObjectError};
+pub use index::ClusterIndex;
+pub use manifests::{ManifestSource, ReloadReport, SourceStats};
+pub use model::{ServiceKey, SliceKey};
+pub use publish::{Publisher, TableHandle};
+pub use table::{Affinity, Frontend, FrontendKey, FrontendKind, Protocol, RoutingTable, ServicePortName, TrafficPolicy, WhenEmpty};

@@ -1,0 +1,94 @@
+//! Publishing: one atomic store per table change; readers never block.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use crate::table::RoutingTable;
+
+/// What the data plane holds: load the current table with `handle.load()` on every new
+/// connection or flow (a few nanoseconds, no lock).
+pub type TableHandle = Arc<ArcSwap<RoutingTable>>;
+
+type Listener = Box<dyn Fn(&Arc<RoutingTable>) + Send + Sync>;
+
+/// The single writer of a [`TableHandle`].
+///
+/// Listeners run after each store, on the publishing thread: the data plane uses one to
+/// reprogram its netfilter rules for the new set of frontends.
+pub struct Publisher {
+    handle: TableHandle,
+    generation: AtomicU64,
+    listeners: Mutex<Vec<Listener>>,
+    last_publish: Mutex<Option<(Instant, Duration)>>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("generation", &self.generation.load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl Default for Publisher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Publisher {
+    /// Starts with an empty table at generation 0 (nothing is published until a source has
+    /// completed its first full load).
+    pub fn new() -> Self {
+        Publisher {
+            handle: Arc::new(ArcSwap::from_pointee(RoutingTable::default())),
+            generation: AtomicU64::new(0),
+            listeners: Mutex::new(Vec::new()),
+            last_publish: Mutex::new(None),
+        }
+    }
+
+    pub fn handle(&self) -> TableHandle {
+        Arc::clone(&self.handle)
+    }
+
+    /// The table currently live.
+    pub fn current(&self) -> Arc<RoutingTable> {
+        self.handle.load_full()
+    }
+
+    /// Generation of the last published table (0 = nothing published yet).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Registers a callback run after every publish.
+    pub fn on_publish(&self, listener: impl Fn(&Arc<RoutingTable>) + Send + Sync + 'static) {
+        let mut l = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        l.push(Box::new(listener));
+    }
+
+    /// Stamps `table` with the next generation, stores it, and tells the listeners.
+    /// `build_started` is when the change that led here began compiling (for the
+    /// publish-duration metric).
+    pub fn publish(&self, mut table: RoutingTable, build_started: Instant) -> Arc<RoutingTable> {
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        table.generation = generation;
+        let table = Arc::new(table);
+        self.handle.store(Arc::clone(&table));
+        self.generation.store(generation, Ordering::Release);
+        let took = build_started.elapsed();
+        *self.last_publish.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), took));
+        let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        for l in listeners.iter() {
+            l(&table);
+        }
+        table
+    }
+
+    /// When the last publish happened and how long its compile+store took.
+    pub fn last_publish(&self) -> Option<(Instant, Duration)> {
+        *self.last_publish.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

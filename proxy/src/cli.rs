@@ -1,0 +1,58 @@
+//! The command line: subcommands and their flags (kube-proxy's names where one exists).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use schedulers::SchedulerKind;
+
+#[derive(Debug, Parser)]
+#[command(name = "tpvs", version, about = "Node-local Kubernetes Service proxy: TPROXY interception, pluggable schedulers")]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the routing table compiled from manifests, like `ipvsadm -Ln`.
+    List(ListArgs),
+}
+
+/// Flags every subcommand that compiles a table shares.
+#[derive(Debug, Clone, Args)]
+pub struct TableArgs {
+    /// Kubernetes manifests (a file or a directory of YAML/JSON): Services, EndpointSlices and
+    /// optionally this Node, as `kubectl get svc,endpointslices -A -o yaml` prints them.
+    #[arg(long, value_name = "PATH")]
+    pub manifests: Option<PathBuf>,
+    /// This node's name: endpoints with this `nodeName` are local.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub hostname_override: Option<String>,
+    /// Scheduler for Services without a `tpvs/scheduler` annotation.
+    #[arg(long, default_value = "rr", value_parser = parse_scheduler)]
+    pub scheduler: SchedulerKind,
+}
+
+fn parse_scheduler(s: &str) -> Result<SchedulerKind, String> {
+    s.parse().map_err(|e: schedulers::UnknownScheduler| e.to_string())
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub table: TableArgs,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the chosen subcommand; the exit code says whether it succeeded.
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::List(args) => crate::list::run(&args),
+    }
+}
