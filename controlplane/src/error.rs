@@ -17,7 +17,8 @@ impl ObjectError {
     }
 }
 
-/// One problem found while loading manifests: which file, which document, what is wrong.
+/// One problem found while loading manifests: which file, which document (counted from 1),
+/// what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
     #[error("{path}: cannot read: {reason}")]

@@ -260,7 +260,8 @@ fn load_file(
     let mut objects = FileObjects::default();
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            for (document, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            // Documents are numbered from 1, as a person counts them in the file.
+            for (document, de) in (1..).zip(serde_yaml::Deserializer::from_str(&text)) {
                 match serde_yaml::Value::deserialize_from(de) {
                     Ok(value) => load_value(path, document, value, node_name, &mut objects, report),
                     Err(e) => {

@@ -22,6 +22,15 @@ pub enum Command {
     List(ListArgs),
 }
 
+impl Command {
+    /// Log level without `-v`: the daemon narrates, one-shot tools stay quiet.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::List(_) => "warn",
+        }
+    }
+}
+
 /// Flags every subcommand that compiles a table shares.
 #[derive(Debug, Clone, Args)]
 pub struct TableArgs {

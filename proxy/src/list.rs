@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use controlplane::{CompileOptions, ManifestSource, Publisher, RoutingTable};
+use controlplane::{CompileOptions, ManifestSource, Publisher, ReloadReport, RoutingTable};
 use serde::Serialize;
 
 use crate::cli::{ListArgs, TableArgs};
@@ -25,10 +25,10 @@ pub fn run(args: &ListArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&json_view(&table))?);
     } else {
         print!("{}", render(&table));
+        print!("{}", render_skipped(&report));
     }
-    for e in &report.errors {
-        eprintln!("error: {e}");
-    }
+    // Errors go to stderr so `--json` output stays parseable; the exit code flags them.
+    eprint!("{}", render_errors(&report));
     Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -54,10 +54,13 @@ pub fn render(table: &RoutingTable) -> String {
         "  -> Backend                   Weight State       Node             Zone         ActiveConn Conns"
     );
     for f in table.sorted() {
-        let affinity = match f.affinity {
+        let mut affinity = match f.affinity {
             Some(a) => format!("ClientIP:{}s", a.timeout.as_secs()),
             None => "-".to_string(),
         };
+        if let Some(port) = f.health_check_node_port {
+            let _ = write!(affinity, " healthCheckNodePort:{port} localEndpoints:{}", f.local_endpoints);
+        }
         let _ = writeln!(
             out,
             "{:<4} {:<25} {:<9} {:<12} {:<30} {:<7} {}",
@@ -87,6 +90,24 @@ pub fn render(table: &RoutingTable) -> String {
                 b.stats.connections(),
             );
         }
+    }
+    out
+}
+
+/// The Services the source saw but does not proxy, and why.
+pub fn render_skipped(report: &ReloadReport) -> String {
+    let mut out = String::new();
+    for (service, why) in &report.skipped {
+        let _ = writeln!(out, "# not proxied: {service}: {why}");
+    }
+    out
+}
+
+/// One line per problem found in the manifests.
+pub fn render_errors(report: &ReloadReport) -> String {
+    let mut out = String::new();
+    for e in &report.errors {
+        let _ = writeln!(out, "error: {e}");
     }
     out
 }

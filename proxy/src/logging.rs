@@ -2,9 +2,11 @@
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init(verbose: u8) {
+/// `quiet_default` is the level with no `-v` (one-shot commands such as `list` want "warn" so
+/// their output is just the answer).
+pub fn init(verbose: u8, quiet_default: &'static str) {
     let default = match verbose {
-        0 => "info",
+        0 => quiet_default,
         1 => "debug",
         _ => "trace",
     };

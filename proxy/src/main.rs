@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = tpvs::cli::Cli::parse();
-    tpvs::logging::init(cli.verbose);
+    tpvs::logging::init(cli.verbose, cli.command.default_log_level());
     match tpvs::cli::dispatch(cli) {
         Ok(code) => code,
         Err(err) => {

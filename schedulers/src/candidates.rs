@@ -47,11 +47,6 @@ pub(crate) fn nth_untried<'a>(cands: &'a [Candidate], tried: &Tried, k: usize) -
     cands.iter().filter(|c| !tried.contains(c.index())).nth(k)
 }
 
-/// Whether any candidate is still untried (cheaper than counting: stops at the first).
-pub(crate) fn any_untried(cands: &[Candidate], tried: &Tried) -> bool {
-    cands.iter().any(|c| !tried.contains(c.index()))
-}
-
 /// Builders shared by the unit tests of every algorithm module.
 #[cfg(test)]
 pub(crate) mod test_support {

@@ -304,5 +304,5 @@ mod tests {
         assert_eq!(head, GOLDEN_SH_HEAD);
     }
 
-    const GOLDEN_SH_HEAD: [u32; 16] = [0; 16];
+    const GOLDEN_SH_HEAD: [u32; 16] = [0, 2, 0, 2, 0, 2, 2, 0, 0, 1, 1, 2, 0, 0, 1, 2];
 }

@@ -1,0 +1,368 @@
+//! The nftables rule set for a routing table, as text: a pure function, unit-tested here, so
+//! what the kernel gets is reviewable without a kernel.
+//!
+//! Shape (one `inet` table owned by tpvs, replaced whole in one transaction per change):
+//!
+//! - `prerouting` (filter hook at mangle priority, before routing):
+//!   1. exact frontends (`daddr . l4proto . dport`) through a verdict map: TPROXY to the
+//!      listener, refuse (`reject with tcp reset` / ICMP port-unreachable), or drop;
+//!   2. NodePorts (`l4proto . dport`) on the node-port addresses, same verdicts;
+//!   3. `socket transparent 1 → mark`: the reply path of upstream sockets bound to a client's
+//!      address (Local policy), so replies addressed to that foreign IP are routed to the
+//!      local socket by the policy-routing rule instead of being forwarded.
+//! - `output` (route hook): packets the node itself sends to a Service VIP get the mark, are
+//!   re-routed to `lo` by the same policy-routing rule and meet `prerouting` like any other
+//!   client's packets.
+//!
+//! Order matters for speed: the frontend maps come *before* the `socket transparent` rule. A
+//! client-facing socket that the proxy closed first sits in TIME_WAIT and is itself
+//! transparent; if a reused client port's SYN met the `socket` rule first it would be accepted
+//! straight into that TIME_WAIT socket (the VIP has no listener of its own), answered with a
+//! stale ACK and retransmitted a second later. The TPROXY statement instead recognises a SYN
+//! hitting TIME_WAIT, retires it and hands the SYN to the listener.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use controlplane::{FrontendKey, Protocol, RoutingTable};
+
+use crate::addrs::NodePortAddrs;
+
+/// Knobs the rule text depends on (all from the command line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RulesetConfig {
+    /// Name of the `inet` table tpvs owns.
+    pub table: String,
+    /// Firewall mark that selects the policy-routing table with the `local` default route.
+    pub mark: u32,
+    /// Port of the transparent TCP listener.
+    pub tcp_port: u16,
+    /// Port of the transparent UDP listener, when the UDP data path runs; without it UDP
+    /// frontends with endpoints are left alone (only their refusals are installed).
+    pub udp_port: Option<u16>,
+    pub nodeport_addrs: NodePortAddrs,
+}
+
+/// What happens to a new packet for one frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    /// Hand it to the transparent listener.
+    Tproxy,
+    /// Refuse at once: TCP reset, ICMP port-unreachable otherwise.
+    Refuse,
+    /// Silently drop (Local policy, no local endpoint: an external LB's health check steers
+    /// away).
+    Drop,
+}
+
+/// The frontends' verdicts, in stable order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// VIPs: ClusterIPs, LoadBalancer ingress IPs, externalIPs.
+    pub exact: BTreeMap<FrontendKey, Verdict>,
+    /// NodePorts by family (`true` = IPv6), protocol and port.
+    pub node_ports: BTreeMap<(bool, Protocol, u16), Verdict>,
+}
+
+/// Decides each frontend's verdict.
+pub fn plan(table: &RoutingTable, cfg: &RulesetConfig) -> Plan {
+    let mut out = Plan::default();
+    for fe in table.frontends() {
+        let verdict = if fe.backends().none_pickable() {
+            match fe.when_empty {
+                controlplane::WhenEmpty::Reject => Verdict::Refuse,
+                controlplane::WhenEmpty::Drop => Verdict::Drop,
+            }
+        } else {
+            let interceptable = match fe.key.proto {
+                Protocol::Tcp => true,
+                Protocol::Udp => cfg.udp_port.is_some(),
+                // No TPROXY for SCTP in the kernel: such frontends are not served (yet).
+                Protocol::Sctp => false,
+            };
+            if !interceptable {
+                continue;
+            }
+            Verdict::Tproxy
+        };
+        if fe.key.is_node_port() {
+            out.node_ports.insert((fe.key.addr.is_ipv6(), fe.key.proto, fe.key.port), verdict);
+        } else {
+            out.exact.insert(fe.key, verdict);
+        }
+    }
+    out
+}
+
+fn proto(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+fn verdict_text(v: Verdict, p: Protocol) -> &'static str {
+    match (v, p) {
+        (Verdict::Tproxy, Protocol::Udp) => "goto tproxy_udp",
+        (Verdict::Tproxy, _) => "goto tproxy_tcp",
+        (Verdict::Refuse, _) => "goto refuse",
+        (Verdict::Drop, _) => "drop",
+    }
+}
+
+fn elements(out: &mut String, items: &[String]) {
+    // nft rejects `elements = { }`: an empty set or map is declared without the line.
+    if !items.is_empty() {
+        let _ = writeln!(out, "\t\telements = {{ {} }}", items.join(",\n\t\t\t"));
+    }
+}
+
+/// The whole transaction for `nft -f -`: create-if-missing, delete, re-create. nft applies a
+/// file as one kernel transaction, so packets see either the old table or the new one, never a
+/// gap or a half-built map.
+pub fn render(plan: &Plan, cfg: &RulesetConfig) -> String {
+    let t = &cfg.table;
+    let mark = format!("0x{:x}", cfg.mark);
+    let mut s = String::with_capacity(2048 + 64 * (plan.exact.len() + plan.node_ports.len()));
+    let _ = writeln!(s, "add table inet {t}");
+    let _ = writeln!(s, "delete table inet {t}");
+    let _ = writeln!(s, "table inet {t} {{");
+
+    for (v6, name, addr_type) in [(false, "frontends4", "ipv4_addr"), (true, "frontends6", "ipv6_addr")] {
+        let items: Vec<String> = plan
+            .exact
+            .iter()
+            .filter(|(k, _)| k.addr.is_ipv6() == v6)
+            .map(|(k, v)| format!("{} . {} . {} : {}", k.addr, proto(k.proto), k.port, verdict_text(*v, k.proto)))
+            .collect();
+        let _ = writeln!(s, "\tmap {name} {{\n\t\ttype {addr_type} . inet_proto . inet_service : verdict");
+        elements(&mut s, &items);
+        let _ = writeln!(s, "\t}}");
+    }
+    for (v6, name, addr_type) in [(false, "local4", "ipv4_addr"), (true, "local6", "ipv6_addr")] {
+        let items: Vec<String> = plan
+            .exact
+            .keys()
+            .filter(|k| k.addr.is_ipv6() == v6)
+            .map(|k| format!("{} . {} . {}", k.addr, proto(k.proto), k.port))
+            .collect();
+        let _ = writeln!(s, "\tset {name} {{\n\t\ttype {addr_type} . inet_proto . inet_service");
+        elements(&mut s, &items);
+        let _ = writeln!(s, "\t}}");
+    }
+    for (v6, name) in [(false, "nodeports4"), (true, "nodeports6")] {
+        let items: Vec<String> = plan
+            .node_ports
+            .iter()
+            .filter(|((is6, _, _), _)| *is6 == v6)
+            .map(|((_, p, port), v)| format!("{} . {} : {}", proto(*p), port, verdict_text(*v, *p)))
+            .collect();
+        let _ = writeln!(s, "\tmap {name} {{\n\t\ttype inet_proto . inet_service : verdict");
+        elements(&mut s, &items);
+        let _ = writeln!(s, "\t}}");
+    }
+    let np4: Vec<String> = cfg.nodeport_addrs.v4().map(ToString::to_string).collect();
+    let np6: Vec<String> = cfg.nodeport_addrs.v6().map(ToString::to_string).collect();
+    for (name, addr_type, items) in [("nodeport_addrs4", "ipv4_addr", &np4), ("nodeport_addrs6", "ipv6_addr", &np6)] {
+        let _ = writeln!(s, "\tset {name} {{\n\t\ttype {addr_type}\n\t\tflags interval");
+        elements(&mut s, items);
+        let _ = writeln!(s, "\t}}");
+    }
+
+    // Prerouting: frontends first (see the module comment for why), then the reply path.
+    let _ = writeln!(s, "\tchain prerouting {{");
+    let _ = writeln!(s, "\t\ttype filter hook prerouting priority mangle; policy accept;");
+    let _ = writeln!(s, "\t\tip daddr . meta l4proto . th dport vmap @frontends4");
+    let _ = writeln!(s, "\t\tip6 daddr . meta l4proto . th dport vmap @frontends6");
+    match &cfg.nodeport_addrs {
+        NodePortAddrs::AllLocal => {
+            let _ = writeln!(s, "\t\tip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @nodeports4");
+            let _ = writeln!(s, "\t\tip6 daddr != ::1 fib daddr type local meta l4proto . th dport vmap @nodeports6");
+        }
+        NodePortAddrs::Cidrs(_) => {
+            if !np4.is_empty() {
+                let _ = writeln!(s, "\t\tip daddr @nodeport_addrs4 fib daddr type local meta l4proto . th dport vmap @nodeports4");
+            }
+            if !np6.is_empty() {
+                let _ = writeln!(s, "\t\tip6 daddr @nodeport_addrs6 fib daddr type local meta l4proto . th dport vmap @nodeports6");
+            }
+        }
+    }
+    let _ = writeln!(s, "\t\tmeta l4proto {{ tcp, udp }} socket transparent 1 meta mark set {mark} accept");
+    let _ = writeln!(s, "\t}}");
+
+    // Output: the node's own connections to a VIP take the detour through lo (TPROXY only
+    // exists in prerouting).
+    let _ = writeln!(s, "\tchain output {{");
+    let _ = writeln!(s, "\t\ttype route hook output priority mangle; policy accept;");
+    let _ = writeln!(s, "\t\tip daddr . meta l4proto . th dport @local4 meta mark set {mark}");
+    let _ = writeln!(s, "\t\tip6 daddr . meta l4proto . th dport @local6 meta mark set {mark}");
+    let _ = writeln!(s, "\t}}");
+
+    let _ = writeln!(s, "\tchain tproxy_tcp {{");
+    let _ = writeln!(s, "\t\tmeta nfproto ipv4 meta l4proto tcp tproxy ip to 127.0.0.1:{} meta mark set {mark} accept", cfg.tcp_port);
+    let _ = writeln!(s, "\t\tmeta nfproto ipv6 meta l4proto tcp tproxy ip6 to [::1]:{} meta mark set {mark} accept", cfg.tcp_port);
+    let _ = writeln!(s, "\t}}");
+    if let Some(udp) = cfg.udp_port {
+        let _ = writeln!(s, "\tchain tproxy_udp {{");
+        let _ = writeln!(s, "\t\tmeta nfproto ipv4 meta l4proto udp tproxy ip to 127.0.0.1:{udp} meta mark set {mark} accept");
+        let _ = writeln!(s, "\t\tmeta nfproto ipv6 meta l4proto udp tproxy ip6 to [::1]:{udp} meta mark set {mark} accept");
+        let _ = writeln!(s, "\t}}");
+    }
+    let _ = writeln!(s, "\tchain refuse {{");
+    let _ = writeln!(s, "\t\tmeta l4proto tcp reject with tcp reset");
+    let _ = writeln!(s, "\t\treject with icmpx port-unreachable");
+    let _ = writeln!(s, "\t}}");
+    let _ = writeln!(s, "}}");
+    s
+}
+
+/// The transaction that removes the table (idempotent: creating an empty one first means the
+/// delete never fails for a table that was already gone).
+pub fn render_delete(table: &str) -> String {
+    format!("add table inet {table}\ndelete table inet {table}\n")
+}
+
+/// Whether an address family has any frontend (for logs).
+pub fn families(plan: &Plan) -> (bool, bool) {
+    let v4 = plan.exact.keys().any(|k| matches!(k.addr, IpAddr::V4(_))) || plan.node_ports.keys().any(|(v6, _, _)| !v6);
+    let v6 = plan.exact.keys().any(|k| matches!(k.addr, IpAddr::V6(_))) || plan.node_ports.keys().any(|(v6, _, _)| *v6);
+    (v4, v6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addrs::Cidr;
+
+    fn key(addr: &str, port: u16, proto: Protocol) -> FrontendKey {
+        FrontendKey::new(addr.parse().unwrap_or_else(|e| panic!("bad test address {addr}: {e}")), port, proto)
+    }
+
+    fn cfg(np: NodePortAddrs) -> RulesetConfig {
+        RulesetConfig { table: "tpvs".into(), mark: 0x7470, tcp_port: 15001, udp_port: None, nodeport_addrs: np }
+    }
+
+    fn sample() -> Plan {
+        let mut p = Plan::default();
+        p.exact.insert(key("10.96.0.10", 80, Protocol::Tcp), Verdict::Tproxy);
+        p.exact.insert(key("10.96.0.11", 80, Protocol::Tcp), Verdict::Refuse);
+        p.exact.insert(key("192.0.2.10", 443, Protocol::Tcp), Verdict::Drop);
+        p.exact.insert(key("fd00:96::10", 80, Protocol::Tcp), Verdict::Tproxy);
+        p.node_ports.insert((false, Protocol::Tcp, 30080), Verdict::Tproxy);
+        p.node_ports.insert((false, Protocol::Udp, 30053), Verdict::Refuse);
+        p
+    }
+
+    #[test]
+    fn golden_all_local_nodeports() {
+        let text = render(&sample(), &cfg(NodePortAddrs::AllLocal));
+        let expected = "\
+add table inet tpvs
+delete table inet tpvs
+table inet tpvs {
+\tmap frontends4 {
+\t\ttype ipv4_addr . inet_proto . inet_service : verdict
+\t\telements = { 10.96.0.10 . tcp . 80 : goto tproxy_tcp,
+\t\t\t10.96.0.11 . tcp . 80 : goto refuse,
+\t\t\t192.0.2.10 . tcp . 443 : drop }
+\t}
+\tmap frontends6 {
+\t\ttype ipv6_addr . inet_proto . inet_service : verdict
+\t\telements = { fd00:96::10 . tcp . 80 : goto tproxy_tcp }
+\t}
+\tset local4 {
+\t\ttype ipv4_addr . inet_proto . inet_service
+\t\telements = { 10.96.0.10 . tcp . 80,
+\t\t\t10.96.0.11 . tcp . 80,
+\t\t\t192.0.2.10 . tcp . 443 }
+\t}
+\tset local6 {
+\t\ttype ipv6_addr . inet_proto . inet_service
+\t\telements = { fd00:96::10 . tcp . 80 }
+\t}
+\tmap nodeports4 {
+\t\ttype inet_proto . inet_service : verdict
+\t\telements = { tcp . 30080 : goto tproxy_tcp,
+\t\t\tudp . 30053 : goto refuse }
+\t}
+\tmap nodeports6 {
+\t\ttype inet_proto . inet_service : verdict
+\t}
+\tset nodeport_addrs4 {
+\t\ttype ipv4_addr
+\t\tflags interval
+\t}
+\tset nodeport_addrs6 {
+\t\ttype ipv6_addr
+\t\tflags interval
+\t}
+\tchain prerouting {
+\t\ttype filter hook prerouting priority mangle; policy accept;
+\t\tip daddr . meta l4proto . th dport vmap @frontends4
+\t\tip6 daddr . meta l4proto . th dport vmap @frontends6
+\t\tip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @nodeports4
+\t\tip6 daddr != ::1 fib daddr type local meta l4proto . th dport vmap @nodeports6
+\t\tmeta l4proto { tcp, udp } socket transparent 1 meta mark set 0x7470 accept
+\t}
+\tchain output {
+\t\ttype route hook output priority mangle; policy accept;
+\t\tip daddr . meta l4proto . th dport @local4 meta mark set 0x7470
+\t\tip6 daddr . meta l4proto . th dport @local6 meta mark set 0x7470
+\t}
+\tchain tproxy_tcp {
+\t\tmeta nfproto ipv4 meta l4proto tcp tproxy ip to 127.0.0.1:15001 meta mark set 0x7470 accept
+\t\tmeta nfproto ipv6 meta l4proto tcp tproxy ip6 to [::1]:15001 meta mark set 0x7470 accept
+\t}
+\tchain refuse {
+\t\tmeta l4proto tcp reject with tcp reset
+\t\treject with icmpx port-unreachable
+\t}
+}
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn frontend_maps_come_before_the_reply_path_rule() {
+        let text = render(&sample(), &cfg(NodePortAddrs::AllLocal));
+        let fe = text.find("vmap @frontends4").unwrap_or(usize::MAX);
+        let np = text.find("vmap @nodeports4").unwrap_or(usize::MAX);
+        let sock = text.find("socket transparent 1").unwrap_or(0);
+        assert!(fe < sock && np < sock, "a SYN must reach TPROXY before the socket match");
+    }
+
+    #[test]
+    fn nodeport_cidrs_restrict_and_only_present_families_get_rules() {
+        let np = NodePortAddrs::Cidrs(vec!["10.0.0.0/24".parse::<Cidr>().unwrap_or_else(|e| panic!("{e}"))]);
+        let text = render(&sample(), &cfg(np));
+        assert!(text.contains("\t\telements = { 10.0.0.0/24 }\n"));
+        assert!(text.contains("ip daddr @nodeport_addrs4 fib daddr type local meta l4proto . th dport vmap @nodeports4"));
+        assert!(!text.contains("@nodeport_addrs6 fib"), "no v6 CIDR, no v6 NodePort rule");
+        assert!(!text.contains("127.0.0.0/8"));
+    }
+
+    #[test]
+    fn empty_plan_renders_valid_empty_maps_and_udp_chain_only_when_configured() {
+        let text = render(&Plan::default(), &cfg(NodePortAddrs::AllLocal));
+        assert!(!text.contains("elements"));
+        assert!(!text.contains("tproxy_udp"));
+        let mut c = cfg(NodePortAddrs::AllLocal);
+        c.udp_port = Some(15002);
+        let text = render(&Plan::default(), &c);
+        assert!(text.contains("tproxy ip to 127.0.0.1:15002"));
+    }
+
+    #[test]
+    fn delete_is_idempotent_text() {
+        assert_eq!(render_delete("tpvs"), "add table inet tpvs\ndelete table inet tpvs\n");
+    }
+
+    #[test]
+    fn families_reports_what_is_present() {
+        assert_eq!(families(&sample()), (true, true));
+        assert_eq!(families(&Plan::default()), (false, false));
+    }
+}
