@@ -20,6 +20,10 @@ pub struct Cli {
 pub enum Command {
     /// Print the routing table compiled from manifests, like `ipvsadm -Ln`.
     List(ListArgs),
+    /// Run the node proxy: intercept Service traffic with TPROXY and forward it (needs root).
+    Run(crate::run::RunArgs),
+    /// Remove every rule and route `tpvs run` installs in this network namespace.
+    Cleanup(crate::cleanup::CleanupArgs),
 }
 
 impl Command {
@@ -27,6 +31,8 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Command::List(_) => "warn",
+            Command::Run(_) => "info",
+            Command::Cleanup(_) => "warn",
         }
     }
 }
@@ -63,5 +69,7 @@ pub struct ListArgs {
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::List(args) => crate::list::run(&args),
+        Command::Run(args) => crate::run::run(args),
+        Command::Cleanup(args) => crate::cleanup::run(&args),
     }
 }

@@ -5,6 +5,14 @@
 //! - [`cli`]: the command line (`tpvs run`, `tpvs list`, `tpvs cleanup`) and its dispatch.
 //! - [`list`]: `tpvs list`, the routing table printed in the spirit of `ipvsadm -Ln`.
 //! - [`logging`]: tracing setup shared by every subcommand.
+//! - [`run`]: `tpvs run`, the daemon: wires the control plane's table to the data path and
+//!   the interception; [`cleanup`]: `tpvs cleanup`, removes the interception.
+//! - [`netfilter`]: the nftables table (rendered by a pure function) and policy routing.
+//! - [`forward`]: the TCP data path: per-core event loops on `SO_REUSEPORT` transparent
+//!   listeners, backend choice with retry and affinity, splice relay.
+//! - [`sockopt`]: transparent listener and upstream socket construction.
+//! - [`addrs`]: address newtypes (`ClientAddr`, `OrigDstAddr`) and the node-port filter.
+//! - [`units`]: duration and mark flag parsing.
 //!
 //! Kubernetes semantics are the control plane's (`controlplane` crate); this crate owns the
 //! mechanism: sockets, netfilter rules, forwarding and the admin endpoints.
@@ -12,3 +20,10 @@
 pub mod cli;
 pub mod list;
 pub mod logging;
+pub mod addrs;
+pub mod cleanup;
+pub mod forward;
+pub mod netfilter;
+pub mod run;
+pub mod sockopt;
+pub mod units;

@@ -1,0 +1,137 @@
+//! The incremental index: what a change recompiles, and what it must leave alone.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use common::{service, slice};
+use controlplane::model::{ServiceInfo, SliceInfo};
+use controlplane::{ClusterIndex, CompileOptions, FrontendKey, Protocol, ServiceKey, WhenEmpty};
+
+fn svc_info(ns: &str, name: &str, ip: &str) -> ServiceInfo {
+    match ServiceInfo::from_service(&service(ns, name, ip, 80)) {
+        Ok(Ok(info)) => info,
+        other => panic!("fixture service did not convert: {other:?}"),
+    }
+}
+
+fn slice_info(ns: &str, name: &str, svc: &str, ips: &[&str]) -> SliceInfo {
+    match SliceInfo::from_slice(&slice(ns, name, svc, 8080, ips)) {
+        Ok(Some(info)) => info,
+        other => panic!("fixture slice did not convert: {other:?}"),
+    }
+}
+
+fn key(ip: &str) -> FrontendKey {
+    FrontendKey::new(ip.parse().unwrap_or_else(|e| panic!("{e}")), 80, Protocol::Tcp)
+}
+
+fn addrs(index_table: &controlplane::RoutingTable, ip: &str) -> Vec<SocketAddr> {
+    let f = index_table.get(&key(ip)).unwrap_or_else(|| panic!("no frontend {ip}"));
+    f.backends().iter().map(|b| b.addr.0).collect()
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_slice_change_recompiles_only_its_service() {
+    let mut index = ClusterIndex::new(CompileOptions::default());
+    for i in 0..50 {
+        index.upsert_service(svc_info("ns", &format!("s{i}"), &format!("10.96.0.{i}")));
+        index.upsert_slice(slice_info("ns", &format!("s{i}-a"), &format!("s{i}"), &[&format!("10.1.0.{i}")]));
+    }
+    let (before, conflicts) = index.build();
+    assert!(conflicts.is_empty());
+    assert_eq!(before.len(), 50);
+    assert!(!index.has_changes());
+
+    index.upsert_slice(slice_info("ns", "s7-a", "s7", &["10.1.0.7", "10.1.1.7"]));
+    assert!(index.has_changes());
+    let (after, _) = index.build();
+    assert_eq!(addrs(&after, "10.96.0.7"), vec![sa("10.1.0.7:8080"), sa("10.1.1.7:8080")]);
+    for i in (0..50).filter(|i| *i != 7) {
+        let k = key(&format!("10.96.0.{i}"));
+        let (Some(a), Some(b)) = (before.get(&k), after.get(&k)) else { panic!("frontend {k} missing") };
+        assert!(Arc::ptr_eq(a, b), "untouched service s{i} was recompiled");
+    }
+    // The old table is untouched: readers holding it keep a consistent view.
+    assert_eq!(addrs(&before, "10.96.0.7"), vec![sa("10.1.0.7:8080")]);
+}
+
+#[test]
+fn an_unchanged_upsert_is_not_a_change() {
+    let mut index = ClusterIndex::new(CompileOptions::default());
+    index.upsert_service(svc_info("ns", "a", "10.96.0.1"));
+    index.upsert_slice(slice_info("ns", "a-1", "a", &["10.1.0.1"]));
+    let _ = index.build();
+    index.upsert_service(svc_info("ns", "a", "10.96.0.1"));
+    index.upsert_slice(slice_info("ns", "a-1", "a", &["10.1.0.1"]));
+    assert!(!index.has_changes());
+}
+
+#[test]
+fn backend_counters_survive_rebuilds() {
+    let mut index = ClusterIndex::new(CompileOptions::default());
+    index.upsert_service(svc_info("ns", "a", "10.96.0.1"));
+    index.upsert_slice(slice_info("ns", "a-1", "a", &["10.1.0.1"]));
+    let (t1, _) = index.build();
+    let guard = t1.get(&key("10.96.0.1")).and_then(|f| f.backends().get(0)).map(|b| b.stats.open());
+    index.upsert_slice(slice_info("ns", "a-1", "a", &["10.1.0.1", "10.1.0.2"]));
+    let (t2, _) = index.build();
+    let f = t2.get(&key("10.96.0.1")).unwrap_or_else(|| panic!("frontend gone"));
+    let kept = f.backends().iter().find(|b| b.addr.0 == sa("10.1.0.1:8080")).unwrap_or_else(|| panic!("backend gone"));
+    assert_eq!(kept.stats.active(), 1, "lc must still see the open connection after a rebuild");
+    drop(guard);
+    assert_eq!(kept.stats.active(), 0);
+}
+
+#[test]
+fn endpoints_gone_keeps_the_frontend_and_rejects() {
+    let mut index = ClusterIndex::new(CompileOptions::default());
+    index.upsert_service(svc_info("ns", "a", "10.96.0.1"));
+    index.upsert_slice(slice_info("ns", "a-1", "a", &["10.1.0.1"]));
+    let _ = index.build();
+    index.remove_slice(&controlplane::SliceKey { namespace: "ns".into(), name: "a-1".into() });
+    let (t, _) = index.build();
+    let f = t.get(&key("10.96.0.1")).unwrap_or_else(|| panic!("the VIP must stay in the table"));
+    assert!(f.backends().is_empty());
+    assert_eq!(f.when_empty, WhenEmpty::Reject);
+
+    index.remove_service(&ServiceKey::new("ns", "a"));
+    let (t, _) = index.build();
+    assert!(t.get(&key("10.96.0.1")).is_none());
+}
+
+#[test]
+fn conflicting_services_first_name_wins_and_loser_takes_over_later() {
+    let mut index = ClusterIndex::new(CompileOptions::default());
+    index.upsert_service(svc_info("ns", "zeta", "10.96.0.1"));
+    index.upsert_slice(slice_info("ns", "zeta-1", "zeta", &["10.1.0.26"]));
+    let _ = index.build();
+    index.upsert_service(svc_info("ns", "alpha", "10.96.0.1"));
+    index.upsert_slice(slice_info("ns", "alpha-1", "alpha", &["10.1.0.1"]));
+    let (t, conflicts) = index.build();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].winner, "ns/alpha");
+    assert_eq!(addrs(&t, "10.96.0.1"), vec![sa("10.1.0.1:8080")]);
+
+    index.remove_service(&ServiceKey::new("ns", "alpha"));
+    let (t, _) = index.build();
+    assert_eq!(addrs(&t, "10.96.0.1"), vec![sa("10.1.0.26:8080")], "zeta takes the VIP back");
+}
+
+#[test]
+fn a_slice_relabelled_to_another_service_moves() {
+    let mut index = ClusterIndex::new(CompileOptions::default());
+    index.upsert_service(svc_info("ns", "a", "10.96.0.1"));
+    index.upsert_service(svc_info("ns", "b", "10.96.0.2"));
+    index.upsert_slice(slice_info("ns", "x", "a", &["10.1.0.1"]));
+    let _ = index.build();
+    index.upsert_slice(slice_info("ns", "x", "b", &["10.1.0.1"]));
+    let (t, _) = index.build();
+    assert!(addrs(&t, "10.96.0.1").is_empty());
+    assert_eq!(addrs(&t, "10.96.0.2"), vec![sa("10.1.0.1:8080")]);
+}

@@ -1,0 +1,199 @@
+//! `tpvs run`: the node daemon. Wires the control plane's table to the data path and keeps the
+//! interception rules in step with it.
+//!
+//! Start-up order is chosen so that no intercepted packet ever meets a missing piece:
+//! signal handlers first (a SIGTERM during start-up still cleans up), listeners bound next
+//! (TPROXY to a port nobody listens on answers clients "network unreachable"), then policy
+//! routing and rules, then the first table. Shutdown removes the rules before exiting.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use controlplane::{ManifestSource, Publisher};
+use tracing::{info, warn};
+
+use crate::addrs::{CidrError, NodePortAddrs};
+use crate::cli::TableArgs;
+use crate::forward::{self, ForwardConfig, RelayMode, Shared};
+use crate::netfilter::{Interception, RoutingConfig, RulesetConfig};
+use crate::units::{parse_duration, parse_mark};
+
+/// Where the interception lives; shared by `run` and `cleanup`, which must agree on it.
+#[derive(Debug, Clone, Args)]
+pub struct InterceptionArgs {
+    /// Name of the nftables `inet` table tpvs owns (replaced whole on every change).
+    #[arg(long, default_value = "tpvs", value_parser = parse_table_name)]
+    pub nft_table: String,
+    /// Firewall mark of intercepted packets; selects the policy-routing table.
+    #[arg(long, default_value = "0x7470", value_parser = parse_mark)]
+    pub fwmark: u32,
+    /// Policy-routing table holding the `local` default route to lo.
+    #[arg(long, default_value_t = 7470, value_parser = clap::value_parser!(u32).range(1..=0xfffe_ffff))]
+    pub route_table: u32,
+}
+
+impl InterceptionArgs {
+    pub fn routing(&self) -> RoutingConfig {
+        RoutingConfig { mark: self.fwmark, table: self.route_table }
+    }
+}
+
+fn parse_table_name(s: &str) -> Result<String, String> {
+    // The name is spliced into nft's input: allow only what nft accepts as an identifier.
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok { Ok(s.to_string()) } else { Err(format!("{s:?}: letters, digits, '_' and '-', starting with a letter")) }
+}
+
+fn parse_nodeport_addrs(s: &str) -> Result<NodePortAddrs, CidrError> {
+    NodePortAddrs::parse(s)
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub table: TableArgs,
+    /// Addresses NodePorts answer on: comma-separated CIDRs; empty means every local address
+    /// except loopback.
+    #[arg(long, value_name = "CIDR,...", default_value = "", value_parser = parse_nodeport_addrs)]
+    pub nodeport_addresses: NodePortAddrs,
+    /// Port of the transparent TCP listener (the TPROXY target; not reachable as a Service).
+    #[arg(long, default_value_t = 15001)]
+    pub proxy_port: u16,
+    /// Event-loop threads, each with its own listener (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Connections open at once; beyond it new ones are reset.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_connections: usize,
+    /// Time allowed for one backend connect before trying the next candidate.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Further backends tried after a refused or timed-out connect (at most 7).
+    #[arg(long, default_value_t = 3)]
+    pub connect_retries: usize,
+    /// Reset a connection after this long without traffic either way (0: never).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// How often the manifests are checked for changes.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub manifests_poll_interval: Duration,
+    /// How bytes are moved: zero-copy splice, or user-space copy.
+    #[arg(long, value_enum, default_value = "splice")]
+    pub forward_mode: RelayMode,
+    /// Accept queue per listener (the kernel caps it at net.core.somaxconn).
+    #[arg(long, default_value_t = 65535)]
+    pub backlog: i32,
+    #[command(flatten)]
+    pub interception: InterceptionArgs,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let Some(manifests) = args.table.manifests.clone() else {
+        anyhow::bail!("--manifests PATH is required (the Kubernetes API source comes in its own release)");
+    };
+    raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("signal runtime")?;
+    runtime.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let interception = start(&args, manifests)?;
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: removing interception and exiting"),
+            _ = int.recv() => info!("SIGINT: removing interception and exiting"),
+        }
+        interception.remove().context("removing the interception")?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Everything up to "serving"; returns the interception so the caller can remove it.
+fn start(args: &RunArgs, manifests: PathBuf) -> anyhow::Result<Arc<Interception>> {
+    let mut opts = crate::list::compile_options(&args.table);
+    if opts.node_name.is_none() {
+        // kube-proxy's default: the node is named after the host.
+        opts.node_name = hostname();
+    }
+    info!(node = opts.node_name.as_deref().unwrap_or("?"), manifests = %manifests.display(), "starting");
+    let publisher = Arc::new(Publisher::new());
+    let workers = match args.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let config = ForwardConfig {
+        port: args.proxy_port,
+        workers,
+        backlog: args.backlog,
+        max_connections: args.max_connections,
+        connect_timeout: args.connect_timeout,
+        connect_attempts: args.connect_retries.saturating_add(1),
+        idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
+        nodeport_addrs: args.nodeport_addresses.clone(),
+        mode: args.forward_mode,
+    };
+    if let Some(limit) = crate::sockopt::backlog_limit().filter(|l| *l < args.backlog) {
+        info!(somaxconn = limit, "accept queue capped by net.core.somaxconn; raise it for connection bursts");
+    }
+    let shared = Shared::new(publisher.handle(), config);
+    let running = forward::start(Arc::clone(&shared))?;
+    info!(workers, port = args.proxy_port, ipv6 = running.ipv6, "transparent listeners ready");
+
+    let interception = Interception::new(
+        RulesetConfig {
+            table: args.interception.nft_table.clone(),
+            mark: args.interception.fwmark,
+            tcp_port: args.proxy_port,
+            udp_port: None,
+            nodeport_addrs: args.nodeport_addresses.clone(),
+        },
+        args.interception.routing(),
+    );
+    if let Err(e) = interception.install(&publisher.current()) {
+        let _ = interception.remove();
+        return Err(e).context("installing the interception");
+    }
+    publisher.on_publish(interception.on_publish());
+    // The first load happens inside `spawn`, on this thread, so the rules for the manifests
+    // are in place when this returns; later changes are applied by the watcher thread.
+    let _watcher = ManifestSource::new(manifests, opts, Arc::clone(&publisher)).spawn(args.manifests_poll_interval);
+    if publisher.generation() == 0 {
+        warn!("no routing table published yet");
+    }
+    info!(generation = publisher.generation(), frontends = publisher.current().len(), "serving");
+    Ok(interception)
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its full length; gethostname NUL-terminates on success
+    // when the name fits, and we stop at the first NUL or the buffer's end either way.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+/// Each proxied connection costs two sockets and (in flight) two pipes: the default soft limit
+/// of 1024 fds would cap the proxy at a few hundred connections.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill and setrlimit to read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                warn!(error = %std::io::Error::last_os_error(), "cannot raise the open-file limit");
+            }
+        }
+    }
+}
