@@ -76,11 +76,70 @@ impl LeastConnections {
     }
 }
 
-/// `oh_a / w_a < oh_b / w_b`, exactly. u128 because an u64 count times an u32 weight does not
-/// fit in u64 in general (it always fits in 96 bits).
-#[inline]
+/// `oh_a / w_a < oh_b / w_b`, exactly, by cross-multiplication.
+///
+/// Counts below 2^32 (every real one) make both products fit in u64, the common fast path; the
+/// u128 path keeps the comparison exact for any u64 count times any u32 weight.
+#[inline(always)]
 fn ratio_less(oh_a: u64, w_a: u32, oh_b: u64, w_b: u32) -> bool {
-    u128::from(oh_a) * u128::from(w_b) < u128::from(oh_b) * u128::from(w_a)
+    if (oh_a | oh_b) >> 32 == 0 {
+        oh_a * u64::from(w_b) < oh_b * u64::from(w_a)
+    } else {
+        u128::from(oh_a) * u128::from(w_b) < u128::from(oh_b) * u128::from(w_a)
+    }
+}
+
+impl LeastConnections {
+    /// One scan under `self.rule`, skipping candidates `skip` rejects. Generic over `skip` so
+    /// the first-choice path (nothing tried) compiles to a scan with no skip test at all.
+    #[inline(always)]
+    fn scan(&self, skip: impl Fn(usize) -> bool) -> Option<BackendIndex> {
+        match self.rule {
+            Rule::Lc => self.min_active(skip),
+            Rule::Wlc => self.min_ratio::<0, false>(skip),
+            Rule::Sed => self.min_ratio::<1, false>(skip),
+            Rule::Nq => self.min_ratio::<1, true>(skip),
+        }
+    }
+
+    /// lc: the fewest active connections; weight only gates (0 never gets here).
+    #[inline(always)]
+    fn min_active(&self, skip: impl Fn(usize) -> bool) -> Option<BackendIndex> {
+        let mut best: Option<(u32, u64)> = None;
+        for c in &self.cands {
+            if skip(c.index()) {
+                continue;
+            }
+            let active = c.stats.active();
+            // Strict: ties stay with the earlier backend.
+            if best.is_none_or(|(_, b)| active < b) {
+                best = Some((c.index, active));
+            }
+        }
+        best.map(|(i, _)| i as usize)
+    }
+
+    /// wlc (`PLUS` = 0), sed (`PLUS` = 1) and nq (`PLUS` = 1, `IDLE_WINS`): the least
+    /// `(active + PLUS) / weight`; with `IDLE_WINS` the first idle backend ends the scan, as in
+    /// ip_vs_nq.c.
+    #[inline(always)]
+    fn min_ratio<const PLUS: u64, const IDLE_WINS: bool>(&self, skip: impl Fn(usize) -> bool) -> Option<BackendIndex> {
+        let mut best: Option<(u32, u64, u32)> = None;
+        for c in &self.cands {
+            if skip(c.index()) {
+                continue;
+            }
+            let active = c.stats.active();
+            if IDLE_WINS && active == 0 {
+                return Some(c.index());
+            }
+            let overhead = active.saturating_add(PLUS);
+            if best.is_none_or(|(_, b_overhead, b_weight)| ratio_less(overhead, c.weight, b_overhead, b_weight)) {
+                best = Some((c.index, overhead, c.weight));
+            }
+        }
+        best.map(|(i, _, _)| i as usize)
+    }
 }
 
 impl Scheduler for LeastConnections {
@@ -93,30 +152,7 @@ impl Scheduler for LeastConnections {
     }
 
     fn pick(&self, _ctx: &PickContext, tried: &Tried) -> Option<BackendIndex> {
-        let mut best: Option<(&Candidate, u64)> = None;
-        for c in &self.cands {
-            if !tried.is_empty() && tried.contains(c.index()) {
-                continue;
-            }
-            let active = c.stats.active();
-            let overhead = match self.rule {
-                Rule::Lc | Rule::Wlc => active,
-                // nq returns an idle backend at once, before any comparison (ip_vs_nq.c).
-                Rule::Nq if active == 0 => return Some(c.index()),
-                Rule::Sed | Rule::Nq => active.saturating_add(1),
-            };
-            let better = match best {
-                None => true,
-                Some((b, b_overhead)) => match self.rule {
-                    Rule::Lc => overhead < b_overhead,
-                    Rule::Wlc | Rule::Sed | Rule::Nq => ratio_less(overhead, c.weight, b_overhead, b.weight),
-                },
-            };
-            if better {
-                best = Some((c, overhead));
-            }
-        }
-        best.map(|(c, _)| c.index())
+        if tried.is_empty() { self.scan(|_| false) } else { self.scan(|i| tried.contains(i)) }
     }
 }
 

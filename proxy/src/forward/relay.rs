@@ -53,32 +53,37 @@ pub async fn relay(
         _ => return relay_copy(client, upstream, stats).await,
     };
     let last = Cell::new(Instant::now());
-    let up = transfer(&client, &upstream, &up_pipe, |n| {
-        stats.add_bytes(n, 0);
-        last.set(Instant::now());
-    });
-    let down = transfer(&upstream, &client, &down_pipe, |n| {
-        stats.add_bytes(0, n);
-        last.set(Instant::now());
-    });
-    let watchdog = idle_watch(&last, idle);
-    tokio::pin!(up, down, watchdog);
-    let (mut up_done, mut down_done) = (false, false);
-    let ended = loop {
-        tokio::select! {
-            r = &mut up, if !up_done => match r {
-                Ok(_) => up_done = true,
-                Err(e) => break Ended::Failed(e),
-            },
-            r = &mut down, if !down_done => match r {
-                Ok(_) => down_done = true,
-                Err(e) => break Ended::Failed(e),
-            },
-            () = &mut watchdog => break Ended::Idle,
-        }
-        if up_done && down_done {
-            break Ended::Closed;
-        }
+    // The transfers borrow the pipes; they are dropped at the end of this block, before the
+    // pipes go back to the pool.
+    let (ended, up_done, down_done) = {
+        let up = transfer(&client, &upstream, &up_pipe, |n| {
+            stats.add_bytes(n, 0);
+            last.set(Instant::now());
+        });
+        let down = transfer(&upstream, &client, &down_pipe, |n| {
+            stats.add_bytes(0, n);
+            last.set(Instant::now());
+        });
+        let watchdog = idle_watch(&last, idle);
+        tokio::pin!(up, down, watchdog);
+        let (mut up_done, mut down_done) = (false, false);
+        let ended = loop {
+            tokio::select! {
+                r = &mut up, if !up_done => match r {
+                    Ok(_) => up_done = true,
+                    Err(e) => break Ended::Failed(e),
+                },
+                r = &mut down, if !down_done => match r {
+                    Ok(_) => down_done = true,
+                    Err(e) => break Ended::Failed(e),
+                },
+                () = &mut watchdog => break Ended::Idle,
+            }
+            if up_done && down_done {
+                break Ended::Closed;
+            }
+        };
+        (ended, up_done, down_done)
     };
     if !matches!(ended, Ended::Closed) {
         reset_on_close(&client);
