@@ -11,6 +11,8 @@
 //! - [`index`]: the live set of objects, recompiling only the Services an event touched.
 //! - [`publish`]: the single writer of the `ArcSwap` the data plane reads.
 //! - [`manifests`]: the offline source (a file or directory of YAML, hot-reloaded).
+//! - [`kube_source`]: the cluster source: kube-rs watchers on Services, EndpointSlices and this
+//!   Node, publishing only after complete lists, coalescing bursts, measuring programming latency.
 //! - [`error`]: what gets reported and counted when input is bad.
 //!
 //! Nothing here opens a socket: the data plane (`tpvs` binary) owns all mechanism.
@@ -18,6 +20,7 @@
 pub mod compile;
 pub mod error;
 pub mod index;
+pub mod kube_source;
 pub mod manifests;
 pub mod model;
 pub mod publish;
@@ -26,6 +29,7 @@ pub mod table;
 pub use compile::CompileOptions;
 pub use error::{FrontendConflict, ManifestError, ObjectError};
 pub use index::ClusterIndex;
+pub use kube_source::{BESIDE_KUBE_PROXY, KubeSource, KubeSourceConfig, KubeSourceError, KubeSourceHandle, KubeSourceStats};
 pub use manifests::{ManifestSource, ReloadReport, SourceStats};
 pub use model::{ServiceKey, SliceKey};
 pub use publish::{Publisher, TableHandle};

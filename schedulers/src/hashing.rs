@@ -91,7 +91,9 @@ impl HashScheduler {
             .iter()
             .enumerate()
             .filter(|(_, b)| b.is_pickable())
-            .filter_map(|(i, b)| Some(Member { index: u32::try_from(i).ok()?, id: identity(&b.addr), weight: b.weight }))
+            .filter_map(|(i, b)| {
+                Some(Member { index: u32::try_from(i).ok()?, id: identity(&b.addr), weight: b.weight })
+            })
             .collect();
         let weighted = members.windows(2).any(|w| w[0].weight != w[1].weight);
         let mut sched = HashScheduler { set, key, members, weighted, table: Vec::new() };
@@ -210,8 +212,9 @@ mod tests {
             let client = format!("192.168.{}.{}:{}", k / 200, k % 200 + 1, 1000 + k);
             assert_eq!(s.pick(&from(&client), &Tried::new()), first, "dh ignores the client");
         }
-        let spread: std::collections::HashSet<_> =
-            (0..200).filter_map(|k| s.pick(&to(&format!("10.96.{}.{}:80", k / 200, k % 200 + 1)), &Tried::new())).collect();
+        let spread: std::collections::HashSet<_> = (0..200)
+            .filter_map(|k| s.pick(&to(&format!("10.96.{}.{}:80", k / 200, k % 200 + 1)), &Tried::new()))
+            .collect();
         assert_eq!(spread.len(), 10, "destinations spread over all backends");
     }
 
@@ -247,8 +250,7 @@ mod tests {
         for weights in [vec![1u32; 20], (1..=20).collect::<Vec<u32>>()] {
             let full = sh(set(&weights));
             // Rebuild from fresh Backend values (new stats) without every third backend.
-            let kept: Vec<Backend> =
-                (0..20).filter(|i| i % 3 != 1).map(|i| backend(addr_of(i), weights[i])).collect();
+            let kept: Vec<Backend> = (0..20).filter(|i| i % 3 != 1).map(|i| backend(addr_of(i), weights[i])).collect();
             let smaller = sh(Arc::new(BackendSet::new(kept)));
             let removed: Vec<SocketAddr> = (0..20).filter(|i| i % 3 == 1).map(addr_of).collect();
             let mut moved_because_removed = 0;

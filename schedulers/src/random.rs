@@ -65,7 +65,10 @@ impl WeightedRandom {
             x -= w;
         }
         // Unreachable given x < total, but stay total rather than panic: any untried one will do.
-        count_untried(&self.cands, tried).checked_sub(1).and_then(|last| nth_untried(&self.cands, tried, last)).map(Candidate::index)
+        count_untried(&self.cands, tried)
+            .checked_sub(1)
+            .and_then(|last| nth_untried(&self.cands, tried, last))
+            .map(Candidate::index)
     }
 }
 

@@ -7,7 +7,7 @@
 //! match does the same).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -45,10 +45,8 @@ impl AffinityTable {
     }
 
     fn shard(&self, key: &Key) -> &Mutex<HashMap<Key, Sticky, FxBuildHasher>> {
-        let mut h = FxBuildHasher.build_hasher();
-        key.hash(&mut h);
-        // SHARDS is a power of two and tiny: the modulo cannot index out of range.
-        &self.shards[(h.finish() as usize) % SHARDS]
+        // The modulo keeps the index in range whatever the hash.
+        &self.shards[(FxBuildHasher.hash_one(key) as usize) % SHARDS]
     }
 
     /// The backend this client stuck to, if the stickiness has not expired.
@@ -70,7 +68,7 @@ impl AffinityTable {
         let key = (frontend, client);
         let mut shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
         shard.insert(key, Sticky { backend, expires: now + timeout });
-        if shard.len() > SWEEP_ABOVE && shard.len() % 1024 == 0 {
+        if shard.len() > SWEEP_ABOVE && shard.len().is_multiple_of(1024) {
             shard.retain(|_, s| s.expires > now);
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use controlplane::Protocol;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::relay::{Ended, relay};
 use super::splice::PipePool;
@@ -169,7 +169,7 @@ async fn serve(client: TcpStream, client_addr: ClientAddr, shared: Arc<Shared>, 
         Ok(u) => u,
         Err(e) => {
             shared.stats.connect_failed.fetch_add(1, Ordering::Relaxed);
-            info!(service = %fe.service, client = %client_addr, dst = %orig, error = %e, "no backend reachable; resetting client");
+            debug!(service = %fe.service, client = %client_addr, dst = %orig, error = %e, "no backend reachable; resetting client");
             reset_on_close(&client);
             return;
         }

@@ -112,7 +112,8 @@ pub fn remove_routing(cfg: RoutingConfig) -> Result<(), CommandError> {
         if let Err(e) = run("ip", &[fam, "route", "flush", "table", &table], None) {
             // Flushing a table that does not exist is an error for `ip` but not for us.
             let missing = matches!(&e, CommandError::Failed { stderr, .. } if stderr.contains("FIB table does not exist") || stderr.is_empty());
-            if !missing && !(fam == "-6" && !ipv6_available()) && first_err.is_none() {
+            let no_v6 = fam == "-6" && !ipv6_available();
+            if !missing && !no_v6 && first_err.is_none() {
                 first_err = Some(e);
             }
         }

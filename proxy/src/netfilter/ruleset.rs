@@ -355,6 +355,63 @@ table inet tpvs {
         assert!(text.contains("tproxy ip to 127.0.0.1:15002"));
     }
 
+    fn frontend(key: FrontendKey, backends: usize, when_empty: controlplane::WhenEmpty) -> (FrontendKey, std::sync::Arc<controlplane::Frontend>) {
+        use schedulers::{Backend, BackendSet, BackendStats, SchedulerKind, SchedulerOptions};
+        use std::sync::Arc;
+        let set: Vec<Backend> = (0..backends)
+            .map(|i| Backend::new(std::net::SocketAddr::from(([10, 1, 0, 2 + i as u8], 8080)), Arc::new(BackendStats::default())))
+            .collect();
+        let fe = controlplane::Frontend {
+            key,
+            kind: if key.is_node_port() { controlplane::FrontendKind::NodePort } else { controlplane::FrontendKind::ClusterIp },
+            service: controlplane::ServicePortName { namespace: "default".into(), name: "web".into(), port: "".into() },
+            policy: controlplane::TrafficPolicy::Cluster,
+            affinity: None,
+            when_empty,
+            health_check_node_port: None,
+            local_endpoints: backends,
+            scheduler: schedulers::build(SchedulerKind::Rr, Arc::new(BackendSet::new(set)), &SchedulerOptions::default()),
+        };
+        (key, Arc::new(fe))
+    }
+
+    #[test]
+    fn plan_follows_the_table() {
+        use controlplane::WhenEmpty;
+        let table = RoutingTable::new(
+            1,
+            [
+                frontend(key("10.96.0.10", 80, Protocol::Tcp), 2, WhenEmpty::Reject),
+                frontend(key("10.96.0.11", 80, Protocol::Tcp), 0, WhenEmpty::Reject),
+                frontend(key("10.99.0.1", 80, Protocol::Tcp), 0, WhenEmpty::Drop),
+                frontend(key("10.96.0.53", 53, Protocol::Udp), 1, WhenEmpty::Reject),
+                frontend(key("10.96.0.54", 53, Protocol::Udp), 0, WhenEmpty::Reject),
+                frontend(key("0.0.0.0", 30080, Protocol::Tcp), 1, WhenEmpty::Reject),
+                frontend(key("::", 30080, Protocol::Tcp), 0, WhenEmpty::Drop),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let p = plan(&table, &cfg(NodePortAddrs::AllLocal));
+        let exact: Vec<_> = p.exact.iter().map(|(k, v)| (k.to_string(), k.proto, *v)).collect();
+        assert_eq!(
+            exact,
+            vec![
+                ("10.96.0.10:80".to_string(), Protocol::Tcp, Verdict::Tproxy),
+                ("10.96.0.11:80".to_string(), Protocol::Tcp, Verdict::Refuse),
+                // UDP with endpoints is left alone until a UDP listener exists; its refusal is not.
+                ("10.96.0.54:53".to_string(), Protocol::Udp, Verdict::Refuse),
+                ("10.99.0.1:80".to_string(), Protocol::Tcp, Verdict::Drop),
+            ]
+        );
+        let nps: Vec<_> = p.node_ports.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(nps, vec![((false, Protocol::Tcp, 30080), Verdict::Tproxy), ((true, Protocol::Tcp, 30080), Verdict::Drop)]);
+        let mut with_udp = cfg(NodePortAddrs::AllLocal);
+        with_udp.udp_port = Some(15002);
+        let p = plan(&table, &with_udp);
+        assert_eq!(p.exact.get(&key("10.96.0.53", 53, Protocol::Udp)), Some(&Verdict::Tproxy));
+    }
+
     #[test]
     fn delete_is_idempotent_text() {
         assert_eq!(render_delete("tpvs"), "add table inet tpvs\ndelete table inet tpvs\n");

@@ -1,0 +1,135 @@
+//! What the API source measures, in plain data types (the daemon exports them as metrics).
+//!
+//! Histograms use fixed buckets so that a Prometheus exporter can read them as they are;
+//! a bounded window of recent samples is kept beside them for quantiles in benchmarks and
+//! logs, without the memory growing with uptime.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds, in seconds, of the latency buckets: fine below 100 ms, where a healthy proxy
+/// lives, then coarse up to the minutes a stuck watch can cost.
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+/// How many recent samples a histogram keeps for quantiles.
+const RECENT: usize = 4096;
+
+/// A latency histogram with cumulative-ready buckets, a sum, and a window of recent samples.
+#[derive(Debug)]
+pub struct DurationHistogram {
+    bounds: &'static [f64],
+    /// One counter per bound, plus the `+Inf` overflow at the end (not cumulative).
+    counts: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+    recent: Mutex<VecDeque<Duration>>,
+}
+
+impl Default for DurationHistogram {
+    fn default() -> Self {
+        Self::new(LATENCY_BUCKETS)
+    }
+}
+
+impl DurationHistogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        DurationHistogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let slot = self.bounds.iter().position(|b| secs <= *b).unwrap_or(self.bounds.len());
+        if let Some(c) = self.counts.get(slot) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(d);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn sum(&self) -> Duration {
+        Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed))
+    }
+
+    /// `(upper bound in seconds, cumulative count)` per bucket, ending with `+Inf`, as
+    /// Prometheus exposes them.
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        let mut total = 0;
+        self.bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts.iter())
+            .map(|(b, c)| {
+                total += c.load(Ordering::Relaxed);
+                (b, total)
+            })
+            .collect()
+    }
+
+    /// The most recent samples (at most 4096), oldest first.
+    pub fn recent(&self) -> Vec<Duration> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect()
+    }
+
+    /// The `q` quantile (0.0..=1.0) of the recent samples; `None` before any sample.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let mut samples = self.recent();
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        let last = samples.len() - 1;
+        // Nearest-rank on the sorted window; the cast is bounded by `last`.
+        let rank = ((q.clamp(0.0, 1.0) * last as f64).round() as usize).min(last);
+        samples.get(rank).copied()
+    }
+}
+
+/// Counters and latencies of the Kubernetes API source.
+#[derive(Debug, Default)]
+pub struct KubeSourceStats {
+    /// Watch events received (list items included), all resources.
+    pub events_total: AtomicU64,
+    /// Objects rejected by the model (their last good version stays in use).
+    pub object_errors_total: AtomicU64,
+    /// List/watch failures (each one is followed by a backoff and a retry).
+    pub watch_errors_total: AtomicU64,
+    /// Lists started after the first one of a resource (410 Gone, or a failed list retried).
+    pub relists_total: AtomicU64,
+    /// Tables published.
+    pub publishes_total: AtomicU64,
+    /// Time from the source's start to the first published table, in nanoseconds (0 until then).
+    pub initial_sync_nanos: AtomicU64,
+    /// kube-proxy's `network_programming_duration_seconds`: from an EndpointSlice's
+    /// `endpoints.kubernetes.io/last-change-trigger-time` to the table being live.
+    pub network_programming: DurationHistogram,
+    /// From receipt of a watch event that changed something to the table being live.
+    pub event_to_publish: DurationHistogram,
+}
+
+impl KubeSourceStats {
+    pub fn initial_sync(&self) -> Option<Duration> {
+        match self.initial_sync_nanos.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_nanos(n)),
+        }
+    }
+}
