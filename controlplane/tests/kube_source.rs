@@ -361,3 +361,27 @@ async fn a_burst_is_coalesced_into_one_publish() {
     wait_for("isolated change", Duration::from_secs(5), || src.publisher.generation() >= 3).await;
     assert!(sent.elapsed() < period / 2, "an isolated change waited {:?}", sent.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beside_kube_proxy_only_labelled_services_are_watched() {
+    let label = |mut s: k8s_openapi::api::core::v1::Service, value: &str| {
+        s.metadata.labels =
+            Some(BTreeMap::from([("service.kubernetes.io/service-proxy-name".to_string(), value.to_string())]));
+        s
+    };
+    let server = ApiServer::start().await;
+    seed(&server, 2);
+    server.apply(label(service("default", "svc-0", &vip(0), 80), "tpvs"));
+    let src = start(&server, KubeSourceConfig { service_selector: Some(controlplane::BESIDE_KUBE_PROXY.into()), ..quick() });
+    wait_for("first publish", Duration::from_secs(10), || src.publisher.generation() >= 1).await;
+    let table = src.publisher.current();
+    assert!(table.get(&key(&vip(0))).is_some(), "the labelled Service is proxied");
+    assert!(table.get(&key(&vip(1))).is_none(), "kube-proxy keeps the unlabelled one");
+
+    // Labelling a Service hands it over; removing the label hands it back.
+    server.apply(label(service("default", "svc-1", &vip(1), 80), "tpvs"));
+    wait_for("svc-1 handed to tpvs", Duration::from_secs(5), || src.publisher.current().get(&key(&vip(1))).is_some()).await;
+    server.apply(service("default", "svc-0", &vip(0), 80));
+    wait_for("svc-0 handed back", Duration::from_secs(5), || src.publisher.current().get(&key(&vip(0))).is_none()).await;
+    assert!(server.requests().iter().any(|r| r.starts_with("/api/v1/services?") && r.contains("labelSelector=")));
+}

@@ -133,3 +133,36 @@ impl KubeSourceStats {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_cumulative_and_quantiles_come_from_recent_samples() {
+        let h = DurationHistogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for ms in [1u64, 2, 3, 40, 700] {
+            h.observe(Duration::from_millis(ms));
+        }
+        assert_eq!(h.count(), 5);
+        assert_eq!(h.sum(), Duration::from_millis(746));
+        let b = h.buckets();
+        assert_eq!(b.first(), Some(&(0.001, 1)));
+        assert_eq!(b.iter().find(|(le, _)| *le == 0.005).map(|x| x.1), Some(3));
+        assert_eq!(b.last(), Some(&(f64::INFINITY, 5)));
+        assert_eq!(h.quantile(0.5), Some(Duration::from_millis(3)));
+        assert_eq!(h.quantile(1.0), Some(Duration::from_millis(700)));
+    }
+
+    #[test]
+    fn the_recent_window_is_bounded() {
+        let h = DurationHistogram::default();
+        for i in 0..(RECENT as u64 + 10) {
+            h.observe(Duration::from_micros(i));
+        }
+        let recent = h.recent();
+        assert_eq!(recent.len(), RECENT);
+        assert_eq!(recent.first(), Some(&Duration::from_micros(10)));
+    }
+}

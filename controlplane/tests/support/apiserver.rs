@@ -110,6 +110,7 @@ impl Stored for Node {
 struct Entry {
     namespace: String,
     name: String,
+    labels: BTreeMap<String, String>,
     json: Arc<str>,
 }
 
@@ -119,6 +120,9 @@ struct LoggedEvent {
     kind: Kind,
     kind_type: &'static str,
     entry: Entry,
+    /// The state before a MODIFIED: a watch with a selector sees an object that starts or
+    /// stops matching as ADDED or DELETED, as the API server sends it.
+    previous: Option<Entry>,
 }
 
 #[derive(Clone, Debug)]
@@ -221,11 +225,12 @@ impl ApiServer {
         meta.resource_version = Some(rv.to_string());
         let namespace = if T::KIND == Kind::Nodes { String::new() } else { meta.namespace.clone().unwrap_or_else(|| "default".into()) };
         let name = meta.name.clone().unwrap_or_default();
+        let labels = meta.labels.clone().unwrap_or_default();
         let json: Arc<str> = serde_json::to_string(&obj).unwrap_or_else(|e| panic!("serialize: {e}")).into();
-        let entry = Entry { namespace: namespace.clone(), name: name.clone(), json };
+        let entry = Entry { namespace: namespace.clone(), name: name.clone(), labels, json };
         let previous = st.objects[T::KIND.slot()].insert((namespace, name), entry.clone());
         let kind_type = if previous.is_some() { "MODIFIED" } else { "ADDED" };
-        self.log(&mut st, LoggedEvent { rv, kind: T::KIND, kind_type, entry });
+        self.log(&mut st, LoggedEvent { rv, kind: T::KIND, kind_type, entry, previous });
         rv
     }
 
@@ -236,7 +241,7 @@ impl ApiServer {
         let Some(entry) = st.objects[kind.slot()].remove(&(ns, name.to_string())) else { return false };
         st.rv += 1;
         let rv = st.rv;
-        self.log(&mut st, LoggedEvent { rv, kind, kind_type: "DELETED", entry });
+        self.log(&mut st, LoggedEvent { rv, kind, kind_type: "DELETED", entry, previous: None });
         true
     }
 
@@ -341,8 +346,18 @@ async fn serve_conn(mut sock: TcpStream, shared: Arc<Shared>) {
             }
             continue;
         };
-        let selector = match params.get("fieldSelector").map(|s| parse_selector(s)).transpose() {
-            Ok(s) => s.unwrap_or_default(),
+        let selector = match params
+            .get("fieldSelector")
+            .map(|s| parse_selector(s))
+            .transpose()
+            .and_then(|sel| {
+                let mut sel = sel.unwrap_or_default();
+                if let Some(l) = params.get("labelSelector") {
+                    sel.labels = parse_labels(l)?;
+                }
+                Ok(sel)
+            }) {
+            Ok(s) => s,
             Err(msg) => {
                 if respond(&mut sock, 400, &status_json(400, "BadRequest", &msg)).await.is_err() {
                     return;
@@ -448,17 +463,54 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `metadata.name=X` and/or `metadata.namespace=Y`, comma-separated.
+/// Field selector `metadata.name=X` / `metadata.namespace=Y`, and label selector terms
+/// `k=v`, `k!=v`, `k`, `!k`; comma-separated terms all apply.
 #[derive(Default, Debug)]
 struct Selector {
     name: Option<String>,
     namespace: Option<String>,
+    labels: Vec<LabelTerm>,
+}
+
+#[derive(Debug)]
+enum LabelTerm {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    Absent(String),
 }
 
 impl Selector {
     fn matches(&self, e: &Entry) -> bool {
-        self.name.as_ref().is_none_or(|n| *n == e.name) && self.namespace.as_ref().is_none_or(|n| *n == e.namespace)
+        self.name.as_ref().is_none_or(|n| *n == e.name)
+            && self.namespace.as_ref().is_none_or(|n| *n == e.namespace)
+            && self.labels.iter().all(|t| match t {
+                LabelTerm::Equals(k, v) => e.labels.get(k) == Some(v),
+                LabelTerm::NotEquals(k, v) => e.labels.get(k) != Some(v),
+                LabelTerm::Exists(k) => e.labels.contains_key(k),
+                LabelTerm::Absent(k) => !e.labels.contains_key(k),
+            })
     }
+}
+
+fn parse_labels(s: &str) -> Result<Vec<LabelTerm>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            if let Some((k, v)) = t.split_once("!=") {
+                Ok(LabelTerm::NotEquals(k.into(), v.into()))
+            } else if let Some((k, v)) = t.split_once('=') {
+                Ok(LabelTerm::Equals(k.into(), v.trim_start_matches('=').into()))
+            } else if let Some(k) = t.strip_prefix('!') {
+                Ok(LabelTerm::Absent(k.into()))
+            } else if t.contains(' ') || t.contains('(') {
+                Err(format!("unsupported label selector {t:?}"))
+            } else {
+                Ok(LabelTerm::Exists(t.into()))
+            }
+        })
+        .collect()
 }
 
 fn parse_selector(s: &str) -> Result<Selector, String> {
@@ -539,6 +591,18 @@ async fn list(shared: &Shared, kind: Kind, params: &BTreeMap<String, String>, se
     (200, format!(r#"{{"apiVersion":"{api_version}","kind":"{list_kind}","metadata":{meta},"items":[{items}]}}"#))
 }
 
+/// How a watch with `selector` sees `ev`: an object entering the selection is ADDED, one
+/// leaving it is DELETED, one outside it is not seen at all.
+fn seen_as(ev: &LoggedEvent, selector: &Selector) -> Option<&'static str> {
+    let now = selector.matches(&ev.entry);
+    match (ev.kind_type, ev.previous.as_ref().map(|p| selector.matches(p))) {
+        ("MODIFIED", Some(false)) if now => Some("ADDED"),
+        ("MODIFIED", Some(true)) if !now => Some("DELETED"),
+        (t, _) if now => Some(t),
+        _ => None,
+    }
+}
+
 fn event_line(kind_type: &str, object: &str) -> String {
     format!("{{\"type\":\"{kind_type}\",\"object\":{object}}}\n")
 }
@@ -567,8 +631,7 @@ async fn serve_watch(
     let (mut signals, backlog, expired) = {
         let st = shared.state();
         let expired = from < st.compacted;
-        let backlog: Vec<Arc<LoggedEvent>> =
-            st.log.iter().filter(|e| e.rv > from && e.kind == kind && selector.matches(&e.entry)).cloned().collect();
+        let backlog: Vec<Arc<LoggedEvent>> = st.log.iter().filter(|e| e.rv > from && e.kind == kind).cloned().collect();
         (shared.signals.subscribe(), backlog, expired)
     };
     if expired {
@@ -578,7 +641,8 @@ async fn serve_watch(
         return;
     }
     for ev in backlog {
-        if write_chunk(&mut sock, &event_line(ev.kind_type, &ev.entry.json)).await.is_err() {
+        let Some(kind_type) = seen_as(&ev, selector) else { continue };
+        if write_chunk(&mut sock, &event_line(kind_type, &ev.entry.json)).await.is_err() {
             return;
         }
     }
@@ -595,10 +659,11 @@ async fn serve_watch(
         };
         let line = match signal {
             Ok(Signal::Event(ev)) => {
-                if ev.kind != kind || ev.rv <= from || !selector.matches(&ev.entry) {
+                if ev.kind != kind || ev.rv <= from {
                     continue;
                 }
-                event_line(ev.kind_type, &ev.entry.json)
+                let Some(kind_type) = seen_as(&ev, selector) else { continue };
+                event_line(kind_type, &ev.entry.json)
             }
             Ok(Signal::Bookmark(rv)) => {
                 if !bookmarks {
