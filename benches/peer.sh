@@ -445,6 +445,7 @@ measure_close() {
     tw=$(node ss -Htan state time-wait | wc -l)
     [ -n "$cps" ] || { cat "$out" >&2; return 1; }
     record "$peer" cc_cps "$cps"
+    record "$peer" cc_conns "$conns"
     record "$peer" cc_err "$errs"
     record "$peer" cc_synre "$(awk -v s=$((s1 - s0)) -v n="$conns" 'BEGIN { printf "%.2f", (n > 0 ? 100 * s / n : 0) }')"
     record "$peer" cc_tw "$tw"
@@ -508,6 +509,14 @@ fmt() { # fmt VALUE DECIMALS
     [ -n "$1" ] || { echo "n/a"; return; }
     awk -v v="$1" -v d="$2" 'BEGIN { printf "%.*f", d, v }'
 }
+meets() { # meets A B MIN: ✓ when A/B >= MIN, ✗ below, nothing when unknown
+    [ -n "$1" ] && [ -n "$2" ] || return 0
+    awk -v a="$1" -v b="$2" -v m="$3" 'BEGIN { if (b != 0) printf " %s", (a / b >= m ? "✓" : "✗") }'
+}
+at_most() { # at_most A B: ✓ when A <= B
+    [ -n "$1" ] && [ -n "$2" ] || return 0
+    awk -v a="$1" -v b="$2" 'BEGIN { printf " %s", (a <= b ? "✓" : "✗") }'
+}
 ratio() {
     [ -n "$1" ] && [ -n "$2" ] || { echo "n/a"; return; }
     awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f×", a / b }'
@@ -567,13 +576,13 @@ report() {
 
 | metric | direct | nft DNAT | HAProxy | tpvs | tpvs/HAProxy | tpvs/DNAT | target |
 |---|---:|---:|---:|---:|---:|---:|---|
-| keep-alive req/s | $(cell direct ka_rps 0) | $(cell dnat ka_rps 0) | $(cell haproxy ka_rps 0) | $(cell tpvs ka_rps 0) | $(ratio "$ka_t" "$ka_h") | $(ratio "$ka_t" "$ka_d") | ≥ 1.2× HAProxy, ≥ 0.8× DNAT |
+| keep-alive req/s | $(cell direct ka_rps 0) | $(cell dnat ka_rps 0) | $(cell haproxy ka_rps 0) | $(cell tpvs ka_rps 0) | $(ratio "$ka_t" "$ka_h") | $(ratio "$ka_t" "$ka_d") | ≥ 1.2× HAProxy$(meets "$ka_t" "$ka_h" 1.2), ≥ 0.8× DNAT$(meets "$ka_t" "$ka_d" 0.8) |
 | keep-alive p50 latency (ms) | $(cell direct ka_p50 3) | $(cell dnat ka_p50 3) | $(cell haproxy ka_p50 3) | $(cell tpvs ka_p50 3) | $(ratio "$(med tpvs ka_p50)" "$(med haproxy ka_p50)") | $(ratio "$(med tpvs ka_p50)" "$(med dnat ka_p50)") | |
 | keep-alive p99 latency (ms) | $(cell direct ka_p99 3) | $(cell dnat ka_p99 3) | $(cell haproxy ka_p99 3) | $(cell tpvs ka_p99 3) | $(ratio "$p99_t" "$p99_h") | $(ratio "$p99_t" "$(med dnat ka_p99)") | |
-| added p99 vs direct (ms) | – | $(fmt "$(added_p99 dnat)" 3) | $(fmt "$ap_h" 3) | $(fmt "$ap_t" 3) | $(ratio "$ap_t" "$ap_h") | | ≤ HAProxy's |
-| new connections/s | $(cell direct cc_cps 0) | $(cell dnat cc_cps 0) | $(cell haproxy cc_cps 0) | $(cell tpvs cc_cps 0) | $(ratio "$cc_t" "$cc_h") | $(ratio "$cc_t" "$cc_d") | ≥ 2× HAProxy, ≥ 0.7× DNAT |
-| bulk throughput (Gbit/s) | $(cell direct bulk 2) | $(cell dnat bulk 2) | $(cell haproxy bulk 2) | $(cell tpvs bulk 2) | $(ratio "$bu_t" "$bu_h") | $(ratio "$bu_t" "$bu_d") | ≥ 1.5× HAProxy, ≥ 0.7× DNAT |
-| RSS idle (MB) | – | – | $(cell haproxy rss_idle 1 1024) | $(cell tpvs rss_idle 1 1024) | | | tpvs ≤ 20 MB |
+| added p99 vs direct (ms) | – | $(fmt "$(added_p99 dnat)" 3) | $(fmt "$ap_h" 3) | $(fmt "$ap_t" 3) | $(ratio "$ap_t" "$ap_h") | | ≤ HAProxy's$(at_most "$ap_t" "$ap_h") |
+| new connections/s | $(cell direct cc_cps 0) | $(cell dnat cc_cps 0) | $(cell haproxy cc_cps 0) | $(cell tpvs cc_cps 0) | $(ratio "$cc_t" "$cc_h") | $(ratio "$cc_t" "$cc_d") | ≥ 2× HAProxy$(meets "$cc_t" "$cc_h" 2), ≥ 0.7× DNAT$(meets "$cc_t" "$cc_d" 0.7) |
+| bulk throughput (Gbit/s) | $(cell direct bulk 2) | $(cell dnat bulk 2) | $(cell haproxy bulk 2) | $(cell tpvs bulk 2) | $(ratio "$bu_t" "$bu_h") | $(ratio "$bu_t" "$bu_d") | ≥ 1.5× HAProxy$(meets "$bu_t" "$bu_h" 1.5), ≥ 0.7× DNAT$(meets "$bu_t" "$bu_d" 0.7) |
+| RSS idle (MB) | – | – | $(cell haproxy rss_idle 1 1024) | $(cell tpvs rss_idle 1 1024) | | | tpvs ≤ 20 MB$(at_most "$(med tpvs rss_idle)" 20480) |
 | RSS after the run (MB) | – | – | $(cell haproxy rss_after 1 1024) | $(cell tpvs rss_after 1 1024) | | | |
 
 Diagnostics (medians):
@@ -585,6 +594,7 @@ Diagnostics (medians):
 | node TIME_WAIT sockets after a new-connection run | $(cell direct cc_tw 0) | $(cell dnat cc_tw 0) | $(cell haproxy cc_tw 0) | $(cell tpvs cc_tw 0) |
 | wrk errors (keep-alive / close), all runs | $(errs direct) | $(errs dnat) | $(errs haproxy) | $(errs tpvs) |
 | peak RSS (MB) | – | – | $(cell haproxy rss_peak 1 1024) | $(cell tpvs rss_peak 1 1024) |
+| connections a proxy process had served when "RSS after" was read | – | – | $(cell haproxy cc_conns 0) | $(cell tpvs cc_conns 0) |
 EOF
     local peer
     for peer in "${!UNAVAILABLE[@]}"; do

@@ -224,7 +224,14 @@ fn main() {
     }
     let want = stats.event_to_publish.count() + burst as u64;
     while stats.event_to_publish.count() < want {
-        assert!(sent.elapsed() < Duration::from_secs(60), "burst never fully published");
+        assert!(
+            sent.elapsed() < Duration::from_secs(30),
+            "burst never fully published: {} of {want} changes live, {} events, {} watch errors, {} object errors",
+            stats.event_to_publish.count(),
+            stats.events_total.load(Ordering::Relaxed),
+            stats.watch_errors_total.load(Ordering::Relaxed),
+            stats.object_errors_total.load(Ordering::Relaxed),
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     println!(

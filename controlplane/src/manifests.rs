@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use crate::compile::CompileOptions;
 use crate::error::ManifestError;
 use crate::index::ClusterIndex;
+use crate::kube_source::DurationHistogram;
 use crate::model::{NodeInfo, ServiceInfo, ServiceKey, Skipped, SliceInfo, SliceKey};
 use crate::publish::Publisher;
 
@@ -30,6 +31,10 @@ pub struct SourceStats {
     pub errors_total: AtomicU64,
     /// 1 when the last reload had no error.
     pub last_reload_ok: AtomicU64,
+    /// The offline analogue of kube-proxy's `network_programming_duration_seconds`: from the
+    /// modification time of the changed file to the table (and the listeners' rules) being
+    /// live. Not observed for the first load, whose files may be days old.
+    pub network_programming: DurationHistogram,
 }
 
 /// Objects that came from one file.
@@ -101,7 +106,9 @@ impl ManifestSource {
                 return report;
             }
         };
-        self.fingerprint = Some(fingerprint(&files));
+        let now_fingerprint = fingerprint(&files);
+        let trigger = self.fingerprint.as_ref().and_then(|old| newest_change(old, &now_fingerprint));
+        self.fingerprint = Some(now_fingerprint);
         report.files = files.len();
         let node_name = self.index.options().node_name.clone();
         let mut next: BTreeMap<PathBuf, FileObjects> = BTreeMap::new();
@@ -125,6 +132,10 @@ impl ManifestSource {
                 "routing table published"
             );
             report.published = Some(table.generation);
+            // `publish` ran the listeners, so the rules are in place by now.
+            if let Some(Ok(took)) = trigger.map(|t| SystemTime::now().duration_since(t)) {
+                self.stats.network_programming.observe(took);
+            }
         }
         self.finish_errors(&report);
         report
@@ -246,6 +257,12 @@ fn fingerprint(files: &[PathBuf]) -> Vec<(PathBuf, u64, SystemTime)> {
             (f.clone(), len, mtime)
         })
         .collect()
+}
+
+/// The newest modification time among files that are new or changed between two
+/// fingerprints (a removed file has no time of its own: none).
+fn newest_change(old: &[(PathBuf, u64, SystemTime)], new: &[(PathBuf, u64, SystemTime)]) -> Option<SystemTime> {
+    new.iter().filter(|entry| !old.contains(entry)).map(|(_, _, mtime)| *mtime).max()
 }
 
 /// Parses one file. On any error, objects the file held before and did not yield this time

@@ -185,3 +185,21 @@ fn container_image_is_multi_stage_with_nft_at_runtime() {
     assert!(runtime.contains("nftables"), "the runtime stage must install nftables (nft)");
     assert!(runtime.contains("COPY --from="), "the runtime stage takes the binary from the build stage");
 }
+
+#[test]
+fn container_build_copies_every_workspace_member() {
+    // Cargo refuses to build a workspace whose members are missing from the build context.
+    let root = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml"))
+        .unwrap_or_else(|e| panic!("workspace Cargo.toml: {e}"));
+    let members = root
+        .lines()
+        .find(|l| l.trim_start().starts_with("members"))
+        .and_then(|l| l.split_once('['))
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(list, _)| list.split(',').map(|m| m.trim().trim_matches('"').to_string()).filter(|m| !m.is_empty()).collect::<Vec<_>>())
+        .unwrap_or_else(|| panic!("no one-line members list in the workspace Cargo.toml"));
+    let containerfile = read("Containerfile");
+    for m in &members {
+        assert!(containerfile.contains(&format!("COPY {m} {m}")), "deploy/Containerfile does not copy workspace member {m}");
+    }
+}

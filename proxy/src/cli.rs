@@ -18,7 +18,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the routing table compiled from manifests, like `ipvsadm -Ln`.
+    /// Print the routing table, like `ipvsadm -Ln`: the running daemon's (with counters), or
+    /// the one manifests compile to (--manifests).
     List(ListArgs),
     /// Run the node proxy: intercept Service traffic with TPROXY and forward it (needs root).
     Run(crate::run::RunArgs),
@@ -63,12 +64,23 @@ pub struct ListArgs {
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Without --manifests: the running daemon's metrics address to read the live table from.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:10249")]
+    pub server: std::net::SocketAddr,
+    /// Live table: connection and byte totals per frontend and backend (like `ipvsadm --stats`).
+    #[arg(long, conflicts_with = "manifests")]
+    pub stats: bool,
+    /// Live table: rates per second over one second (like `ipvsadm --rate`).
+    #[arg(long, conflicts_with_all = ["manifests", "stats"])]
+    pub rate: bool,
 }
 
 /// Runs the chosen subcommand; the exit code says whether it succeeded.
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::List(args) => crate::list::run(&args),
+        // With manifests: the table they compile to; without: the running daemon's.
+        Command::List(args) if args.table.manifests.is_some() => crate::list::run(&args),
+        Command::List(args) => crate::list_live::run(&args),
         Command::Run(args) => crate::run::run(args),
         Command::Cleanup(args) => crate::cleanup::run(&args),
     }

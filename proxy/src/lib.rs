@@ -3,13 +3,17 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line (`tpvs run`, `tpvs list`, `tpvs cleanup`) and its dispatch.
-//! - [`list`]: `tpvs list`, the routing table printed in the spirit of `ipvsadm -Ln`.
+//! - [`list`]: `tpvs list`, the routing table printed in the spirit of `ipvsadm -Ln`;
+//!   [`list_live`]: the same for the running daemon, with counters and rates.
+//! - [`admin`]: metrics, health and health-check node-port servers (kube-proxy's contracts).
 //! - [`logging`]: tracing setup shared by every subcommand.
 //! - [`run`]: `tpvs run`, the daemon: wires the control plane's table to the data path and
 //!   the interception; [`cleanup`]: `tpvs cleanup`, removes the interception.
 //! - [`netfilter`]: the nftables table (rendered by a pure function) and policy routing.
 //! - [`forward`]: the TCP data path: per-core event loops on `SO_REUSEPORT` transparent
 //!   listeners, backend choice with retry and affinity, splice relay.
+//! - [`udp`]: the UDP data path: per-core epoll loops on `SO_REUSEPORT` transparent UDP
+//!   listeners, a sans-io flow table, batched `recvmmsg`/`sendmmsg`, eviction on table change.
 //! - [`sockopt`]: transparent listener and upstream socket construction.
 //! - [`addrs`]: address newtypes (`ClientAddr`, `OrigDstAddr`) and the node-port filter.
 //! - [`units`]: duration and mark flag parsing.
@@ -17,8 +21,10 @@
 //! Kubernetes semantics are the control plane's (`controlplane` crate); this crate owns the
 //! mechanism: sockets, netfilter rules, forwarding and the admin endpoints.
 
+pub mod admin;
 pub mod cli;
 pub mod list;
+pub mod list_live;
 pub mod logging;
 pub mod addrs;
 pub mod cleanup;
@@ -26,4 +32,5 @@ pub mod forward;
 pub mod netfilter;
 pub mod run;
 pub mod sockopt;
+pub mod udp;
 pub mod units;

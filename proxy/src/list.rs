@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use controlplane::{CompileOptions, ManifestSource, Publisher, ReloadReport, RoutingTable};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cli::{ListArgs, TableArgs};
 
@@ -43,8 +43,13 @@ pub fn compile_options(args: &TableArgs) -> CompileOptions {
 
 /// The table as text; pure, so golden tests pin it.
 pub fn render(table: &RoutingTable) -> String {
+    render_json(&json_view(table))
+}
+
+/// The table as text from its data form: shared by the offline list and the live one.
+pub fn render_json(table: &JsonTable) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "tpvs routing table: generation {}, {} frontends", table.generation, table.len());
+    let _ = writeln!(out, "tpvs routing table: generation {}, {} frontends", table.generation, table.frontends.len());
     let _ = writeln!(
         out,
         "Prot Frontend                  Scheduler Kind         Service                        Policy  Affinity"
@@ -53,9 +58,9 @@ pub fn render(table: &RoutingTable) -> String {
         out,
         "  -> Backend                   Weight State       Node             Zone         ActiveConn Conns"
     );
-    for f in table.sorted() {
-        let mut affinity = match f.affinity {
-            Some(a) => format!("ClientIP:{}s", a.timeout.as_secs()),
+    for f in &table.frontends {
+        let mut affinity = match f.affinity_timeout_seconds {
+            Some(t) => format!("ClientIP:{t}s"),
             None => "-".to_string(),
         };
         if let Some(port) = f.health_check_node_port {
@@ -64,30 +69,23 @@ pub fn render(table: &RoutingTable) -> String {
         let _ = writeln!(
             out,
             "{:<4} {:<25} {:<9} {:<12} {:<30} {:<7} {}",
-            f.key.proto.as_str(),
-            f.key.to_string(),
-            f.scheduler_kind().as_str(),
-            f.kind.as_str(),
-            f.service.to_string(),
-            f.policy.as_str(),
-            affinity,
+            f.protocol, f.address, f.scheduler, f.kind, f.service, f.policy, affinity,
         );
-        let backends = f.backends();
-        if backends.is_empty() {
-            let _ = writeln!(out, "  (no endpoints: {})", f.when_empty.as_str());
+        if f.backends.is_empty() {
+            let _ = writeln!(out, "  (no endpoints: {})", f.when_empty);
             continue;
         }
-        for b in backends.iter() {
+        for b in &f.backends {
             let _ = writeln!(
                 out,
                 "  -> {:<25} {:<6} {:<11} {:<16} {:<12} {:<10} {}",
-                b.addr.to_string(),
+                b.address,
                 b.weight,
-                b.condition.to_string(),
+                b.state,
                 b.node.as_deref().unwrap_or("-"),
                 b.zone.as_deref().unwrap_or("-"),
-                b.stats.active(),
-                b.stats.connections(),
+                b.active,
+                b.connections,
             );
         }
     }
@@ -112,28 +110,32 @@ pub fn render_errors(report: &ReloadReport) -> String {
     out
 }
 
-#[derive(Serialize)]
+/// The table as data: `tpvs list --json`, and the daemon's `/api/table` (which `tpvs list`
+/// without `--manifests` reads back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JsonTable {
     pub generation: u64,
     pub frontends: Vec<JsonFrontend>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JsonFrontend {
-    pub protocol: &'static str,
+    pub protocol: String,
     pub address: String,
-    pub kind: &'static str,
+    pub kind: String,
     pub service: String,
-    pub scheduler: &'static str,
-    pub policy: &'static str,
+    pub scheduler: String,
+    pub policy: String,
     pub affinity_timeout_seconds: Option<u64>,
-    pub when_empty: &'static str,
+    pub when_empty: String,
     pub health_check_node_port: Option<u16>,
     pub local_endpoints: usize,
     pub backends: Vec<JsonBackend>,
 }
 
-#[derive(Serialize)]
+/// One backend; the counters are the backend address's, shared by every frontend that
+/// reaches it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JsonBackend {
     pub address: String,
     pub weight: u32,
@@ -142,6 +144,14 @@ pub struct JsonBackend {
     pub zone: Option<String>,
     pub active: u64,
     pub connections: u64,
+    #[serde(default)]
+    pub picks: u64,
+    #[serde(default)]
+    pub failures: u64,
+    #[serde(default)]
+    pub bytes_to_backend: u64,
+    #[serde(default)]
+    pub bytes_from_backend: u64,
 }
 
 pub fn json_view(table: &RoutingTable) -> JsonTable {
@@ -151,14 +161,14 @@ pub fn json_view(table: &RoutingTable) -> JsonTable {
             .sorted()
             .into_iter()
             .map(|f| JsonFrontend {
-                protocol: f.key.proto.as_str(),
+                protocol: f.key.proto.as_str().to_string(),
                 address: f.key.to_string(),
-                kind: f.kind.as_str(),
+                kind: f.kind.as_str().to_string(),
                 service: f.service.to_string(),
-                scheduler: f.scheduler_kind().as_str(),
-                policy: f.policy.as_str(),
+                scheduler: f.scheduler_kind().as_str().to_string(),
+                policy: f.policy.as_str().to_string(),
                 affinity_timeout_seconds: f.affinity.map(|a| a.timeout.as_secs()),
-                when_empty: f.when_empty.as_str(),
+                when_empty: f.when_empty.as_str().to_string(),
                 health_check_node_port: f.health_check_node_port,
                 local_endpoints: f.local_endpoints,
                 backends: f
@@ -172,6 +182,10 @@ pub fn json_view(table: &RoutingTable) -> JsonTable {
                         zone: b.zone.as_deref().map(str::to_string),
                         active: b.stats.active(),
                         connections: b.stats.connections(),
+                        picks: b.stats.picks(),
+                        failures: b.stats.failures(),
+                        bytes_to_backend: b.stats.bytes_to_backend(),
+                        bytes_from_backend: b.stats.bytes_from_backend(),
                     })
                     .collect(),
             })

@@ -20,6 +20,7 @@ use crate::addrs::{CidrError, NodePortAddrs};
 use crate::cli::TableArgs;
 use crate::forward::{self, ForwardConfig, RelayMode, Shared};
 use crate::netfilter::{Interception, RoutingConfig, RulesetConfig};
+use crate::udp;
 use crate::units::{parse_duration, parse_mark};
 
 /// Where the interception lives; shared by `run` and `cleanup`, which must agree on it.
@@ -90,8 +91,27 @@ pub struct RunArgs {
     /// Accept queue per listener (the kernel caps it at net.core.somaxconn).
     #[arg(long, default_value_t = 65535)]
     pub backlog: i32,
+    /// Port of the transparent UDP listener (the TPROXY target for UDP frontends); 0 turns
+    /// the UDP data path off (UDP frontends then only get their refusals and drops).
+    #[arg(long, default_value_t = 15002)]
+    pub udp_proxy_port: u16,
+    /// Close a UDP flow after this long without a datagram either way (conntrack's
+    /// nf_conntrack_udp_timeout). Must outlast the slowest reply a client waits for (a
+    /// recursive DNS lookup takes seconds); each open flow holds one socket.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub udp_timeout: Duration,
+    /// Idle timeout of UDP streams: flows that got a reply and are still active 2 s after they
+    /// began (conntrack's nf_conntrack_udp_timeout_stream).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub udp_stream_timeout: Duration,
+    /// UDP flows open at once (one socket each); a datagram that would open one more is
+    /// dropped and counted.
+    #[arg(long, default_value_t = 131_072)]
+    pub udp_max_flows: usize,
     #[command(flatten)]
     pub interception: InterceptionArgs,
+    #[command(flatten)]
+    pub admin: crate::admin::AdminArgs,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -144,13 +164,14 @@ fn start(args: &RunArgs, manifests: PathBuf) -> anyhow::Result<Arc<Interception>
     let shared = Shared::new(publisher.handle(), config);
     let running = forward::start(Arc::clone(&shared))?;
     info!(workers, port = args.proxy_port, ipv6 = running.ipv6, "transparent listeners ready");
+    let udp = start_udp(args, &publisher, workers)?;
 
     let interception = Interception::new(
         RulesetConfig {
             table: args.interception.nft_table.clone(),
             mark: args.interception.fwmark,
             tcp_port: args.proxy_port,
-            udp_port: None,
+            udp_port: udp.as_ref().map(|_| args.udp_proxy_port),
             nodeport_addrs: args.nodeport_addresses.clone(),
         },
         args.interception.routing(),
@@ -160,14 +181,53 @@ fn start(args: &RunArgs, manifests: PathBuf) -> anyhow::Result<Arc<Interception>
         return Err(e).context("installing the interception");
     }
     publisher.on_publish(interception.on_publish());
+    let source = ManifestSource::new(manifests, opts, Arc::clone(&publisher));
+    // Before the first publish, so health and sync metrics see it.
+    let admin_sources = crate::admin::Sources {
+        publisher: Arc::clone(&publisher),
+        interception: Some(Arc::clone(&interception)),
+        forward: Some(Arc::clone(&shared)),
+        manifests: Some(source.stats()),
+        kube: None,
+        udp: None,
+    };
+    if let Err(e) = crate::admin::start(&args.admin, admin_sources) {
+        let _ = interception.remove();
+        return Err(e);
+    }
     // The first load happens inside `spawn`, on this thread, so the rules for the manifests
     // are in place when this returns; later changes are applied by the watcher thread.
-    let _watcher = ManifestSource::new(manifests, opts, Arc::clone(&publisher)).spawn(args.manifests_poll_interval);
+    let _watcher = source.spawn(args.manifests_poll_interval);
     if publisher.generation() == 0 {
         warn!("no routing table published yet");
     }
     info!(generation = publisher.generation(), frontends = publisher.current().len(), "serving");
     Ok(interception)
+}
+
+/// The UDP data path, unless `--udp-proxy-port 0` turned it off. Bound before any rule sends
+/// it a datagram; woken on every publish so flows to a departed backend close at once (the
+/// callback is registered before the netfilter one, which takes milliseconds).
+fn start_udp(args: &RunArgs, publisher: &Arc<Publisher>, workers: usize) -> anyhow::Result<Option<Arc<udp::UdpShared>>> {
+    if args.udp_proxy_port == 0 {
+        info!("UDP data path off (--udp-proxy-port 0)");
+        return Ok(None);
+    }
+    anyhow::ensure!(args.udp_proxy_port != args.proxy_port, "--udp-proxy-port must differ from --proxy-port");
+    let config = udp::UdpConfig {
+        port: args.udp_proxy_port,
+        workers,
+        max_flows: args.udp_max_flows,
+        timeouts: udp::Timeouts { idle: args.udp_timeout.max(Duration::from_millis(100)), stream: args.udp_stream_timeout.max(args.udp_timeout) },
+        nodeport_addrs: args.nodeport_addresses.clone(),
+    };
+    let shared = udp::UdpShared::new(publisher.handle(), config);
+    let running = udp::start(Arc::clone(&shared))?;
+    info!(workers, port = args.udp_proxy_port, ipv6 = running.ipv6, "transparent UDP listeners ready");
+    publisher.on_publish(running.on_publish());
+    // Dropping `running` detaches the threads: they serve for the life of the process, like
+    // the TCP ones; `shared` is what the stats are read from.
+    Ok(Some(shared))
 }
 
 fn hostname() -> Option<String> {

@@ -150,7 +150,7 @@ fn local_policy_without_local_endpoints_drops() {
     assert!(started.elapsed() >= Duration::from_millis(1400));
     // ...by tpvs's rule, not by a missing route.
     let map = lab.node_sh(&["nft", "list", "map", "inet", "tpvs", "frontends4"]).unwrap_or_else(|e| panic!("{e}"));
-    assert!(map.contains("10.99.0.30 . tcp . 80 : drop"), "{map}");
+    assert!(map.contains("10.99.0.30 . tcp . 80 : goto no_local"), "{map}");
     // The ClusterIP follows internalTrafficPolicy (Cluster) and still reaches node2.
     let h = lab.hello("10.96.0.30:80").unwrap_or_else(|e| panic!("cluster ip: {e}"));
     assert_eq!(h.backend, "node2");

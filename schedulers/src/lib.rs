@@ -5,7 +5,8 @@
 //! - [`backend`]: the addressed [`Backend`] and the immutable [`BackendSet`] a scheduler is
 //!   built from.
 //! - [`stats`]: per-backend runtime state in atomics (active connections, peak-EWMA latency),
-//!   handed out by a [`StatsRegistry`] keyed by backend address so it survives table rebuilds.
+//!   handed out by a [`StatsRegistry`] keyed by backend address so it survives table rebuilds;
+//!   [`connect`]: the connect-latency histogram and failure reasons kept in those stats.
 //! - [`context`]: what a pick may look at ([`PickContext`]) and which candidates a retry must
 //!   skip ([`Tried`]).
 //! - [`kind`]: the [`Scheduler`] trait, the [`SchedulerKind`] names operators type, and
@@ -18,6 +19,7 @@
 
 pub mod backend;
 mod candidates;
+pub mod connect;
 pub mod context;
 pub mod ewma;
 pub mod hashing;
@@ -35,4 +37,5 @@ mod mix;
 pub use backend::{Backend, BackendAddr, BackendSet, EndpointCondition};
 pub use context::{PickContext, Tried};
 pub use kind::{BackendIndex, Scheduler, SchedulerKind, SchedulerOptions, UnknownScheduler, build};
+pub use connect::{ConnectFailure, HistogramSnapshot};
 pub use stats::{ActiveGuard, BackendStats, StatsRegistry};

@@ -88,6 +88,12 @@ pub fn next_prime(n: usize) -> usize {
     p
 }
 
+/// The number of slots `Maglev::new` builds for a requested size: clamped to
+/// `2..=MAX_TABLE_SIZE`, then rounded up to the next prime.
+pub fn table_size_for(requested: usize) -> usize {
+    next_prime(requested.clamp(2, MAX_TABLE_SIZE))
+}
+
 /// `a^e mod m` for m < 2^32 (products stay below 2^64).
 fn pow_mod(mut a: u64, mut e: u64, m: u64) -> u64 {
     let mut r = 1 % m;
@@ -214,7 +220,7 @@ impl Maglev {
     /// above it is used (so `Maglev::new(set, 65536)` builds 65537 slots), after clamping to
     /// `2..=MAX_TABLE_SIZE`. Keep it well above 100 × the backend count for even shares.
     pub fn new(set: Arc<BackendSet>, table_size: usize) -> Self {
-        let m = next_prime(table_size.clamp(2, MAX_TABLE_SIZE));
+        let m = table_size_for(table_size);
         let prefs: Vec<Preference> = set
             .iter()
             .enumerate()
@@ -396,7 +402,9 @@ mod tests {
         assert_eq!(next_prime(1 << 24), 16_777_259);
         assert_eq!(Maglev::new(set(&[1, 1]), 1000).table_size(), 1009);
         assert_eq!(Maglev::new(set(&[1, 1]), 0).table_size(), 2);
-        assert_eq!(Maglev::new(set(&[1, 1]), usize::MAX).table_size(), 16_777_259);
+        // (Building the 16M-slot table itself would dominate the test run in debug builds.)
+        assert_eq!(table_size_for(usize::MAX), 16_777_259);
+        assert_eq!(table_size_for(65536), 65537);
     }
 
     fn counts(m: &Maglev, n: usize) -> Vec<usize> {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
 use crate::backend::BackendAddr;
+use crate::connect::{ConnectFailure, ConnectOutcomes};
 
 /// Decay time constant of the peak-EWMA latency estimate (Finagle and Linkerd use 10 s).
 pub const EWMA_DECAY_NS: f64 = 10_000_000_000.0;
@@ -40,6 +41,8 @@ pub struct BackendStats {
     ewma_bits: AtomicU64,
     /// `now_nanos` at the last estimate update.
     ewma_stamp: AtomicU64,
+    /// Connect latency histogram and failures by reason (exported as metrics).
+    connect: ConnectOutcomes,
 }
 
 impl Default for BackendStats {
@@ -53,6 +56,7 @@ impl Default for BackendStats {
             bytes_from_backend: AtomicU64::new(0),
             ewma_bits: AtomicU64::new(EWMA_DEFAULT_RTT_NS.to_bits()),
             ewma_stamp: AtomicU64::new(0),
+            connect: ConnectOutcomes::default(),
         }
     }
 }
@@ -91,6 +95,23 @@ impl BackendStats {
 
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A failed connect attempt, counted in [`Self::failures`] and by reason.
+    pub fn record_connect_failure(&self, why: ConnectFailure) {
+        self.record_failure();
+        self.connect.record_failure(why);
+    }
+
+    /// One successful connect's latency, for the exported histogram (the EWMA is fed
+    /// separately, because it also takes timeouts as samples).
+    pub fn observe_connect_ns(&self, ns: u64) {
+        self.connect.latency.observe_ns(ns);
+    }
+
+    /// Connect latency histogram, failures by reason and retries.
+    pub fn connect_outcomes(&self) -> &ConnectOutcomes {
+        &self.connect
     }
 
     pub fn add_bytes(&self, to_backend: u64, from_backend: u64) {

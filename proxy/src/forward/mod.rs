@@ -7,6 +7,8 @@
 //! - [`relay`]: both directions with half-close, idle timeout and byte counting.
 //! - [`splice`]: zero-copy socket-to-socket transfer through pooled pipes.
 //! - [`affinity`]: the ClientIP session-affinity map.
+//! - [`plain`]: the same path behind an ordinary listener with one fixed frontend (no
+//!   interception), for load tests.
 //!
 //! Why this shape is fast for new connections, measured against a naive forwarder that stalled
 //! at a third of in-kernel DNAT's rate:
@@ -24,6 +26,7 @@
 //!   (splice with pooled pipes), socket options inherited from the listener.
 
 pub mod affinity;
+pub mod plain;
 pub mod relay;
 pub mod splice;
 pub mod upstream;
@@ -126,4 +129,5 @@ impl Drop for ConnSlot {
     }
 }
 
+pub use plain::{PlainServer, serve_plain};
 pub use worker::{Workers, start};

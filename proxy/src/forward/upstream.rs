@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use controlplane::{Frontend, TrafficPolicy};
-use schedulers::{ActiveGuard, BackendAddr, PickContext, Tried};
+use schedulers::{ActiveGuard, BackendAddr, ConnectFailure, PickContext, Tried};
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::affinity::AffinityTable;
@@ -70,24 +70,29 @@ pub async fn connect(
         let Some(backend) = set.get(index) else { break };
         attempts += 1;
         backend.stats.record_pick();
+        if attempts > 1 {
+            backend.stats.connect_outcomes().record_retry();
+        }
         // Counted as active from the attempt on, like IPVS counts a connection from its SYN:
         // a burst of new connections must not all see the same idle backend in lc.
         let guard = backend.stats.open();
         let started = Instant::now();
         match tokio::time::timeout(policy.timeout, dial(backend.addr.0, source)).await {
             Ok(Ok(stream)) => {
-                backend.stats.observe_latency_ns(nanos(started.elapsed()));
+                let took = nanos(started.elapsed());
+                backend.stats.observe_latency_ns(took);
+                backend.stats.observe_connect_ns(took);
                 if let Some(a) = fe.affinity {
                     affinity.record(fe.key, client.ip(), backend.addr, a.timeout, Instant::now());
                 }
                 return Ok(Upstream { stream, backend: backend.addr, guard });
             }
             Ok(Err(e)) => {
-                backend.stats.record_failure();
+                backend.stats.record_connect_failure(failure_reason(&e));
                 last = Some((backend.addr, e));
             }
             Err(_) => {
-                backend.stats.record_failure();
+                backend.stats.record_connect_failure(ConnectFailure::Timeout);
                 // A timeout is the worst latency seen: peak-EWMA should steer away at once.
                 backend.stats.observe_latency_ns(nanos(policy.timeout));
                 last = Some((backend.addr, io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));
@@ -101,6 +106,16 @@ pub async fn connect(
     match last {
         Some((backend, source)) => Err(ConnectError::Exhausted { attempts, backend, source }),
         None => Err(ConnectError::NoBackend),
+    }
+}
+
+/// The reason label a failed connect is counted under.
+fn failure_reason(e: &io::Error) -> ConnectFailure {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+        io::ErrorKind::TimedOut => ConnectFailure::Timeout,
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => ConnectFailure::Unreachable,
+        _ => ConnectFailure::Other,
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use controlplane::Protocol;
+use controlplane::{Frontend, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
@@ -164,6 +164,20 @@ async fn serve(client: TcpStream, client_addr: ClientAddr, shared: Arc<Shared>, 
         reset_on_close(&client);
         return;
     };
+    forward_to(fe, client, client_addr, orig, &shared, &pool).await;
+}
+
+/// Everything after the frontend is known: connect upstream (with retry), then relay. Shared by
+/// the transparent listeners and the plain listen mode ([`super::plain`]), so both measure the
+/// same code.
+pub(super) async fn forward_to(
+    fe: Arc<Frontend>,
+    client: TcpStream,
+    client_addr: ClientAddr,
+    orig: OrigDstAddr,
+    shared: &Shared,
+    pool: &PipePool,
+) {
     let policy = ConnectPolicy { timeout: shared.config.connect_timeout, attempts: shared.config.connect_attempts };
     let upstream = match connect(&fe, client_addr, orig, &shared.affinity, policy).await {
         Ok(u) => u,
@@ -175,7 +189,7 @@ async fn serve(client: TcpStream, client_addr: ClientAddr, shared: Arc<Shared>, 
         }
     };
     drop(fe);
-    let ended = relay(client, upstream.stream, upstream.guard.stats(), &pool, shared.config.mode, shared.config.idle_timeout).await;
+    let ended = relay(client, upstream.stream, upstream.guard.stats(), pool, shared.config.mode, shared.config.idle_timeout).await;
     match ended {
         Ended::Closed => {}
         Ended::Idle => {

@@ -2,11 +2,13 @@
 //!
 //! - [`ruleset`]: the rule text for a routing table (pure).
 //! - [`command`]: running `nft` and `ip`, with errors that say which command failed and why.
+//! - [`counters`]: the packets the rules refused or dropped (read back for the metrics).
 //! - [`Interception`]: installs, re-syncs (one atomic `nft -f -` per table change that alters
 //!   the rules) and removes everything; safe to call from the publisher's thread and from the
 //!   shutdown path at once.
 
 pub mod command;
+pub mod counters;
 pub mod ruleset;
 
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use controlplane::RoutingTable;
 use tracing::{debug, info, warn};
 
 pub use command::CommandError;
+pub use counters::VerdictCounts;
 pub use ruleset::{Plan, RulesetConfig, Verdict};
 
 /// Policy-routing knobs: packets carrying `mark` are looked up in `table`, which routes
@@ -51,11 +54,13 @@ pub struct Interception {
     routing: RoutingConfig,
     state: Mutex<State>,
     stats: Mutex<SyncStats>,
+    /// Refusals and drops counted by tables already replaced (a new table starts at zero).
+    carried: Mutex<VerdictCounts>,
 }
 
 impl Interception {
     pub fn new(rules: RulesetConfig, routing: RoutingConfig) -> Arc<Self> {
-        Arc::new(Interception { rules, routing, state: Mutex::new(State::default()), stats: Mutex::new(SyncStats::default()) })
+        Arc::new(Interception { rules, routing, state: Mutex::new(State::default()), stats: Mutex::new(SyncStats::default()), carried: Mutex::default() })
     }
 
     pub fn stats(&self) -> SyncStats {
@@ -83,6 +88,14 @@ impl Interception {
             debug!(generation = table.generation, "netfilter rules unchanged");
             return Ok(());
         }
+        if state.applied.is_some() {
+            // The transaction below zeroes the kernel's counters: keep what they hold. A
+            // failed read loses only these counts, never the sync.
+            if let Ok(now) = counters::read(&self.rules.table) {
+                let mut carried = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+                *carried = carried.add(now);
+            }
+        }
         let result = command::nft_apply(&text);
         let took = started.elapsed();
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -105,6 +118,18 @@ impl Interception {
                 Err(e)
             }
         }
+    }
+
+    /// Packets refused and dropped by the rules since start (one `nft -j list`; for scrapes).
+    pub fn verdict_counts(&self) -> Result<VerdictCounts, CommandError> {
+        // Under the state lock, so a sync cannot replace the table between the read and the
+        // carried total.
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let carried = *self.carried.lock().unwrap_or_else(|p| p.into_inner());
+        if state.closed || state.applied.is_none() {
+            return Ok(carried);
+        }
+        Ok(carried.add(counters::read(&self.rules.table)?))
     }
 
     /// Removes the table and the policy routing; later syncs are ignored.

@@ -5,7 +5,8 @@
 //!
 //! - `prerouting` (filter hook at mangle priority, before routing):
 //!   1. exact frontends (`daddr . l4proto . dport`) through a verdict map: TPROXY to the
-//!      listener, refuse (`reject with tcp reset` / ICMP port-unreachable), or drop;
+//!      listener, refuse (`reject with tcp reset` / ICMP port-unreachable), or drop (each of
+//!      the last two through a chain that counts its packets for the metrics);
 //!   2. NodePorts (`l4proto . dport`) on the node-port addresses, same verdicts;
 //!   3. `socket transparent 1 → mark`: the reply path of upstream sockets bound to a client's
 //!      address (Local policy), so replies addressed to that foreign IP are routed to the
@@ -108,7 +109,7 @@ fn verdict_text(v: Verdict, p: Protocol) -> &'static str {
         (Verdict::Tproxy, Protocol::Udp) => "goto tproxy_udp",
         (Verdict::Tproxy, _) => "goto tproxy_tcp",
         (Verdict::Refuse, _) => "goto refuse",
-        (Verdict::Drop, _) => "drop",
+        (Verdict::Drop, _) => "goto no_local",
     }
 }
 
@@ -211,9 +212,15 @@ pub fn render(plan: &Plan, cfg: &RulesetConfig) -> String {
         let _ = writeln!(s, "\t\tmeta nfproto ipv6 meta l4proto udp tproxy ip6 to [::1]:{udp} meta mark set {mark} accept");
         let _ = writeln!(s, "\t}}");
     }
+    // Refusals and drops happen here in the kernel, never reaching tpvs: each chain starts
+    // with a counter the metrics exporter reads (see `counters`).
     let _ = writeln!(s, "\tchain refuse {{");
+    let _ = writeln!(s, "\t\tcounter");
     let _ = writeln!(s, "\t\tmeta l4proto tcp reject with tcp reset");
     let _ = writeln!(s, "\t\treject with icmpx port-unreachable");
+    let _ = writeln!(s, "\t}}");
+    let _ = writeln!(s, "\tchain no_local {{");
+    let _ = writeln!(s, "\t\tcounter drop");
     let _ = writeln!(s, "\t}}");
     let _ = writeln!(s, "}}");
     s
@@ -267,7 +274,7 @@ table inet tpvs {
 \t\ttype ipv4_addr . inet_proto . inet_service : verdict
 \t\telements = { 10.96.0.10 . tcp . 80 : goto tproxy_tcp,
 \t\t\t10.96.0.11 . tcp . 80 : goto refuse,
-\t\t\t192.0.2.10 . tcp . 443 : drop }
+\t\t\t192.0.2.10 . tcp . 443 : goto no_local }
 \t}
 \tmap frontends6 {
 \t\ttype ipv6_addr . inet_proto . inet_service : verdict
@@ -317,8 +324,12 @@ table inet tpvs {
 \t\tmeta nfproto ipv6 meta l4proto tcp tproxy ip6 to [::1]:15001 meta mark set 0x7470 accept
 \t}
 \tchain refuse {
+\t\tcounter
 \t\tmeta l4proto tcp reject with tcp reset
 \t\treject with icmpx port-unreachable
+\t}
+\tchain no_local {
+\t\tcounter drop
 \t}
 }
 ";

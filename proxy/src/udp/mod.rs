@@ -1,0 +1,162 @@
+//! The UDP data path: transparent flows with source preservation, and no stale flow ever.
+//!
+//! - [`flows`]: the flow table, sans-io with an injected clock (create, touch, expire, evict
+//!   by backend); everything about *when* a flow ends is decided and tested there.
+//! - [`socket`]: the listener (TPROXY target with `IP_RECVORIGDSTADDR`), the per-frontend
+//!   reply sockets, the per-flow upstream sockets, epoll and the wake-up eventfd.
+//! - [`batch`]: `recvmmsg`/`sendmmsg` over preallocated slots (all of the path's `unsafe`).
+//! - [`worker`]: one thread per core, each a plain epoll loop owning its own flows.
+//! - [`stats`]: counters (flows, datagrams, drops by reason).
+//!
+//! Why no stale flow: kube-proxy's UDP bugs come from conntrack entries outliving the endpoint
+//! they point at. Here every worker compares the table generation before each batch it
+//! forwards and is woken by an eventfd on every publish; a flow whose backend left the table,
+//! was drained (weight 0) or whose frontend changed policy is closed before any further
+//! datagram is forwarded, and the client's next datagram is scheduled afresh.
+
+pub mod batch;
+pub mod flows;
+pub mod socket;
+pub mod stats;
+pub mod worker;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+
+use controlplane::{RoutingTable, TableHandle};
+
+use crate::addrs::NodePortAddrs;
+use crate::forward::affinity::AffinityTable;
+pub use flows::Timeouts;
+pub use stats::{UdpStats, UdpStatsSnapshot};
+
+/// Everything the UDP data path is configured with.
+#[derive(Clone, Debug)]
+pub struct UdpConfig {
+    /// Port of the transparent listeners (the TPROXY target), on 0.0.0.0 and `::`.
+    pub port: u16,
+    pub workers: usize,
+    /// Flows open at once over all workers; a datagram that would open one more is dropped
+    /// and counted (`drops.max_flows`).
+    pub max_flows: usize,
+    pub timeouts: Timeouts,
+    pub nodeport_addrs: NodePortAddrs,
+}
+
+impl UdpConfig {
+    pub fn listen_addrs(&self) -> [SocketAddr; 2] {
+        [
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), self.port),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), self.port),
+        ]
+    }
+}
+
+/// State shared by all UDP workers.
+#[derive(Debug)]
+pub struct UdpShared {
+    pub table: TableHandle,
+    pub config: UdpConfig,
+    /// ClientIP session affinity for UDP frontends (keys carry the protocol, so this could be
+    /// the TCP map; a separate one keeps the two paths independent).
+    pub affinity: AffinityTable,
+    pub stats: UdpStats,
+}
+
+impl UdpShared {
+    pub fn new(table: TableHandle, config: UdpConfig) -> Arc<Self> {
+        Arc::new(UdpShared { table, config, affinity: AffinityTable::new(), stats: UdpStats::default() })
+    }
+
+    /// Takes a flow slot, or `None` at `max_flows`.
+    pub fn admit(self: &Arc<Self>) -> Option<FlowSlot> {
+        let prev = self.stats.flows_active.fetch_add(1, Ordering::Relaxed);
+        if prev >= self.config.max_flows as u64 {
+            self.stats.flows_active.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(FlowSlot(Arc::clone(self)))
+    }
+}
+
+/// One of `max_flows`, released when the flow is dropped, however it ends.
+#[derive(Debug)]
+pub struct FlowSlot(Arc<UdpShared>);
+
+impl Drop for FlowSlot {
+    fn drop(&mut self) {
+        self.0.stats.flows_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UdpStartError {
+    #[error("cannot bind the transparent UDP listener on {addr}: {source} (needs root or CAP_NET_ADMIN, and a free port)")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set up UDP worker {worker}: {source}")]
+    Setup {
+        worker: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("UDP worker {0} exited before its listeners were ready")]
+    Vanished(usize),
+}
+
+/// The running UDP workers.
+#[derive(Debug)]
+pub struct UdpWorkers {
+    pub threads: Vec<JoinHandle<()>>,
+    wakers: Vec<Arc<socket::Waker>>,
+    /// Whether the IPv6 listeners are up.
+    pub ipv6: bool,
+}
+
+impl UdpWorkers {
+    /// Wakes every worker (a new table was published: flows to departed backends are closed
+    /// at once, not when the next datagram happens to arrive).
+    pub fn wake(&self) {
+        for w in &self.wakers {
+            w.wake();
+        }
+    }
+
+    /// A publisher callback that wakes the workers.
+    pub fn on_publish(&self) -> impl Fn(&Arc<RoutingTable>) + Send + Sync + 'static {
+        let wakers = self.wakers.clone();
+        move |_| {
+            for w in &wakers {
+                w.wake();
+            }
+        }
+    }
+}
+
+pub use worker::start;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arc_swap::ArcSwap;
+
+    #[test]
+    fn max_flows_caps_and_slots_release() {
+        let table: TableHandle = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+        let cfg = UdpConfig { port: 0, workers: 1, max_flows: 2, timeouts: Timeouts::default(), nodeport_addrs: NodePortAddrs::AllLocal };
+        let shared = UdpShared::new(table, cfg);
+        let a = shared.admit();
+        let b = shared.admit();
+        assert!(a.is_some() && b.is_some());
+        assert!(shared.admit().is_none(), "the third flow is over the cap");
+        assert_eq!(shared.stats.snapshot().flows_active, 2);
+        drop(a);
+        assert!(shared.admit().is_some(), "a closed flow frees its slot");
+    }
+}

@@ -1,0 +1,501 @@
+//! UDP worker threads: each a plain epoll loop over its own listeners and its flows' upstream
+//! sockets. No async runtime: a datagram's whole way (receive, look up, send) is a few system
+//! calls amortised over a batch, and nothing about it waits.
+//!
+//! One pass of the loop:
+//! 1. wait (until the next expiry sweep at most);
+//! 2. adopt a newly published table, closing flows whose backend left or was drained;
+//! 3. client datagrams: `recvmmsg` a batch from the listener, find or open each one's flow,
+//!    then `sendmmsg` the datagrams of each flow on its connected upstream socket;
+//! 4. backend datagrams: `recvmmsg` from each readable upstream socket into a shared batch,
+//!    then `sendmmsg` them to their clients grouped by reply socket;
+//! 5. now and then, expire idle flows.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use controlplane::{Frontend, Protocol, RoutingTable, TrafficPolicy};
+use rustc_hash::FxHashMap;
+use schedulers::{ActiveGuard, PickContext, Tried};
+use tracing::{debug, warn};
+
+use super::batch::{BATCH, RawAddr, RecvBatch, SendBatch};
+use super::flows::{Flow, FlowId, FlowKey, FlowTable};
+use super::socket::{self, Epoll, Waker};
+use super::stats::add;
+use super::{FlowSlot, UdpShared, UdpStartError, UdpWorkers};
+use crate::addrs::{ClientAddr, OrigDstAddr, canonical};
+
+// Epoll tokens above any flow token (a flow token is generation << 32 | slot index, and a
+// worker never holds 2^32 - 3 slots).
+const LISTENER_V4: u64 = u64::MAX;
+const LISTENER_V6: u64 = u64::MAX - 1;
+const WAKER: u64 = u64::MAX - 2;
+
+/// `recvmmsg` rounds on a listener per wake-up: enough to drain a burst, bounded so the
+/// backends' replies are not starved behind a flood of new client datagrams.
+const LISTENER_ROUNDS: usize = 8;
+
+/// Log "max flows reached" at most this often per worker (it is counted every time).
+const FULL_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// What a flow owns besides its table entry. Dropping it closes the upstream socket (which
+/// also removes it from epoll) and releases the backend's active count and the flow slot.
+struct FlowIo {
+    upstream: OwnedFd,
+    reply: Rc<OwnedFd>,
+    /// The client's address as `sendmmsg` takes it, built once.
+    client: RawAddr,
+    /// Made for a `Local` frontend (spoofed source); a policy change invalidates it.
+    local: bool,
+    guard: ActiveGuard,
+    _slot: FlowSlot,
+}
+
+/// A backend's datagram waiting in the shared batch for its send to the client.
+struct Pending {
+    reply: Rc<OwnedFd>,
+    slot: u16,
+    to: RawAddr,
+}
+
+/// Starts `config.workers` threads; returns once every listener is bound, so TPROXY rules can
+/// be installed knowing no datagram meets a port nobody listens on.
+pub fn start(shared: Arc<UdpShared>) -> Result<UdpWorkers, UdpStartError> {
+    let n = shared.config.workers.max(1);
+    let (tx, rx) = mpsc::channel::<Result<bool, UdpStartError>>();
+    let mut threads = Vec::with_capacity(n);
+    let mut wakers = Vec::with_capacity(n);
+    for index in 0..n {
+        let waker = Arc::new(Waker::new().map_err(|source| UdpStartError::Setup { worker: index, source })?);
+        wakers.push(Arc::clone(&waker));
+        let shared = Arc::clone(&shared);
+        let tx = tx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("tpvs-udp-{index}"))
+            .spawn(move || match Worker::new(index, shared, waker) {
+                Ok((mut w, v6)) => {
+                    let _ = tx.send(Ok(v6));
+                    w.run();
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(|source| UdpStartError::Setup { worker: index, source })?;
+        threads.push(t);
+    }
+    drop(tx);
+    let mut ipv6 = true;
+    for _ in 0..n {
+        match rx.recv() {
+            Ok(Ok(v6)) => ipv6 &= v6,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(UdpStartError::Vanished(n)),
+        }
+    }
+    Ok(UdpWorkers { threads, wakers, ipv6 })
+}
+
+struct Worker {
+    index: usize,
+    shared: Arc<UdpShared>,
+    epoll: Epoll,
+    waker: Arc<Waker>,
+    /// `[v4, v6]`; v6 absent when the namespace has no IPv6.
+    listeners: [Option<OwnedFd>; 2],
+    table: Arc<RoutingTable>,
+    flows: FlowTable<FlowIo>,
+    /// Reply sockets by frontend address, shared by that frontend's flows.
+    replies: FxHashMap<std::net::SocketAddr, Rc<OwnedFd>>,
+    /// Client datagrams.
+    rx: RecvBatch,
+    /// Backend datagrams, gathered across upstream sockets until flushed.
+    up: RecvBatch,
+    tx: SendBatch,
+    // Scratch, allocated once.
+    routes: Vec<(u32, u16, FlowId)>,
+    pending: Vec<Pending>,
+    removed: Vec<Flow<FlowIo>>,
+    slots: Vec<u16>,
+    names: Vec<RawAddr>,
+    sweep_every: Duration,
+    next_sweep: Instant,
+    now: Instant,
+    last_full_warn: Option<Instant>,
+}
+
+impl Worker {
+    fn new(index: usize, shared: Arc<UdpShared>, waker: Arc<Waker>) -> Result<(Worker, bool), UdpStartError> {
+        let [a4, a6] = shared.config.listen_addrs();
+        let l4 = socket::listener(a4).map_err(|source| UdpStartError::Bind { addr: a4, source })?;
+        let l6 = match socket::listener(a6) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                if index == 0 {
+                    warn!(addr = %a6, error = %e, "no IPv6 transparent UDP listener; IPv6 UDP Services are not served");
+                }
+                None
+            }
+        };
+        let setup = |source| UdpStartError::Setup { worker: index, source };
+        let epoll = Epoll::new().map_err(setup)?;
+        epoll.add(l4.as_raw_fd(), LISTENER_V4).map_err(setup)?;
+        if let Some(l) = &l6 {
+            epoll.add(l.as_raw_fd(), LISTENER_V6).map_err(setup)?;
+        }
+        epoll.add(waker.raw(), WAKER).map_err(setup)?;
+        let has_v6 = l6.is_some();
+        let t = shared.config.timeouts;
+        // Expiry is checked often enough that a flow outlives its timeout by at most an eighth
+        // of it (and by at most a second).
+        let sweep_every = (t.idle.min(t.stream) / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let now = Instant::now();
+        let table = shared.table.load_full();
+        let flows = FlowTable::new(t);
+        Ok((
+            Worker {
+                index,
+                epoll,
+                waker,
+                listeners: [Some(l4), l6],
+                table,
+                flows,
+                replies: FxHashMap::default(),
+                rx: RecvBatch::new(),
+                up: RecvBatch::new(),
+                tx: SendBatch::new(),
+                routes: Vec::with_capacity(BATCH),
+                pending: Vec::with_capacity(BATCH),
+                removed: Vec::new(),
+                slots: Vec::with_capacity(BATCH),
+                names: Vec::with_capacity(BATCH),
+                sweep_every,
+                next_sweep: now + sweep_every,
+                now,
+                last_full_warn: None,
+                shared,
+            },
+            has_v6,
+        ))
+    }
+
+    fn run(&mut self) {
+        debug!(worker = self.index, "UDP worker listening");
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        loop {
+            let wait = self.next_sweep.saturating_duration_since(Instant::now());
+            let timeout_ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX).max(1);
+            let n = match self.epoll.wait(&mut events, timeout_ms) {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(worker = self.index, error = %e, "epoll_wait failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            self.now = Instant::now();
+            self.refresh_table();
+            for ev in &events[..n] {
+                match ev.u64 {
+                    LISTENER_V4 => self.on_listener(0),
+                    LISTENER_V6 => self.on_listener(1),
+                    WAKER => self.waker.drain(),
+                    token => self.on_upstream(FlowId::from_token(token)),
+                }
+            }
+            self.flush_replies();
+            if self.now >= self.next_sweep {
+                self.sweep();
+            }
+        }
+    }
+
+    /// Adopts a newly published table, closing every flow it no longer backs.
+    fn refresh_table(&mut self) {
+        let current = self.shared.table.load();
+        if current.generation == self.table.generation {
+            return;
+        }
+        let next = arc_swap::Guard::into_inner(current);
+        let old = std::mem::replace(&mut self.table, next);
+        // Replies already gathered belong to flows that may be closed now.
+        self.flush_replies();
+        let table = &self.table;
+        let n = self.flows.evict_where(|f| !still_backed(&old, table, f), &mut self.removed);
+        add(&self.shared.stats.flows_evicted, n);
+        if n > 0 {
+            debug!(worker = self.index, generation = table.generation, evicted = n, "UDP flows closed by a table change");
+        }
+        self.removed.clear();
+    }
+
+    fn on_listener(&mut self, which: usize) {
+        let Some(fd) = self.listeners[which].as_ref().map(AsRawFd::as_raw_fd) else { return };
+        for _ in 0..LISTENER_ROUNDS {
+            let n = match self.rx.recv(fd, 0, BATCH) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) => {
+                    debug!(worker = self.index, error = %e, "UDP listener receive failed");
+                    return;
+                }
+            };
+            // A table published while draining a burst applies from the next batch on.
+            self.refresh_table();
+            let now = Instant::now();
+            self.now = now;
+            let stats = &self.shared.stats;
+            add(&stats.datagrams_from_clients, n);
+            self.routes.clear();
+            for slot in 0..n {
+                let (Some(src), Some(dst)) = (self.rx.source(slot), self.rx.orig_dst(slot)) else {
+                    add(&self.shared.stats.drops.malformed, 1);
+                    continue;
+                };
+                if self.rx.truncated(slot) {
+                    add(&self.shared.stats.drops.malformed, 1);
+                    continue;
+                }
+                let key = FlowKey { client: ClientAddr(canonical(src)), dst: OrigDstAddr(canonical(dst)) };
+                let id = match self.flows.lookup(&key) {
+                    Some(id) => id,
+                    None => match self.open_flow(key, now) {
+                        Some(id) => id,
+                        None => continue,
+                    },
+                };
+                self.flows.touch_from_client(id, now);
+                self.routes.push((id.index(), slot as u16, id));
+            }
+            self.forward_to_backends();
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Sends the batch's routed datagrams, one `sendmmsg` per flow (in arrival order within a
+    /// flow).
+    fn forward_to_backends(&mut self) {
+        self.routes.sort_unstable_by_key(|r| (r.0, r.1));
+        let mut i = 0;
+        while i < self.routes.len() {
+            let id = self.routes[i].2;
+            let mut j = i;
+            self.slots.clear();
+            while j < self.routes.len() && self.routes[j].2 == id {
+                self.slots.push(self.routes[j].1);
+                j += 1;
+            }
+            i = j;
+            let Some(flow) = self.flows.get(id) else { continue };
+            let sent = self.tx.send(flow.value.upstream.as_raw_fd(), &self.rx, &self.slots, None);
+            flow.value.guard.stats().add_bytes(sent.bytes, 0);
+            let stats = &self.shared.stats;
+            add(&stats.datagrams_to_backends, sent.datagrams);
+            if let Some(e) = sent.error {
+                let lost = self.slots.len() - sent.datagrams;
+                if e.kind() == io::ErrorKind::ConnectionRefused {
+                    // An earlier datagram met a closed port (ICMP): this backend is not serving.
+                    add(&stats.drops.backend_refused, lost);
+                    self.close_refused(id);
+                } else {
+                    add(&stats.drops.send_to_backend, lost);
+                    debug!(worker = self.index, error = %e, lost, "datagrams to a backend dropped");
+                }
+            }
+        }
+    }
+
+    /// A flow's backend answered with ICMP port unreachable: close the flow so the client's
+    /// next datagram is scheduled afresh, and tell the scheduler's stats.
+    fn close_refused(&mut self, id: FlowId) {
+        if let Some(f) = self.flows.remove(id) {
+            f.value.guard.stats().record_failure();
+            debug!(worker = self.index, client = %f.key.client, backend = %f.backend, "backend port unreachable; flow closed");
+        }
+    }
+
+    fn open_flow(&mut self, key: FlowKey, now: Instant) -> Option<FlowId> {
+        let stats = &self.shared.stats;
+        let node_port = self.shared.config.nodeport_addrs.matches(key.dst.ip());
+        let Some(fe) = self.table.lookup(key.dst.0, Protocol::Udp, node_port).cloned() else {
+            add(&stats.drops.no_frontend, 1);
+            debug!(client = %key.client, dst = %key.dst, "no UDP frontend; dropped");
+            return None;
+        };
+        let Some(slot) = self.shared.admit() else {
+            add(&stats.drops.max_flows, 1);
+            if self.last_full_warn.is_none_or(|t| now.duration_since(t) >= FULL_WARN_EVERY) {
+                self.last_full_warn = Some(now);
+                warn!(max_flows = self.shared.config.max_flows, "UDP flow table full (--udp-max-flows); new flows are dropped");
+            }
+            return None;
+        };
+        let Some(backend_index) = self.pick(&fe, key, now) else {
+            add(&stats.drops.no_backend, 1);
+            return None;
+        };
+        let backend = fe.backends().get(backend_index)?;
+        backend.stats.record_pick();
+        let reply = match self.reply_socket(key.dst.0) {
+            Ok(r) => r,
+            Err(e) => {
+                add(&self.shared.stats.drops.socket, 1);
+                debug!(dst = %key.dst, error = %e, "cannot bind a reply socket to the frontend address");
+                return None;
+            }
+        };
+        let local = fe.policy == TrafficPolicy::Local;
+        let upstream = match socket::upstream(backend.addr.0, local.then_some(key.client.0)) {
+            Ok(s) => s,
+            // The client's own address:port is taken on this node (the node itself is the
+            // client): the node's address is the only honest source left.
+            Err(e) if local && e.kind() == io::ErrorKind::AddrInUse => match socket::upstream(backend.addr.0, None) {
+                Ok(s) => s,
+                Err(e) => return self.socket_failed(&key, backend, e),
+            },
+            Err(e) => return self.socket_failed(&key, backend, e),
+        };
+        let raw = upstream.as_raw_fd();
+        let io = FlowIo { upstream, reply, client: RawAddr::new(key.client.0), local, guard: backend.stats.open(), _slot: slot };
+        let (id, _replaced) = self.flows.insert(key, fe.key, backend.addr, io, now);
+        if let Err(e) = self.epoll.add(raw, id.to_token()) {
+            self.flows.remove(id);
+            add(&self.shared.stats.drops.socket, 1);
+            debug!(error = %e, "cannot watch an upstream socket");
+            return None;
+        }
+        if let Some(a) = fe.affinity {
+            self.shared.affinity.record(fe.key, key.client.ip(), backend.addr, a.timeout, now);
+        }
+        add(&self.shared.stats.flows_created, 1);
+        Some(id)
+    }
+
+    fn socket_failed(&self, key: &FlowKey, backend: &schedulers::Backend, e: io::Error) -> Option<FlowId> {
+        backend.stats.record_failure();
+        add(&self.shared.stats.drops.socket, 1);
+        debug!(client = %key.client, backend = %backend.addr, error = %e, "cannot open an upstream UDP socket");
+        None
+    }
+
+    /// Affinity first (while that backend is still pickable), then the scheduler.
+    fn pick(&self, fe: &Frontend, key: FlowKey, now: Instant) -> Option<usize> {
+        let set = fe.backends();
+        let sticky = fe
+            .affinity
+            .and_then(|_| self.shared.affinity.get(fe.key, key.client.ip(), now))
+            .and_then(|addr| set.iter().position(|b| b.addr == addr && b.is_pickable()));
+        sticky.or_else(|| fe.scheduler.pick(&PickContext::new(key.client.0, key.dst.0), &Tried::new()))
+    }
+
+    fn reply_socket(&mut self, frontend: std::net::SocketAddr) -> io::Result<Rc<OwnedFd>> {
+        if let Some(s) = self.replies.get(&frontend) {
+            return Ok(Rc::clone(s));
+        }
+        let s = Rc::new(socket::reply_socket(frontend)?);
+        self.replies.insert(frontend, Rc::clone(&s));
+        Ok(s)
+    }
+
+    fn on_upstream(&mut self, id: FlowId) {
+        if self.pending.len() >= BATCH {
+            self.flush_replies();
+        }
+        // A stale token (the flow closed after epoll reported it) resolves to nothing.
+        let Some(flow) = self.flows.get(id) else { return };
+        let start = self.pending.len();
+        let got = self.up.recv(flow.value.upstream.as_raw_fd(), start, BATCH - start);
+        let n = match got {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::ConnectionRefused {
+                    self.close_refused(id);
+                } else {
+                    debug!(worker = self.index, error = %e, "upstream receive failed; flow closed");
+                    self.flows.remove(id);
+                }
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        let mut bytes = 0u64;
+        for slot in start..start + n {
+            if self.up.truncated(slot) {
+                add(&self.shared.stats.drops.malformed, 1);
+                continue;
+            }
+            bytes += self.up.payload(slot).len() as u64;
+            self.pending.push(Pending { reply: Rc::clone(&flow.value.reply), slot: slot as u16, to: flow.value.client });
+        }
+        flow.value.guard.stats().add_bytes(0, bytes);
+        add(&self.shared.stats.datagrams_from_backends, n);
+        self.flows.touch_from_backend(id, n as u64, self.now);
+    }
+
+    /// Sends the gathered backend datagrams to their clients, one `sendmmsg` per reply socket.
+    fn flush_replies(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.pending.sort_unstable_by_key(|p| (p.reply.as_raw_fd(), p.slot));
+        let mut i = 0;
+        while i < self.pending.len() {
+            let fd = self.pending[i].reply.as_raw_fd();
+            let mut j = i;
+            self.slots.clear();
+            self.names.clear();
+            while j < self.pending.len() && self.pending[j].reply.as_raw_fd() == fd {
+                self.slots.push(self.pending[j].slot);
+                self.names.push(self.pending[j].to);
+                j += 1;
+            }
+            i = j;
+            let sent = self.tx.send(fd, &self.up, &self.slots, Some(&self.names));
+            add(&self.shared.stats.datagrams_to_clients, sent.datagrams);
+            if let Some(e) = sent.error {
+                let lost = self.slots.len() - sent.datagrams;
+                add(&self.shared.stats.drops.send_to_client, lost);
+                debug!(worker = self.index, error = %e, lost, "datagrams to a client dropped");
+            }
+        }
+        self.pending.clear();
+    }
+
+    fn sweep(&mut self) {
+        let n = self.flows.expire(self.now, &mut self.removed);
+        add(&self.shared.stats.flows_expired, n);
+        self.removed.clear();
+        // Reply sockets no flow uses any more (their frontend went quiet or away).
+        self.replies.retain(|_, s| Rc::strong_count(s) > 1);
+        self.next_sweep = self.now + self.sweep_every;
+    }
+}
+
+/// Whether `f` may keep its backend under `new`: the frontend is still there with the same
+/// policy, and the backend is still in its set and pickable (not drained to weight 0).
+fn still_backed(old: &RoutingTable, new: &RoutingTable, f: &Flow<FlowIo>) -> bool {
+    let Some(fe) = new.get(&f.frontend) else { return false };
+    if old.get(&f.frontend).is_some_and(|o| Arc::ptr_eq(o, fe)) {
+        // The very same frontend (unchanged by this publish): nothing to re-check.
+        return true;
+    }
+    if (fe.policy == TrafficPolicy::Local) != f.value.local {
+        return false;
+    }
+    let set = fe.backends().as_slice();
+    // Sets are sorted by address; the linear scan is the fallback for one that is not.
+    let found = match set.binary_search_by_key(&f.backend, |b| b.addr) {
+        Ok(i) => set.get(i),
+        Err(_) => set.iter().find(|b| b.addr == f.backend),
+    };
+    found.is_some_and(schedulers::Backend::is_pickable)
+}
