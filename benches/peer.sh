@@ -167,7 +167,9 @@ stop_pid() { # TERM, up to 5 s, then KILL
 }
 
 # direct: the client talks to one backend itself.
-peer_up_direct() { URL="http://$BE1:8080/"; BULK_HOST=$BE1; }
+# direct: the client talks to the backends themselves (both at once, like the proxies spread
+# their load); bulk goes to be1 as for every peer.
+peer_up_direct() { URLS=("http://$BE1:8080/" "http://$BE2:8080/"); BULK_HOST=$BE1; }
 peer_down_direct() { :; }
 
 # dnat: kube-proxy's nftables mode, reduced to what the benchmark needs: a service map
@@ -204,9 +206,9 @@ table ip tpvs-bench-dnat {
 EOF
     node nft -f "$WORK/dnat.nft"
     node conntrack -F >/dev/null 2>&1 || true
-    URL="http://$VIP_WEB/"
+    URLS=("http://$VIP_WEB/")
     BULK_HOST=$VIP_BULK
-    probe "$URL" 5
+    probe "${URLS[0]}" 5
 }
 peer_down_dnat() {
     node nft delete table ip tpvs-bench-dnat 2>/dev/null || true
@@ -275,9 +277,9 @@ EOF
     ip -n "$NS_NODE" rule add fwmark "$HAPROXY_MARK" lookup "$HAPROXY_TABLE"
     ip -n "$NS_NODE" route add local 0.0.0.0/0 dev lo table "$HAPROXY_TABLE"
     node nft -f "$WORK/tproxy.nft"
-    URL="http://$VIP_WEB/"
+    URLS=("http://$VIP_WEB/")
     BULK_HOST=$VIP_BULK
-    probe "$URL" 5 || { cat "$WORK/haproxy.log" >&2; return 1; }
+    probe "${URLS[0]}" 5 || { cat "$WORK/haproxy.log" >&2; return 1; }
 }
 peer_down_haproxy() {
     if [ -n "$PEER_PID" ]; then
@@ -345,9 +347,9 @@ peer_up_tpvs() {
         --nodeport-addresses 10.0.0.1/32 --proxy-port "$TPVS_PORT" \
         </dev/null >"$WORK/tpvs.log" 2>&1 &
     PEER_PID=$!
-    URL="http://$VIP_WEB/"
+    URLS=("http://$VIP_WEB/")
     BULK_HOST=$VIP_BULK
-    if ! probe "$URL" 20; then
+    if ! probe "${URLS[0]}" 20; then
         echo "benches/peer.sh: tpvs did not answer on $VIP_WEB:80; its log:" >&2
         tail -n 20 "$WORK/tpvs.log" >&2
         return 1
@@ -399,51 +401,73 @@ cpu_ticks() { # utime + stime of a process, in clock ticks
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-run_wrk() { # run_wrk OUTFILE SECONDS [wrk args...]
-    local out=$1 secs=$2
+# load OUTPREFIX SECONDS [wrk args...]: drives every URL in URLS with wrk at once (the threads
+# and connections split evenly between them) and prints "req/s requests p50_ms p99_ms errors",
+# summed over the URLs (latencies: their mean). One URL behind a VIP for the proxies; for
+# direct, both backends themselves, so the baseline spreads its load like the peers do.
+load() {
+    local prefix=$1 secs=$2
     shift 2
-    timeout $((secs + 30)) ip netns exec "$NS_CLIENT" \
-        wrk -t "$THREADS" -c "$CONNS" -d "${secs}s" --timeout 5s "$@" >"$out" 2>&1
+    local n=${#URLS[@]} i pids=() rc=0
+    local t=$((THREADS / n)) c=$((CONNS / n))
+    [ "$t" -ge 1 ] || t=1
+    [ "$c" -ge "$t" ] || c=$t
+    for ((i = 0; i < n; i++)); do
+        timeout $((secs + 30)) ip netns exec "$NS_CLIENT" \
+            wrk -t "$t" -c "$c" -d "${secs}s" --timeout 5s --latency "$@" "${URLS[$i]}" >"$prefix.$i" 2>&1 &
+        pids+=("$!")
+    done
+    for i in "${pids[@]}"; do
+        wait "$i" || rc=1
+    done
+    local stats=()
+    for ((i = 0; i < n; i++)); do
+        local f=$prefix.$i rps req p50 p99 errs
+        rps=$(awk '/^Requests\/sec:/ { print $2 }' "$f")
+        req=$(awk '/requests in/ { print $1 }' "$f")
+        p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$f")")
+        p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$f")")
+        errs=$(wrk_errors "$f")
+        if [ "$rc" -ne 0 ] || [ -z "$rps" ] || [ -z "$req" ]; then
+            cat "$f" >&2
+            return 1
+        fi
+        stats+=("$rps $req $p50 $p99 $errs")
+    done
+    printf '%s\n' "${stats[@]}" | awk '{ r += $1; q += $2; a += $3; b += $4; e += $5 }
+        END { printf "%.2f %d %.3f %.3f %d\n", r, q, a / NR, b / NR, e }'
 }
 
 measure_keepalive() {
-    local peer=$1 out=$WORK/wrk-ka.txt t0 t1
-    run_wrk "$WORK/warmup.txt" "$WARMUP" "$URL" || true
+    local peer=$1 t0 t1 out
+    load "$WORK/warmup" "$WARMUP" >/dev/null || true
     t0=$(cpu_ticks "$PEER_PID")
-    run_wrk "$out" "$DURATION" --latency "$URL" || { cat "$out" >&2; return 1; }
+    out=$(load "$WORK/wrk-ka" "$DURATION") || return 1
     t1=$(cpu_ticks "$PEER_PID")
-    local rps p50 p99 errs
-    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
-    p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
-    p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
-    errs=$(wrk_errors "$out")
-    [ -n "$rps" ] || { cat "$out" >&2; return 1; }
+    local rps requests p50 p99 errs
+    read -r rps requests p50 p99 errs <<<"$out"
     record "$peer" ka_rps "$rps"
     record "$peer" ka_p50 "$p50"
     record "$peer" ka_p99 "$p99"
     record "$peer" ka_err "$errs"
     if [ -n "$PEER_PID" ]; then
         # CPU the proxy process spent per request (microseconds), across all its threads.
-        local hz requests
+        local hz
         hz=$(getconf CLK_TCK)
-        requests=$(awk '/requests in/ { print $1 }' "$out")
         record "$peer" ka_cpu_us "$(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$requests" 'BEGIN { printf "%.2f", (n > 0 ? d / hz * 1e6 / n : 0) }')"
     fi
     note "$(printf '%-8s keep-alive  %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  errors %s' "$peer" "$rps" "$p50" "$p99" "$errs")"
 }
 
 measure_close() {
-    local peer=$1 out=$WORK/wrk-close.txt s0 s1
+    local peer=$1 s0 s1 out
     reset_lab_state
     s0=$(syn_retrans)
-    run_wrk "$out" "$DURATION" -H 'Connection: close' "$URL" || { cat "$out" >&2; return 1; }
+    out=$(load "$WORK/wrk-close" "$DURATION" -H 'Connection: close') || return 1
     s1=$(syn_retrans)
-    local cps errs conns tw
-    cps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
-    conns=$(awk '/requests in/ { print $1 }' "$out")
-    errs=$(wrk_errors "$out")
+    local cps conns p50 p99 errs tw
+    read -r cps conns p50 p99 errs <<<"$out"
     tw=$(node ss -Htan state time-wait | wc -l)
-    [ -n "$cps" ] || { cat "$out" >&2; return 1; }
     record "$peer" cc_cps "$cps"
     record "$peer" cc_conns "$conns"
     record "$peer" cc_err "$errs"
@@ -570,7 +594,7 @@ report() {
 - machine: $machine
 - tpvs: ${TPVS_VERSION:-not available} (tree $rev)
 - peers: HAProxy ${HAPROXY_VERSION} (\`mode tcp\`, TPROXY \`bind … transparent\`, nbthread $NCPU, no splicing), nftables ${NFT_VERSION} DNAT (\`numgen random\` map), tpvs (\`tpvs run\`, $NCPU workers)
-- load: wrk ${WRK_VERSION}, $THREADS threads, $CONNS connections; iperf3 ${IPERF_VERSION}, one stream; nginx ${NGINX_VERSION} backends (be1, be2; bulk: be1)
+- load: wrk ${WRK_VERSION}, $THREADS threads, $CONNS connections (direct: split over be1 and be2); iperf3 ${IPERF_VERSION}, one stream; nginx ${NGINX_VERSION} backends (be1, be2; bulk: be1)
 - each measurement ${DURATION} s, ${REPS} repetitions, medians shown; traffic policy: $POLICY
 - CPU busy before the run (work outside the benchmark): ${BUSY_BEFORE}%$NOISE_NOTE
 
@@ -579,7 +603,7 @@ report() {
 | keep-alive req/s | $(cell direct ka_rps 0) | $(cell dnat ka_rps 0) | $(cell haproxy ka_rps 0) | $(cell tpvs ka_rps 0) | $(ratio "$ka_t" "$ka_h") | $(ratio "$ka_t" "$ka_d") | ≥ 1.2× HAProxy$(meets "$ka_t" "$ka_h" 1.2), ≥ 0.8× DNAT$(meets "$ka_t" "$ka_d" 0.8) |
 | keep-alive p50 latency (ms) | $(cell direct ka_p50 3) | $(cell dnat ka_p50 3) | $(cell haproxy ka_p50 3) | $(cell tpvs ka_p50 3) | $(ratio "$(med tpvs ka_p50)" "$(med haproxy ka_p50)") | $(ratio "$(med tpvs ka_p50)" "$(med dnat ka_p50)") | |
 | keep-alive p99 latency (ms) | $(cell direct ka_p99 3) | $(cell dnat ka_p99 3) | $(cell haproxy ka_p99 3) | $(cell tpvs ka_p99 3) | $(ratio "$p99_t" "$p99_h") | $(ratio "$p99_t" "$(med dnat ka_p99)") | |
-| added p99 vs direct (ms) | – | $(fmt "$(added_p99 dnat)" 3) | $(fmt "$ap_h" 3) | $(fmt "$ap_t" 3) | $(ratio "$ap_t" "$ap_h") | | ≤ HAProxy's$(at_most "$ap_t" "$ap_h") |
+| added p99 vs direct (ms) | – | $(fmt "$(added_p99 dnat)" 3) | $(fmt "$ap_h" 3) | $(fmt "$ap_t" 3) | | | ≤ HAProxy's$(at_most "$ap_t" "$ap_h") |
 | new connections/s | $(cell direct cc_cps 0) | $(cell dnat cc_cps 0) | $(cell haproxy cc_cps 0) | $(cell tpvs cc_cps 0) | $(ratio "$cc_t" "$cc_h") | $(ratio "$cc_t" "$cc_d") | ≥ 2× HAProxy$(meets "$cc_t" "$cc_h" 2), ≥ 0.7× DNAT$(meets "$cc_t" "$cc_d" 0.7) |
 | bulk throughput (Gbit/s) | $(cell direct bulk 2) | $(cell dnat bulk 2) | $(cell haproxy bulk 2) | $(cell tpvs bulk 2) | $(ratio "$bu_t" "$bu_h") | $(ratio "$bu_t" "$bu_d") | ≥ 1.5× HAProxy$(meets "$bu_t" "$bu_h" 1.5), ≥ 0.7× DNAT$(meets "$bu_t" "$bu_d" 0.7) |
 | RSS idle (MB) | – | – | $(cell haproxy rss_idle 1 1024) | $(cell tpvs rss_idle 1 1024) | | | tpvs ≤ 20 MB$(at_most "$(med tpvs rss_idle)" 20480) |
@@ -608,7 +632,7 @@ EOF
     printf '```\n</details>\n'
 }
 errs() {
-    [ -n "${UNAVAILABLE[$1]:-}" ] && { echo "–"; return; }
+    [ -n "${UNAVAILABLE[$1]:-}" ] || [ -z "${R[$1:ka_err]:-}" ] && { echo "–"; return; }
     local a b
     a=$(printf '%s\n' ${R[$1:ka_err]:-0} | awk '{ s += $1 } END { print s + 0 }')
     b=$(printf '%s\n' ${R[$1:cc_err]:-0} | awk '{ s += $1 } END { print s + 0 }')

@@ -218,11 +218,11 @@ fn main() {
     // A burst: changes as fast as the double takes them, coalesced by the min sync period.
     let burst = if full { 2000 } else { 100 };
     let publishes_before = stats.publishes_total.load(Ordering::Relaxed);
+    let want = stats.event_to_publish.count() + burst as u64;
     let sent = Instant::now();
     for n in 0..burst {
         writeln!(stdin, "update {} {}", (n as u32 * 31) % services, samples + n + 1).unwrap_or_else(|e| panic!("child stdin: {e}"));
     }
-    let want = stats.event_to_publish.count() + burst as u64;
     while stats.event_to_publish.count() < want {
         assert!(
             sent.elapsed() < Duration::from_secs(30),

@@ -138,12 +138,12 @@ async fn serve_tcp(listener: TcpListener, addr: SocketAddr, backend: Arc<Backend
         let now = Instant::now();
         let since = backend.epoch.since(now);
         // Inside the refusing window: no listener at all, so SYNs are answered with RST.
-        if let (Some(w), Some(t)) = (backend.profile.refuse, since) {
-            if w.contains(t) {
-                listener = None;
-                tokio::time::sleep(w.end() - t).await;
-                continue;
-            }
+        if let (Some(w), Some(t)) = (backend.profile.refuse, since)
+            && w.contains(t)
+        {
+            listener = None;
+            tokio::time::sleep(w.end() - t).await;
+            continue;
         }
         let l = match listener.take() {
             Some(l) => l,

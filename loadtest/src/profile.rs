@@ -108,10 +108,10 @@ impl BackendProfile {
     /// The service time of request `id` arriving `t` after the measurement began (`None`
     /// during warm-up). Keyed by request id, not arrival order, so it is reproducible.
     pub fn service_time(&self, seed: u64, backend: usize, id: u64, t: Option<Duration>) -> Duration {
-        if let (Some(stall), Some(t)) = (self.stall, t) {
-            if stall.window.contains(t) {
-                return stall.latency;
-            }
+        if let (Some(stall), Some(t)) = (self.stall, t)
+            && stall.window.contains(t)
+        {
+            return stall.latency;
         }
         let mut rng = Rng::new(derive(derive(seed, backend as u64), id));
         self.latency.sample(&mut rng)

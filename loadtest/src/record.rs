@@ -16,9 +16,12 @@ const LOWEST_NS: u64 = 1_000;
 const HIGHEST_NS: u64 = 600_000_000_000;
 
 pub fn new_histogram() -> Histogram<u64> {
-    // These bounds are valid constants (low ≥ 1, high ≥ 2·low, 3 digits), so creation cannot
-    // fail; the fallback keeps this total anyway.
-    Histogram::new_with_bounds(LOWEST_NS, HIGHEST_NS, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_default())
+    // The bounds are constants that satisfy the library's rules (low ≥ 1, high ≥ 2·low, ≤ 5
+    // digits): an error here is a programming mistake caught by the first test, not input.
+    match Histogram::new_with_bounds(LOWEST_NS, HIGHEST_NS, 3) {
+        Ok(h) => h,
+        Err(e) => panic!("histogram bounds {LOWEST_NS}..{HIGHEST_NS} rejected: {e:?}"),
+    }
 }
 
 /// Why a measured request failed.
@@ -107,14 +110,14 @@ impl Recorder {
         if measured {
             let mut t = self.lock();
             t.all.saturating_record(latency_ns);
-            if let Ok(b) = usize::try_from(backend) {
-                if b < MAX_BACKENDS {
-                    if t.per_backend.len() <= b {
-                        t.per_backend.resize_with(b + 1, new_histogram);
-                    }
-                    if let Some(h) = t.per_backend.get_mut(b) {
-                        h.saturating_record(latency_ns);
-                    }
+            if let Ok(b) = usize::try_from(backend)
+                && b < MAX_BACKENDS
+            {
+                if t.per_backend.len() <= b {
+                    t.per_backend.resize_with(b + 1, new_histogram);
+                }
+                if let Some(h) = t.per_backend.get_mut(b) {
+                    h.saturating_record(latency_ns);
                 }
             }
             drop(t);

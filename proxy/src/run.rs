@@ -189,7 +189,7 @@ fn start(args: &RunArgs, manifests: PathBuf) -> anyhow::Result<Arc<Interception>
         forward: Some(Arc::clone(&shared)),
         manifests: Some(source.stats()),
         kube: None,
-        udp: None,
+        udp: udp.clone(),
     };
     if let Err(e) = crate::admin::start(&args.admin, admin_sources) {
         let _ = interception.remove();

@@ -259,25 +259,13 @@ specs! {
     manifest_ok = "tpvs_manifest_last_reload_success", G, &[], "1 when the last manifests reload had no error.";
     kube_events = "tpvs_kube_events_total", C, &[], "Watch events received from the Kubernetes API.";
     kube_watch_errors = "tpvs_kube_watch_errors_total", C, &[], "List/watch failures (each followed by a retry).";
-    udp_active = "tpvs_udp_flows_active", G, &[], "UDP flows in the flow table now.";
+    udp_active = "tpvs_udp_flows_active", G, &[], "UDP flows open now.";
     udp_created = "tpvs_udp_flows_created_total", C, &[], "UDP flows created.";
-    udp_evicted = "tpvs_udp_flows_evicted_total", C, &["reason"], "UDP flows removed (idle, full).";
-    udp_datagrams = "tpvs_udp_datagrams_total", C, &["direction"], "UDP datagrams relayed (to_backend, from_backend).";
-    udp_drops = "tpvs_udp_drops_total", C, &["reason"], "UDP datagrams dropped (no_backend, send_error, table_full).";
-}
-
-/// What the UDP data path reports (exported as `tpvs_udp_*`).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct UdpCounters {
-    pub flows_active: u64,
-    pub flows_created: u64,
-    pub flows_evicted_idle: u64,
-    pub flows_evicted_full: u64,
-    pub datagrams_to_backend: u64,
-    pub datagrams_from_backend: u64,
-    pub drops_no_backend: u64,
-    pub drops_send_error: u64,
-    pub drops_table_full: u64,
+    udp_evicted = "tpvs_udp_flows_evicted_total", C, &["reason"],
+        "UDP flows closed: idle (their timeout passed) or table_change (backend removed or drained).";
+    udp_datagrams = "tpvs_udp_datagrams_total", C, &["direction"],
+        "UDP datagrams relayed (from_clients, to_backends, from_backends, to_clients).";
+    udp_drops = "tpvs_udp_drops_total", C, &["reason"], "UDP datagrams dropped, by reason.";
 }
 
 /// Reads every live counter when scraped.
@@ -331,6 +319,9 @@ impl Collector for TableCollector {
 }
 
 type SvcKey<'a> = (&'a str, &'a str, &'a str);
+
+/// Buckets, count and sum of histograms merged across sources.
+type Merged = (Vec<(f64, u64)>, u64, Duration);
 
 fn collect_table(table: &RoutingTable, out: &mut Vec<MetricFamily>) {
     let mut backends: BTreeMap<(SvcKey<'_>, String), BackendRow<'_>> = BTreeMap::new();
@@ -464,9 +455,9 @@ impl TableCollector {
                 out.push(f.mf);
             }
         }
-        // Exported even before the UDP data path reports, so dashboards and alerts see zeros
-        // rather than "no data" on a node without UDP Services.
-        let u = self.sources.udp.as_ref().map(|hook| hook()).unwrap_or_default();
+        // Zeros when the UDP data path is off, so dashboards and alerts see zeros rather
+        // than "no data".
+        let u = self.sources.udp.as_ref().map(|u| u.stats.snapshot()).unwrap_or_default();
         let mut f = Fam::new(&spec::udp_active);
         f.value(&[], u.flows_active as f64);
         out.push(f.mf);
@@ -474,15 +465,30 @@ impl TableCollector {
         f.value(&[], u.flows_created as f64);
         out.push(f.mf);
         let mut f = Fam::new(&spec::udp_evicted);
-        f.value(&[("reason", "idle")], u.flows_evicted_idle as f64);
-        f.value(&[("reason", "full")], u.flows_evicted_full as f64);
+        f.value(&[("reason", "idle")], u.flows_expired as f64);
+        f.value(&[("reason", "table_change")], u.flows_evicted as f64);
         out.push(f.mf);
         let mut f = Fam::new(&spec::udp_datagrams);
-        f.value(&[("direction", "to_backend")], u.datagrams_to_backend as f64);
-        f.value(&[("direction", "from_backend")], u.datagrams_from_backend as f64);
+        for (dir, v) in [
+            ("from_clients", u.datagrams_from_clients),
+            ("to_backends", u.datagrams_to_backends),
+            ("from_backends", u.datagrams_from_backends),
+            ("to_clients", u.datagrams_to_clients),
+        ] {
+            f.value(&[("direction", dir)], v as f64);
+        }
         out.push(f.mf);
         let mut f = Fam::new(&spec::udp_drops);
-        for (reason, v) in [("no_backend", u.drops_no_backend), ("send_error", u.drops_send_error), ("table_full", u.drops_table_full)] {
+        for (reason, v) in [
+            ("no_frontend", u.drop_no_frontend),
+            ("no_backend", u.drop_no_backend),
+            ("max_flows", u.drop_max_flows),
+            ("socket", u.drop_socket),
+            ("backend_refused", u.drop_backend_refused),
+            ("send_to_backend", u.drop_send_to_backend),
+            ("send_to_client", u.drop_send_to_client),
+            ("malformed", u.drop_malformed),
+        ] {
             f.value(&[("reason", reason)], v as f64);
         }
         out.push(f.mf);
@@ -492,7 +498,7 @@ impl TableCollector {
         use std::sync::atomic::Ordering::Relaxed;
         let mut errors = Fam::new(&spec::config_errors);
         // Both sources measure programming latency on the same buckets; a node runs one.
-        let mut programming: Option<(Vec<(f64, u64)>, u64, Duration)> = None;
+        let mut programming: Option<Merged> = None;
         let mut merge = |h: &controlplane::kube_source::DurationHistogram| {
             let (b, c, s) = (h.buckets(), h.count(), h.sum());
             programming = Some(match programming.take() {

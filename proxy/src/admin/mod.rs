@@ -32,7 +32,6 @@ use crate::netfilter::{Interception, SyncStats};
 use crate::units::parse_duration;
 use healthz::ProxyHealth;
 use http::{Exec, Handler, Req, not_found, respond};
-pub use metrics::UdpCounters;
 
 /// What `/proxyMode` answers (kube-proxy answers "iptables", "ipvs" or "nftables").
 pub const PROXY_MODE: &str = "tpvs";
@@ -42,25 +41,26 @@ pub const PROXY_MODE: &str = "tpvs";
 pub struct AdminArgs {
     /// Address of the metrics server (`/metrics`, `/proxyMode`, `/api/table`); empty disables it.
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:10249", value_parser = parse_bind)]
-    pub metrics_bind_address: Option<SocketAddr>,
+    pub metrics_bind_address: BindAddress,
     /// Address of the health server (`/healthz`, `/livez`); empty disables it.
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10256", value_parser = parse_bind)]
-    pub healthz_bind_address: Option<SocketAddr>,
+    pub healthz_bind_address: BindAddress,
     /// `/healthz` fails when a published table has waited this long for its rules (kube-proxy
     /// uses twice its sync period).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub healthz_pending_timeout: Duration,
 }
 
-fn parse_bind(s: &str) -> Result<Option<SocketAddr>, String> {
-    if s.is_empty() {
-        return Ok(None);
-    }
-    s.parse().map(Some).map_err(|e| format!("{s:?}: expected IP:PORT ({e})"))
-}
+/// A server address, or none (the flag set to "") to turn that server off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindAddress(pub Option<SocketAddr>);
 
-/// Hook the UDP data path registers to report its counters.
-pub type UdpHook = Arc<dyn Fn() -> UdpCounters + Send + Sync>;
+fn parse_bind(s: &str) -> Result<BindAddress, String> {
+    if s.is_empty() {
+        return Ok(BindAddress(None));
+    }
+    s.parse().map(|a| BindAddress(Some(a))).map_err(|e| format!("{s:?}: expected IP:PORT ({e})"))
+}
 
 /// Everything the admin endpoints read.
 #[derive(Clone)]
@@ -70,7 +70,7 @@ pub struct Sources {
     pub forward: Option<Arc<Shared>>,
     pub manifests: Option<Arc<SourceStats>>,
     pub kube: Option<Arc<KubeSourceStats>>,
-    pub udp: Option<UdpHook>,
+    pub udp: Option<Arc<crate::udp::UdpShared>>,
 }
 
 /// The running admin thread.
@@ -105,8 +105,8 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Admin> {
         let _guard = runtime.enter();
         Ok(Some(TcpListener::from_std(std).context("registering the listener")?))
     };
-    let metrics_listener = bind(args.metrics_bind_address, "metrics")?;
-    let healthz_listener = bind(args.healthz_bind_address, "healthz")?;
+    let metrics_listener = bind(args.metrics_bind_address.0, "metrics")?;
+    let healthz_listener = bind(args.healthz_bind_address.0, "healthz")?;
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let healthz_addr = healthz_listener.as_ref().and_then(|l| l.local_addr().ok());
 
@@ -181,4 +181,43 @@ fn register_listener(
         }
         tables.send_replace(Arc::clone(table));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::cli::{Cli, Command};
+
+    fn run_args(extra: &[&str]) -> crate::run::RunArgs {
+        let mut argv = vec!["tpvs", "run", "--manifests", "m.yaml"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Run(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn admin_flags_default_to_kube_proxys_addresses_and_empty_turns_a_server_off() {
+        let a = run_args(&[]).admin;
+        assert_eq!(a.metrics_bind_address.0.map(|s| s.to_string()).as_deref(), Some("127.0.0.1:10249"));
+        assert_eq!(a.healthz_bind_address.0.map(|s| s.to_string()).as_deref(), Some("0.0.0.0:10256"));
+        let a = run_args(&["--metrics-bind-address", "", "--healthz-bind-address", "[::1]:1"]).admin;
+        assert_eq!(a.metrics_bind_address.0, None);
+        assert_eq!(a.healthz_bind_address.0.map(|s| s.to_string()).as_deref(), Some("[::1]:1"));
+        let mut argv = vec!["tpvs", "run", "--metrics-bind-address", "nonsense"];
+        argv.push("--manifests");
+        argv.push("m.yaml");
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
+
+    #[test]
+    fn list_flags_parse() {
+        match Cli::try_parse_from(["tpvs", "list", "--rate", "--server", "127.0.0.1:1"]).map(|c| c.command) {
+            Ok(Command::List(a)) => assert!(a.rate && !a.stats && a.table.manifests.is_none()),
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["tpvs", "list", "--rate", "--manifests", "x"]).is_err(), "rates need the daemon");
+    }
 }

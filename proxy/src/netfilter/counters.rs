@@ -22,7 +22,7 @@ pub struct VerdictCounts {
 }
 
 impl VerdictCounts {
-    pub fn add(self, other: VerdictCounts) -> VerdictCounts {
+    pub fn plus(self, other: VerdictCounts) -> VerdictCounts {
         VerdictCounts { refused: self.refused.saturating_add(other.refused), dropped: self.dropped.saturating_add(other.dropped) }
     }
 }

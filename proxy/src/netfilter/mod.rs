@@ -93,7 +93,7 @@ impl Interception {
             // failed read loses only these counts, never the sync.
             if let Ok(now) = counters::read(&self.rules.table) {
                 let mut carried = self.carried.lock().unwrap_or_else(|p| p.into_inner());
-                *carried = carried.add(now);
+                *carried = carried.plus(now);
             }
         }
         let result = command::nft_apply(&text);
@@ -129,7 +129,7 @@ impl Interception {
         if state.closed || state.applied.is_none() {
             return Ok(carried);
         }
-        Ok(carried.add(counters::read(&self.rules.table)?))
+        Ok(carried.plus(counters::read(&self.rules.table)?))
     }
 
     /// Removes the table and the policy routing; later syncs are ignored.

@@ -336,6 +336,65 @@ table inet tpvs {
         assert_eq!(text, expected);
     }
 
+    /// The block of `text` that starts with the line `start` and ends at its closing brace.
+    fn section<'a>(text: &'a str, start: &str) -> &'a str {
+        let from = text.find(start).unwrap_or_else(|| panic!("no {start:?} in:\n{text}"));
+        let rest = &text[from..];
+        let to = rest.find("\n\t}\n").map_or(rest.len(), |i| i + 4);
+        &rest[..to]
+    }
+
+    #[test]
+    fn golden_udp_frontends_go_to_the_udp_listener() {
+        let mut p = Plan::default();
+        p.exact.insert(key("10.96.0.10", 53, Protocol::Udp), Verdict::Tproxy);
+        p.exact.insert(key("10.96.0.10", 53, Protocol::Tcp), Verdict::Tproxy);
+        p.exact.insert(key("10.96.0.11", 53, Protocol::Udp), Verdict::Refuse);
+        p.exact.insert(key("fd00:96::10", 53, Protocol::Udp), Verdict::Tproxy);
+        p.node_ports.insert((false, Protocol::Udp, 30053), Verdict::Tproxy);
+        let mut c = cfg(NodePortAddrs::AllLocal);
+        c.udp_port = Some(15002);
+        let text = render(&p, &c);
+        assert_eq!(
+            section(&text, "\tmap frontends4 {"),
+            "\tmap frontends4 {
+\t\ttype ipv4_addr . inet_proto . inet_service : verdict
+\t\telements = { 10.96.0.10 . tcp . 53 : goto tproxy_tcp,
+\t\t\t10.96.0.10 . udp . 53 : goto tproxy_udp,
+\t\t\t10.96.0.11 . udp . 53 : goto refuse }
+\t}
+"
+        );
+        assert_eq!(
+            section(&text, "\tmap frontends6 {"),
+            "\tmap frontends6 {
+\t\ttype ipv6_addr . inet_proto . inet_service : verdict
+\t\telements = { fd00:96::10 . udp . 53 : goto tproxy_udp }
+\t}
+"
+        );
+        assert_eq!(
+            section(&text, "\tmap nodeports4 {"),
+            "\tmap nodeports4 {
+\t\ttype inet_proto . inet_service : verdict
+\t\telements = { udp . 30053 : goto tproxy_udp }
+\t}
+"
+        );
+        assert_eq!(
+            section(&text, "\tchain tproxy_udp {"),
+            "\tchain tproxy_udp {
+\t\tmeta nfproto ipv4 meta l4proto udp tproxy ip to 127.0.0.1:15002 meta mark set 0x7470 accept
+\t\tmeta nfproto ipv6 meta l4proto udp tproxy ip6 to [::1]:15002 meta mark set 0x7470 accept
+\t}
+"
+        );
+        // The node's own datagrams to a UDP VIP take the same detour as its TCP connections.
+        assert!(section(&text, "\tset local4 {").contains("10.96.0.10 . udp . 53"));
+        // Replies to a spoofed client address (Local) come back through the same rule as TCP's.
+        assert!(text.contains("meta l4proto { tcp, udp } socket transparent 1 meta mark set 0x7470 accept"));
+    }
+
     #[test]
     fn frontend_maps_come_before_the_reply_path_rule() {
         let text = render(&sample(), &cfg(NodePortAddrs::AllLocal));

@@ -475,6 +475,10 @@ pub struct Svc {
     pub external_ips: Vec<String>,
     pub lb_ingress: Option<String>,
     pub affinity_secs: Option<u32>,
+    /// "TCP" or "UDP", and the Service port → target port (80 → 8080 unless changed).
+    pub protocol: &'static str,
+    pub port: u16,
+    pub target_port: u16,
     /// (address, nodeName)
     pub endpoints: Vec<(String, String)>,
 }
@@ -491,6 +495,9 @@ impl Svc {
             external_ips: Vec::new(),
             lb_ingress: None,
             affinity_secs: None,
+            protocol: "TCP",
+            port: SVC_PORT,
+            target_port: BACKEND_PORT,
             endpoints: Vec::new(),
         }
     }
@@ -524,7 +531,7 @@ impl Svc {
                 let _ = writeln!(y, "  sessionAffinity: None");
             }
         }
-        let _ = writeln!(y, "  ports:\n  - name: http\n    port: {SVC_PORT}\n    protocol: TCP\n    targetPort: {BACKEND_PORT}");
+        let _ = writeln!(y, "  ports:\n  - name: http\n    port: {}\n    protocol: {}\n    targetPort: {}", self.port, self.protocol, self.target_port);
         if let Some(np) = self.node_port {
             let _ = writeln!(y, "    nodePort: {np}");
         }
@@ -538,7 +545,7 @@ impl Svc {
             self.name, self.name
         );
         let _ = writeln!(y, "addressType: {}", if v6 { "IPv6" } else { "IPv4" });
-        let _ = writeln!(y, "ports:\n- name: http\n  port: {BACKEND_PORT}\n  protocol: TCP");
+        let _ = writeln!(y, "ports:\n- name: http\n  port: {}\n  protocol: {}", self.target_port, self.protocol);
         if self.endpoints.is_empty() {
             let _ = writeln!(y, "endpoints: []");
         } else {

@@ -1,0 +1,267 @@
+//! The command line: `list`, `run` (self-hosted comparison), `serve` (profiled backends for an
+//! external target) and `external` (load against any address).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use schedulers::SchedulerKind;
+
+use crate::backends::{self, Epoch, Spec};
+use crate::client::Mode;
+use crate::metrics::{self, Live};
+use crate::report;
+use crate::runner::{self, RunOptions};
+use crate::scenario::{self, Scenario};
+use crate::summary::{Report, ScenarioReport};
+use crate::target::ProxySettings;
+
+#[derive(Debug, Parser)]
+#[command(name = "tpvs-loadtest", version, about = "Compare tpvs schedulers under open-loop load with latency-profiled backends")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the built-in scenarios.
+    List,
+    /// Run built-in scenarios against loopback backends through the in-process tpvs engine,
+    /// once per scheduler.
+    Run(RunArgs),
+    /// Serve a scenario's backend profiles on the given addresses (to stand behind a real
+    /// Service for `external`); runs until interrupted.
+    Serve(ServeArgs),
+    /// Send open-loop load to any address (a Service VIP, a NodePort) and report; per-backend
+    /// shares come from the backends' own replies (`serve`).
+    External(ExternalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Write the full report as JSON.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report with charts.
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<PathBuf>,
+    /// Serve live results in Prometheus text format on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// No progress line and no per-run lines (tables are still printed).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Scenarios to run (default: all built-in ones).
+    pub scenarios: Vec<String>,
+    /// Multiply every time line (warm-up, measurement, stall windows and latency) by this; 0.1
+    /// turns the 30 s stall into 3 s for CI.
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// Schedulers to compare, comma-separated (default: the scenario's, normally all twelve).
+    #[arg(long, value_delimiter = ',')]
+    pub schedulers: Vec<SchedulerKind>,
+    /// Override the scenario's request rate (requests per second).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Override the scenario's transport.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Seed for service times and randomised schedulers: same seed, same run.
+    #[arg(long, default_value_t = 0x7470_7673)]
+    pub seed: u64,
+    /// Event-loop threads of the in-process tpvs engine.
+    #[arg(long, default_value_t = 2)]
+    pub proxy_workers: usize,
+    /// Generator runtime threads.
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Built-in scenario whose backend profiles to serve, in order.
+    #[arg(long, default_value = "one-stalled")]
+    pub scenario: String,
+    /// One address per backend (repeat, or comma-separate); fewer than the scenario has serves
+    /// the first ones.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub listen: Vec<SocketAddr>,
+    /// Answer UDP on the same addresses too.
+    #[arg(long)]
+    pub udp: bool,
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    #[arg(long, default_value_t = 0x7470_7673)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ExternalArgs {
+    /// Where to send requests (the backends behind it must speak the tpvs-loadtest frames).
+    #[arg(long)]
+    pub target: SocketAddr,
+    #[arg(long, value_enum, default_value = "per-request")]
+    pub mode: Mode,
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    #[arg(long, default_value = "30", value_parser = parse_secs)]
+    pub duration: Duration,
+    #[arg(long, default_value = "5", value_parser = parse_secs)]
+    pub warmup: Duration,
+    /// Persistent-mode pool size.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    pub timeout: Duration,
+    /// A label for the report (e.g. the Service's scheduler).
+    #[arg(long, default_value = "external")]
+    pub label: String,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.trim_end_matches('s').parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if v.is_finite() && v >= 0.0 { Ok(Duration::from_secs_f64(v)) } else { Err(format!("{s:?}: not a duration")) }
+}
+
+pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
+    raise_fd_limit();
+    match cli.command {
+        Command::List => {
+            for s in scenario::builtin() {
+                println!("{:<20} {}\n{:<20} {}\n", s.name, s.title, "", report::load_line(&s));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => run(args),
+        Command::Serve(args) => serve(args),
+        Command::External(args) => external(args),
+    }
+}
+
+fn start_metrics(out: &OutputArgs) -> anyhow::Result<Option<Arc<Live>>> {
+    let Some(addr) = out.metrics_addr else { return Ok(None) };
+    let live = Arc::new(Live::default());
+    let bound = metrics::serve(addr, Arc::clone(&live)).with_context(|| format!("serving /metrics on {addr}"))?;
+    eprintln!("live results on http://{bound}/metrics");
+    Ok(Some(live))
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let names: Vec<String> =
+        if args.scenarios.is_empty() { scenario::builtin().into_iter().map(|s| s.name).collect() } else { args.scenarios.clone() };
+    let mut chosen: Vec<Scenario> = Vec::new();
+    for n in &names {
+        let s = scenario::find(n).with_context(|| format!("no built-in scenario {n:?} (see `tpvs-loadtest list`)"))?;
+        chosen.push(s);
+    }
+    let opts = RunOptions {
+        time_scale: args.time_scale,
+        seed: args.seed,
+        proxy: ProxySettings { workers: args.proxy_workers.max(1), ..ProxySettings::default() },
+        client_threads: args.client_threads.max(1),
+        live: start_metrics(&args.out)?,
+        quiet: args.out.quiet,
+        ..RunOptions::default()
+    };
+    let mut reports = Vec::new();
+    for mut s in chosen {
+        s = s.scaled(args.time_scale);
+        if let Some(r) = args.rate {
+            anyhow::ensure!(r.is_finite() && r > 0.0, "--rate must be positive");
+            s.rate = r;
+        }
+        if let Some(m) = args.mode {
+            s.mode = m;
+        }
+        if !args.schedulers.is_empty() && !s.direct {
+            s.schedulers = args.schedulers.clone();
+        }
+        let sr = runner::run_scenario(&s, &opts)?;
+        println!("{}", report::table::render(&sr));
+        reports.push(sr);
+    }
+    write_outputs(&args.out, reports)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_outputs(out: &OutputArgs, scenarios: Vec<ScenarioReport>) -> anyhow::Result<()> {
+    let report = Report {
+        tool: format!("tpvs-loadtest {}", env!("CARGO_PKG_VERSION")),
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        scenarios,
+    };
+    if let Some(p) = &out.json {
+        let text = serde_json::to_string_pretty(&report).context("encoding the JSON report")?;
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("JSON report: {}", p.display());
+    }
+    if let Some(p) = &out.html {
+        std::fs::write(p, report::html::render(&report)).with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("HTML report: {}", p.display());
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let s = scenario::find(&args.scenario)
+        .with_context(|| format!("no built-in scenario {:?}", args.scenario))?
+        .scaled(args.time_scale);
+    let specs: Vec<Spec> =
+        s.backends.iter().zip(&args.listen).map(|(profile, bind)| Spec { bind: *bind, profile: profile.clone() }).collect();
+    // The profiles' windows count from the end of the scenario's warm-up, from now.
+    let epoch = Epoch { measure_from: Instant::now() + s.warmup };
+    let farm = backends::start(&specs, args.seed, epoch, args.udp, 2).context("starting backends")?;
+    for (i, (a, spec)) in farm.addrs.iter().zip(&specs).enumerate() {
+        eprintln!("backend #{i} on {a}: {} {}", spec.profile.latency.describe(), spec.profile.label());
+    }
+    eprintln!("serving; interrupt to stop");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn external(args: ExternalArgs) -> anyhow::Result<ExitCode> {
+    let live = start_metrics(&args.out)?;
+    let sr = runner::run_external(
+        &runner::ExternalSpec {
+            target: args.target,
+            mode: args.mode,
+            rate: args.rate,
+            warmup: args.warmup,
+            measure: args.duration,
+            connections: args.connections,
+            timeout: args.timeout,
+            label: args.label.clone(),
+        },
+        &RunOptions { live, quiet: args.out.quiet, ..RunOptions::default() },
+    )?;
+    println!("{}", report::table::render(&sr));
+    write_outputs(&args.out, vec![sr])?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connect-per-request load keeps thousands of sockets open (client, proxy both ways,
+/// backend); the default soft limit of 1024 would fail requests for the wrong reason.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill and setrlimit to read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The load generator: the pacer's time line turned into requests on the wire.
+//!
+//! - [`tcp`]: request/response over a pool of persistent connections, or one new connection
+//!   per request (the mode in which an L4 proxy's scheduler decides every request).
+//! - [`udp`]: request/response datagrams, matched to their request by id.
+//!
+//! [`drive`] owns the generator's runtime and the pacer thread for one run.
+
+pub mod tcp;
+pub mod udp;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use schedulers::Scheduler;
+use serde::Serialize;
+
+use crate::pacer::{self, Timeline};
+use crate::record::{Failure, Recorder};
+
+/// How requests travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// A new TCP connection per request: the proxy's scheduler picks a backend per request.
+    PerRequest,
+    /// A fixed pool of TCP connections; requests wait for a free one (the wait counts).
+    Persistent,
+    /// One datagram each way per request.
+    Udp,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::PerRequest => "tcp-per-request",
+            Mode::Persistent => "tcp-persistent",
+            Mode::Udp => "udp",
+        }
+    }
+}
+
+/// Where requests go.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// One address (the in-process proxy, or an external VIP); TCP or UDP by mode.
+    Addr(SocketAddr),
+    /// UDP straight to the backends, each request's backend chosen by a tpvs scheduler in the
+    /// generator — the stand-in for a UDP data path the self-hosted target cannot run yet.
+    UdpBalanced { scheduler: Arc<dyn Scheduler>, backends: Vec<SocketAddr> },
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ClientConfig {
+    pub mode: Mode,
+    /// Pool size in persistent mode.
+    pub connections: usize,
+    /// A request not answered this long after its due time has failed.
+    pub timeout: Duration,
+    /// Requests in flight beyond which new ones fail at once as generator overload (an fd and
+    /// memory guard; reported, never silent).
+    pub max_in_flight: u64,
+    /// Generator runtime threads.
+    pub threads: usize,
+}
+
+/// Runs the whole time line against `target`, recording into `rec`; returns after every
+/// measured request has succeeded or failed.
+pub fn drive(target: &Target, timeline: Timeline, cfg: ClientConfig, rec: &Arc<Recorder>, stop: &AtomicBool) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads.max(1))
+        .thread_name("loadtest-client")
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    match (cfg.mode, target) {
+        (Mode::Persistent, Target::Addr(addr)) => {
+            let queue = tcp::Pool::start(&handle, *addr, cfg.connections, cfg.timeout, Arc::clone(rec));
+            pacer::run(timeline, stop, |job| {
+                rec.start(job.measured);
+                queue.submit(job);
+            });
+            // Closing the queue lets the pool finish what is queued and exit.
+            drop(queue);
+        }
+        (Mode::PerRequest, Target::Addr(addr)) => {
+            pacer::run(timeline, stop, |job| {
+                rec.start(job.measured);
+                if rec.in_flight.load(Ordering::Relaxed) > cfg.max_in_flight {
+                    rec.failed(job.measured, Failure::Overload);
+                    return;
+                }
+                handle.spawn(tcp::one_shot(*addr, job, cfg.timeout, Arc::clone(rec)));
+            });
+        }
+        (Mode::Udp, target) => {
+            let client = runtime.block_on(udp::Client::start(target.clone(), cfg.timeout, Arc::clone(rec)))?;
+            pacer::run(timeline, stop, |job| {
+                rec.start(job.measured);
+                if rec.in_flight.load(Ordering::Relaxed) > cfg.max_in_flight {
+                    rec.failed(job.measured, Failure::Overload);
+                    return;
+                }
+                let c = Arc::clone(&client);
+                handle.spawn(async move { c.send(job).await });
+            });
+        }
+        (_, Target::UdpBalanced { .. }) => {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "client-side balancing exists for UDP only"));
+        }
+    }
+    // Every request has its own deadline (due + timeout); past the last one, anything still
+    // open is a stuck task, which the summary counts as timed out.
+    let deadline = timeline.end() + cfg.timeout + Duration::from_secs(1);
+    while rec.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! TCP request/response: one new connection per request, or a pool of persistent connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::pacer::Job;
+use crate::record::{Failure, Recorder};
+use crate::wire;
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One request on one exchange of frames; `Ok(backend)` when the reply matched.
+async fn exchange(stream: &mut TcpStream, id: u64) -> Result<u32, Failure> {
+    stream.write_all(&wire::request(id)).await.map_err(|e| Failure::from_io(&e))?;
+    let mut buf = [0u8; wire::FRAME];
+    stream.read_exact(&mut buf).await.map_err(|e| Failure::from_io(&e))?;
+    match wire::parse_response(&buf) {
+        Ok((backend, got)) if got == id => Ok(backend),
+        _ => Err(Failure::Protocol),
+    }
+}
+
+/// Connect, one request, close: through a proxy, every request is a scheduling decision.
+pub async fn one_shot(addr: SocketAddr, job: Job, timeout: Duration, rec: Arc<Recorder>) {
+    let deadline = tokio::time::Instant::from_std(job.due + timeout);
+    let outcome = tokio::time::timeout_at(deadline, async {
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| Failure::from_io(&e))?;
+        let _ = stream.set_nodelay(true);
+        exchange(&mut stream, job.id).await
+    })
+    .await;
+    let now = Instant::now();
+    match outcome {
+        Ok(Ok(backend)) => rec.ok(job.measured, backend, nanos(now.saturating_duration_since(job.due))),
+        Ok(Err(why)) => rec.failed(job.measured, why),
+        Err(_) => rec.failed(job.measured, Failure::Timeout),
+    }
+}
+
+/// A pool of persistent connections fed from one queue: a request waits for the first free
+/// connection, and the wait is part of its latency (it is measured from the due time).
+#[derive(Debug)]
+pub struct Pool {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Pool {
+    pub fn start(rt: &tokio::runtime::Handle, addr: SocketAddr, connections: usize, timeout: Duration, rec: Arc<Recorder>) -> Pool {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..connections.max(1) {
+            rt.spawn(conn_loop(addr, Arc::clone(&rx), timeout, Arc::clone(&rec)));
+        }
+        Pool { tx }
+    }
+
+    pub fn submit(&self, job: Job) {
+        // The receivers live as long as any connection task; they only end after `self` drops.
+        let _ = self.tx.send(job);
+    }
+}
+
+async fn conn_loop(addr: SocketAddr, rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, timeout: Duration, rec: Arc<Recorder>) {
+    let mut conn: Option<TcpStream> = None;
+    loop {
+        // The tokio mutex is fair: idle connections take jobs in the order they became idle.
+        let job = { rx.lock().await.recv().await };
+        let Some(job) = job else { return };
+        let deadline = tokio::time::Instant::from_std(job.due + timeout);
+        let outcome = tokio::time::timeout_at(deadline, async {
+            if conn.is_none() {
+                let s = TcpStream::connect(addr).await.map_err(|e| Failure::from_io(&e))?;
+                let _ = s.set_nodelay(true);
+                conn = Some(s);
+            }
+            match conn.as_mut() {
+                Some(s) => exchange(s, job.id).await,
+                None => Err(Failure::Other),
+            }
+        })
+        .await;
+        let now = Instant::now();
+        match outcome {
+            Ok(Ok(backend)) => rec.ok(job.measured, backend, nanos(now.saturating_duration_since(job.due))),
+            Ok(Err(why)) => {
+                // The connection is in an unknown state (a frame may be half read): start over.
+                conn = None;
+                rec.failed(job.measured, why);
+            }
+            Err(_) => {
+                conn = None;
+                rec.failed(job.measured, Failure::Timeout);
+            }
+        }
+    }
+}

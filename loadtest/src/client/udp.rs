@@ -1,0 +1,127 @@
+//! UDP request/response: one datagram each way, matched by request id; a request whose reply
+//! has not come by its deadline has failed (a lost datagram looks exactly like a slow one).
+//!
+//! With [`Target::UdpBalanced`] the generator picks each request's backend with a tpvs
+//! scheduler and keeps that backend's stats (active count while outstanding, latency
+//! observations) the way a data path would, treating every request as its own flow.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use schedulers::{ActiveGuard, PickContext, Tried};
+use tokio::net::UdpSocket;
+
+use super::Target;
+use crate::pacer::Job;
+use crate::record::{Failure, Recorder};
+use crate::wire;
+
+struct Pending {
+    job: Job,
+    sent: Instant,
+    /// Holds the backend's active slot until the reply or the deadline.
+    guard: Option<ActiveGuard>,
+}
+
+pub struct Client {
+    sock: UdpSocket,
+    target: Target,
+    pending: Mutex<HashMap<u64, Pending>>,
+    timeout: Duration,
+    rec: Arc<Recorder>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("udp::Client").field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Client {
+    /// Binds the socket and starts the receive and expiry loops on the current runtime.
+    pub async fn start(target: Target, timeout: Duration, rec: Arc<Recorder>) -> io::Result<Arc<Client>> {
+        let any = match &target {
+            Target::Addr(a) if a.is_ipv6() => SocketAddr::from(([0u16; 8], 0)),
+            _ => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        };
+        let sock = UdpSocket::bind(any).await?;
+        let client = Arc::new(Client { sock, target, pending: Mutex::new(HashMap::new()), timeout, rec });
+        tokio::spawn(Arc::clone(&client).receive_loop());
+        tokio::spawn(Arc::clone(&client).expiry_loop());
+        Ok(client)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub async fn send(&self, job: Job) {
+        let (dst, guard) = match &self.target {
+            Target::Addr(a) => (*a, None),
+            Target::UdpBalanced { scheduler, backends } => {
+                // A distinct source port per request: hashing schedulers see many flows, as
+                // they would from many clients.
+                let client = SocketAddr::from(([127, 0, 0, 1], (job.id % 64_511) as u16 + 1024));
+                let vip = SocketAddr::from(([127, 0, 0, 1], 0));
+                let Some(i) = scheduler.pick(&PickContext::new(client, vip), &Tried::new()) else {
+                    self.rec.failed(job.measured, Failure::Refused);
+                    return;
+                };
+                let (Some(b), Some(addr)) = (scheduler.backends().get(i), backends.get(i)) else {
+                    self.rec.failed(job.measured, Failure::Other);
+                    return;
+                };
+                b.stats.record_pick();
+                (*addr, Some(b.stats.open()))
+            }
+        };
+        self.pending().insert(job.id, Pending { job, sent: Instant::now(), guard });
+        if let Err(e) = self.sock.send_to(&wire::request(job.id), dst).await
+            && self.pending().remove(&job.id).is_some()
+        {
+            self.rec.failed(job.measured, Failure::from_io(&e));
+        }
+    }
+
+    async fn receive_loop(self: Arc<Self>) {
+        let mut buf = [0u8; 64];
+        loop {
+            let Ok((n, _)) = self.sock.recv_from(&mut buf).await else { continue };
+            let now = Instant::now();
+            let Ok((backend, id)) = wire::parse_response(&buf[..n]) else { continue };
+            let Some(p) = self.pending().remove(&id) else { continue };
+            if let Some(g) = &p.guard {
+                g.stats().observe_latency_ns(nanos(now - p.sent));
+            }
+            self.rec.ok(p.job.measured, backend, nanos(now.saturating_duration_since(p.job.due)));
+        }
+    }
+
+    async fn expiry_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let expired: Vec<Pending> = {
+                let mut map = self.pending();
+                let ids: Vec<u64> = map.iter().filter(|(_, p)| p.job.due + self.timeout <= now).map(|(id, _)| *id).collect();
+                ids.iter().filter_map(|id| map.remove(id)).collect()
+            };
+            for p in expired {
+                if let Some(g) = &p.guard {
+                    // A lost reply is the worst latency seen; a latency-aware pick steers away.
+                    g.stats().record_failure();
+                    g.stats().observe_latency_ns(nanos(self.timeout));
+                }
+                self.rec.failed(p.job.measured, Failure::Timeout);
+            }
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! `tpvs-loadtest`: compares tpvs schedulers under open-loop load, against backends with
+//! known latency profiles, and reports what each scheduler did to the tail.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line (`list`, `run`, `serve`, `external`).
+//! - [`scenario`]: the built-in scenarios and their time-scaling for CI.
+//! - [`profile`]: backend latency profiles (constant, lognormal, bimodal; stall and refusal
+//!   windows; concurrency caps), reproducible from a seed; [`rng`]: the seeded generator.
+//! - [`backends`]: loopback (or any-address) TCP/UDP servers that follow a profile;
+//!   [`wire`]: the 16-byte request/response frames they speak.
+//! - [`target`]: the self-hosted target — the tpvs forwarding engine in plain listen mode.
+//! - [`pacer`]: the open-loop time line (latency from the scheduled send time);
+//!   [`client`]: the generator that puts it on the wire (TCP per-request / persistent, UDP).
+//! - [`record`]: HdrHistograms overall and per backend, failures by reason.
+//! - [`runner`]: one scenario once per scheduler; [`progress`]: the live progress line;
+//!   [`metrics`]: optional live `/metrics`.
+//! - [`summary`]: the serializable results and the "best scheduler" rule; [`report`]: the
+//!   terminal table and the self-contained HTML page with SVG charts.
+
+pub mod backends;
+pub mod cli;
+pub mod client;
+pub mod metrics;
+pub mod pacer;
+pub mod profile;
+pub mod progress;
+pub mod record;
+pub mod report;
+pub mod rng;
+pub mod runner;
+pub mod scenario;
+pub mod summary;
+pub mod target;
+pub mod wire;

@@ -1,0 +1,80 @@
+//! The terminal table: one row per scheduler, the best marked with `*`, and the per-backend
+//! shares with the odd backends (stalled, slow, capped) in brackets.
+
+use std::fmt::Write as _;
+
+use crate::summary::{RunResult, ScenarioReport};
+
+fn ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2}s", v / 1e3)
+    } else if v >= 10.0 {
+        format!("{v:.1}ms")
+    } else {
+        format!("{v:.2}ms")
+    }
+}
+
+fn shares(run: &RunResult) -> String {
+    run.backends
+        .iter()
+        .map(|b| {
+            let pct = format!("{:.1}", b.share * 100.0);
+            if b.label.is_empty() { pct } else { format!("[{pct}]") }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The table for one scenario, as plain text (also valid inside a Markdown code block).
+pub fn render(sr: &ScenarioReport) -> String {
+    let s = &sr.scenario;
+    let mut out = String::new();
+    let _ = writeln!(out, "== {} — {}", s.name, s.title);
+    let _ = writeln!(out, "   {}", super::load_line(s));
+    if sr.time_scale != 1.0 {
+        let _ = writeln!(out, "   time line scaled by {}", sr.time_scale);
+    }
+    let odd: Vec<String> =
+        s.backends.iter().enumerate().filter(|(_, b)| !b.label().is_empty()).map(|(i, b)| format!("#{i} {}", b.label())).collect();
+    if !odd.is_empty() {
+        let _ = writeln!(out, "   odd backends: {}", odd.join("; "));
+    }
+    let _ = writeln!(
+        out,
+        "  {:<8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}  share % by backend",
+        "sched", "sent", "ok %", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for r in &sr.runs {
+        let mark = if sr.best.as_deref() == Some(r.scheduler.as_str()) { "*" } else { " " };
+        let _ = writeln!(
+            out,
+            "{mark} {:<8} {:>8} {:>8.2} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
+            r.scheduler,
+            r.sent,
+            r.success_rate * 100.0,
+            ms(r.latency.p50),
+            ms(r.latency.p90),
+            ms(r.latency.p99),
+            ms(r.latency.p999),
+            ms(r.latency.max),
+            shares(r)
+        );
+    }
+    let failures: Vec<String> = sr
+        .runs
+        .iter()
+        .filter(|r| r.failed > 0)
+        .map(|r| {
+            let why: Vec<String> = r.failures.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            format!("{}: {}", r.scheduler, why.join(", "))
+        })
+        .collect();
+    if !failures.is_empty() {
+        let _ = writeln!(out, "   failures — {}", failures.join("; "));
+    }
+    if let Some(b) = &sr.best {
+        let _ = writeln!(out, "   * best: {b} (highest success rate, then lowest p99, then p99.9)");
+    }
+    out
+}

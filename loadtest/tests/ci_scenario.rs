@@ -1,0 +1,85 @@
+//! End to end, shortened: the Linkerd one-stalled scenario at a tenth of its time line through
+//! the in-process tpvs engine, checking that the report's numbers are consistent and that the
+//! load-aware schedulers steer away from the stalled backend.
+
+use loadtest::runner::{RunOptions, run_scenario};
+use loadtest::scenario::{Scenario, find};
+use loadtest::summary::{Report, RunResult, ScenarioReport};
+use schedulers::SchedulerKind;
+
+fn scenario(name: &str, scale: f64) -> Scenario {
+    find(name).unwrap_or_else(|| panic!("built-in scenario {name} missing")).scaled(scale)
+}
+
+fn quiet() -> RunOptions {
+    RunOptions { quiet: true, ..RunOptions::default() }
+}
+
+fn run<'a>(sr: &'a ScenarioReport, kind: &str) -> &'a RunResult {
+    sr.runs.iter().find(|r| r.scheduler == kind).unwrap_or_else(|| panic!("no run for {kind}"))
+}
+
+fn check_consistent(sr: &ScenarioReport) {
+    let expected = sr.scenario.measured_requests();
+    for r in &sr.runs {
+        assert_eq!(r.sent, r.recorded + r.failed, "{}: sent = recorded + failed ({r:?})", r.scheduler);
+        assert!(r.sent.abs_diff(expected) <= 1, "{}: sent {} of {expected} scheduled", r.scheduler, r.sent);
+        assert_eq!(r.failed, r.failures.values().sum::<u64>(), "{}: failures by reason add up", r.scheduler);
+        assert!(r.latency.is_monotone(), "{}: percentiles not monotone: {:?}", r.scheduler, r.latency);
+        assert!(r.latency.p50 > 0.0, "{}: no latency recorded", r.scheduler);
+        let per_backend: u64 = r.backends.iter().map(|b| b.requests).sum();
+        assert_eq!(per_backend, r.recorded, "{}: per-backend counts add up to the total", r.scheduler);
+        let shares: f64 = r.backends.iter().map(|b| b.share).sum();
+        assert!((shares - 1.0).abs() < 1e-9, "{}: shares sum to {shares}", r.scheduler);
+        for b in r.backends.iter().filter(|b| b.requests > 0) {
+            assert!(b.latency.is_monotone(), "{} backend {}: {:?}", r.scheduler, b.index, b.latency);
+        }
+        assert!(r.curve.windows(2).all(|w| w[0].ms <= w[1].ms), "{}: curve not monotone", r.scheduler);
+    }
+}
+
+#[test]
+fn one_stalled_shortened_end_to_end() {
+    let mut s = scenario("one-stalled", 0.1);
+    s.rate = 500.0;
+    s.schedulers = vec![SchedulerKind::Rr, SchedulerKind::Lc, SchedulerKind::P2c, SchedulerKind::Ewma];
+    let stalled = s.backends.iter().position(|b| b.stall.is_some()).unwrap_or_else(|| panic!("no stalled backend"));
+    let sr = run_scenario(&s, &quiet()).unwrap_or_else(|e| panic!("run failed: {e:#}"));
+    check_consistent(&sr);
+    for r in &sr.runs {
+        assert!(r.success_rate >= 0.99, "{}: success {:.4} ({:?})", r.scheduler, r.success_rate, r.failures);
+    }
+    let share = |k: &str| run(&sr, k).backends[stalled].share;
+    let rr = share("rr");
+    assert!((rr - 1.0 / 11.0).abs() < 0.01, "rr gives the stalled backend its 1/11: {rr}");
+    for k in ["lc", "p2c", "ewma"] {
+        assert!(share(k) < rr, "{k} should send the stalled backend less than rr: {:.4} vs {rr:.4}", share(k));
+    }
+    // The stall shows in rr's tail (1/11 of the requests for 3 of the 4 s measured).
+    assert!(run(&sr, "rr").latency.p99 >= 150.0, "rr p99 {:?}", run(&sr, "rr").latency);
+    assert!(sr.best.is_some());
+
+    // The reports render from the same numbers.
+    let report = Report { tool: "test".into(), cpus: 2, scenarios: vec![sr] };
+    let json = serde_json::to_value(&report).unwrap_or_else(|e| panic!("json: {e}"));
+    assert_eq!(json["scenarios"][0]["runs"].as_array().map(Vec::len), Some(4));
+    let html = loadtest::report::html::render(&report);
+    assert!(html.contains("<svg") && html.contains("<polyline") && !html.contains("<script"), "self-contained HTML with charts");
+    let table = loadtest::report::table::render(&report.scenarios[0]);
+    assert_eq!(table.lines().filter(|l| l.starts_with('*')).count(), 1, "exactly one best mark:\n{table}");
+}
+
+#[test]
+fn refused_connects_are_retried_by_the_engine() {
+    let mut s = scenario("flapping", 0.1);
+    s.rate = 500.0;
+    s.schedulers = vec![SchedulerKind::Rr];
+    let refusing = s.backends.iter().position(|b| b.refuse.is_some()).unwrap_or_else(|| panic!("no refusing backend"));
+    let sr = run_scenario(&s, &quiet()).unwrap_or_else(|e| panic!("run failed: {e:#}"));
+    check_consistent(&sr);
+    let r = run(&sr, "rr");
+    assert_eq!(r.failed, 0, "the proxy's connect retry absorbs a refusing backend: {:?}", r.failures);
+    let fair = 1.0 / 11.0;
+    assert!(r.backends[refusing].share < fair * 0.8, "refusing backend served {:.4}", r.backends[refusing].share);
+    assert!(r.backends[refusing].connect_failures.unwrap_or(0) > 0, "the engine saw refusals");
+}
