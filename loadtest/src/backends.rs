@@ -50,6 +50,8 @@ impl Drop for Farm {
 /// One backend to start.
 #[derive(Clone, Debug)]
 pub struct Spec {
+    /// The backend's number: its replies carry it, and its service times are keyed by it.
+    pub index: usize,
     pub bind: SocketAddr,
     pub profile: BackendProfile,
 }
@@ -71,11 +73,11 @@ pub fn start(specs: &[Spec], seed: u64, epoch: Epoch, udp: bool, threads: usize)
         .build()?;
     let addrs = runtime.block_on(async {
         let mut addrs = Vec::with_capacity(specs.len());
-        for (index, spec) in specs.iter().enumerate() {
+        for spec in specs {
             let listener = bind_tcp(spec.bind)?;
             let addr = listener.local_addr()?;
             let backend = Arc::new(Backend {
-                index,
+                index: spec.index,
                 profile: spec.profile.clone(),
                 seed,
                 epoch,

@@ -94,9 +94,12 @@ pub struct ServeArgs {
     #[arg(long, default_value = "one-stalled")]
     pub scenario: String,
     /// One address per backend (repeat, or comma-separate); fewer than the scenario has serves
-    /// the first ones.
+    /// the first ones (from --index).
     #[arg(long, value_delimiter = ',', required = true)]
     pub listen: Vec<SocketAddr>,
+    /// The scenario backend the first address plays (one pod per backend: pod K passes K).
+    #[arg(long, default_value_t = 0)]
+    pub index: usize,
     /// Answer UDP on the same addresses too.
     #[arg(long)]
     pub udp: bool,
@@ -219,13 +222,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let s = scenario::find(&args.scenario)
         .with_context(|| format!("no built-in scenario {:?}", args.scenario))?
         .scaled(args.time_scale);
-    let specs: Vec<Spec> =
-        s.backends.iter().zip(&args.listen).map(|(profile, bind)| Spec { bind: *bind, profile: profile.clone() }).collect();
+    let specs: Vec<Spec> = s
+        .backends
+        .iter()
+        .enumerate()
+        .skip(args.index)
+        .zip(&args.listen)
+        .map(|((index, profile), bind)| Spec { index, bind: *bind, profile: profile.clone() })
+        .collect();
+    anyhow::ensure!(!specs.is_empty(), "scenario {} has {} backends; --index {} is past them", s.name, s.backends.len(), args.index);
     // The profiles' windows count from the end of the scenario's warm-up, from now.
     let epoch = Epoch { measure_from: Instant::now() + s.warmup };
     let farm = backends::start(&specs, args.seed, epoch, args.udp, 2).context("starting backends")?;
-    for (i, (a, spec)) in farm.addrs.iter().zip(&specs).enumerate() {
-        eprintln!("backend #{i} on {a}: {} {}", spec.profile.latency.describe(), spec.profile.label());
+    for (a, spec) in farm.addrs.iter().zip(&specs) {
+        eprintln!("backend #{} on {a}: {} {}", spec.index, spec.profile.latency.describe(), spec.profile.label());
     }
     eprintln!("serving; interrupt to stop");
     loop {

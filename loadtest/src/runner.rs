@@ -88,7 +88,7 @@ pub fn run_one(scenario: &Scenario, kind: Option<SchedulerKind>, opts: &RunOptio
         .backends
         .iter()
         .enumerate()
-        .map(|(i, profile)| Spec { bind: backends::loopback_addr(i), profile: profile.clone() })
+        .map(|(i, profile)| Spec { index: i, bind: backends::loopback_addr(i), profile: profile.clone() })
         .collect();
     let epoch = Epoch { measure_from: timeline.measure_from() };
     let farm = backends::start(&specs, opts.seed, epoch, scenario.mode == Mode::Udp, opts.backend_threads)

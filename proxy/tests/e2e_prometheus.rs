@@ -293,9 +293,26 @@ fn every_dashboard_and_recording_rule_query_returns_data() {
         }
         std::thread::sleep(Duration::from_secs(1));
     }
+    // Not just zeros: each kind of event the traffic causes reached Prometheus.
+    let positive = [
+        "sum(tpvs_backend_connections_total{service=\"web\"})",
+        "sum(tpvs_backend_connect_failures_total{service=\"flaky\",reason=\"refused\"})",
+        "sum(tpvs_backend_connect_retries_total{service=\"flaky\"})",
+        "sum(tpvs_refused_packets_total)",
+        "sum(tpvs_udp_flows_created_total)",
+        "sum(tpvs_udp_datagrams_total{direction=\"to_clients\"})",
+        "sum(kubeproxy_network_programming_duration_seconds_count)",
+        "sum(tpvs_backend_connect_duration_seconds_count)",
+    ];
+    let zero: Vec<String> = positive
+        .iter()
+        .filter(|q| !query(&node, q).is_ok_and(|v| v.iter().any(|x| *x > 0.0)))
+        .map(|q| q.to_string())
+        .collect();
     stop.store(true, Ordering::Relaxed);
     let _ = traffic.join();
     drop(prom);
+    assert!(zero.is_empty(), "expected counts above zero: {zero:?}\ntpvs log:\n{}", lab.tpvs_log());
     assert!(
         failing.is_empty(),
         "{} of {} queries return no data:\n{}\nprometheus log:\n{}\ntpvs log:\n{}",
