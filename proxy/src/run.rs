@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use controlplane::{ManifestSource, Publisher};
+use controlplane::{BESIDE_KUBE_PROXY, KubeSource, KubeSourceConfig, ManifestSource, Publisher};
 use tracing::{info, warn};
 
 use crate::addrs::{CidrError, NodePortAddrs};
@@ -82,6 +82,18 @@ pub struct RunArgs {
     /// Reset a connection after this long without traffic either way (0: never).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Kubeconfig for the API source (used when --manifests is not given); without it, the
+    /// in-cluster service account, then KUBECONFIG / ~/.kube/config.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Shortest interval between two table publishes from the API source: changes arriving
+    /// sooner are coalesced into one (kube-proxy's --min-sync-period).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub min_sync_period: Duration,
+    /// Proxy only Services labelled service.kubernetes.io/service-proxy-name=tpvs, leaving the
+    /// rest to kube-proxy running beside tpvs.
+    #[arg(long)]
+    pub beside_kube_proxy: bool,
     /// How often the manifests are checked for changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub manifests_poll_interval: Duration,
@@ -115,8 +127,9 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let Some(manifests) = args.table.manifests.clone() else {
-        anyhow::bail!("--manifests PATH is required (the Kubernetes API source comes in its own release)");
+    let source = match args.table.manifests.clone() {
+        Some(path) => TableSource::Manifests(path),
+        None => TableSource::Kube,
     };
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("signal runtime")?;
@@ -124,7 +137,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let interception = start(&args, manifests)?;
+        let interception = start(&args, source)?;
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: removing interception and exiting"),
             _ = int.recv() => info!("SIGINT: removing interception and exiting"),
@@ -134,14 +147,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Where the routing table comes from.
+enum TableSource {
+    /// `--manifests PATH`: offline, hot-reloaded.
+    Manifests(PathBuf),
+    /// The Kubernetes API (in-cluster or `--kubeconfig`).
+    Kube,
+}
+
 /// Everything up to "serving"; returns the interception so the caller can remove it.
-fn start(args: &RunArgs, manifests: PathBuf) -> anyhow::Result<Arc<Interception>> {
+fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception>> {
     let mut opts = crate::list::compile_options(&args.table);
     if opts.node_name.is_none() {
         // kube-proxy's default: the node is named after the host.
         opts.node_name = hostname();
     }
-    info!(node = opts.node_name.as_deref().unwrap_or("?"), manifests = %manifests.display(), "starting");
+    match &source {
+        TableSource::Manifests(path) => {
+            info!(node = opts.node_name.as_deref().unwrap_or("?"), manifests = %path.display(), "starting")
+        }
+        TableSource::Kube => info!(node = opts.node_name.as_deref().unwrap_or("?"), "starting with the Kubernetes API source"),
+    }
     let publisher = Arc::new(Publisher::new());
     let workers = match args.workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -181,28 +207,67 @@ fn start(args: &RunArgs, manifests: PathBuf) -> anyhow::Result<Arc<Interception>
         return Err(e).context("installing the interception");
     }
     publisher.on_publish(interception.on_publish());
-    let source = ManifestSource::new(manifests, opts, Arc::clone(&publisher));
-    // Before the first publish, so health and sync metrics see it.
-    let admin_sources = crate::admin::Sources {
-        publisher: Arc::clone(&publisher),
-        interception: Some(Arc::clone(&interception)),
-        forward: Some(Arc::clone(&shared)),
-        manifests: Some(source.stats()),
-        kube: None,
-        udp: udp.clone(),
-    };
-    if let Err(e) = crate::admin::start(&args.admin, admin_sources) {
-        let _ = interception.remove();
-        return Err(e);
-    }
-    // The first load happens inside `spawn`, on this thread, so the rules for the manifests
-    // are in place when this returns; later changes are applied by the watcher thread.
-    let _watcher = source.spawn(args.manifests_poll_interval);
-    if publisher.generation() == 0 {
-        warn!("no routing table published yet");
+    match source {
+        TableSource::Manifests(path) => {
+            let source = ManifestSource::new(path, opts, Arc::clone(&publisher));
+            // Before the first publish, so health and sync metrics see it.
+            start_admin(args, &publisher, &interception, &shared, &udp, Some(source.stats()), None)?;
+            // The first load happens inside `spawn`, on this thread, so the rules for the
+            // manifests are in place when this returns; the watcher thread applies changes.
+            let _watcher = source.spawn(args.manifests_poll_interval);
+            if publisher.generation() == 0 {
+                warn!("no routing table published yet");
+            }
+        }
+        TableSource::Kube => {
+            let config = KubeSourceConfig {
+                min_sync_period: args.min_sync_period,
+                service_selector: args.beside_kube_proxy.then(|| BESIDE_KUBE_PROXY.to_string()),
+                ..KubeSourceConfig::default()
+            };
+            let kube = match KubeSource::spawn(args.kubeconfig.clone(), opts, Arc::clone(&publisher), config) {
+                Ok(k) => k,
+                Err(e) => {
+                    let _ = interception.remove();
+                    return Err(e).context("starting the Kubernetes API source");
+                }
+            };
+            start_admin(args, &publisher, &interception, &shared, &udp, None, Some(kube.stats()))?;
+            // Nothing is published until every initial list is complete; /healthz says 503
+            // until then, and the interception forwards nothing it does not know.
+            info!("waiting for the initial Services, EndpointSlices and Node lists");
+            // Dropping the handle detaches the source's thread; it serves for the life of the
+            // process, like the data-plane threads.
+            drop(kube);
+        }
     }
     info!(generation = publisher.generation(), frontends = publisher.current().len(), "serving");
     Ok(interception)
+}
+
+/// Starts the admin and health servers; on failure removes the interception already installed.
+fn start_admin(
+    args: &RunArgs,
+    publisher: &Arc<Publisher>,
+    interception: &Arc<Interception>,
+    shared: &Arc<Shared>,
+    udp: &Option<Arc<udp::UdpShared>>,
+    manifests: Option<Arc<controlplane::SourceStats>>,
+    kube: Option<Arc<controlplane::KubeSourceStats>>,
+) -> anyhow::Result<()> {
+    let sources = crate::admin::Sources {
+        publisher: Arc::clone(publisher),
+        interception: Some(Arc::clone(interception)),
+        forward: Some(Arc::clone(shared)),
+        manifests,
+        kube,
+        udp: udp.clone(),
+    };
+    if let Err(e) = crate::admin::start(&args.admin, sources) {
+        let _ = interception.remove();
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// The UDP data path, unless `--udp-proxy-port 0` turned it off. Bound before any rule sends
