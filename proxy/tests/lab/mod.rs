@@ -328,11 +328,20 @@ impl Lab {
         self.dir.join("tpvs.log")
     }
 
-    /// Starts `tpvs run` in the node namespace.
+    /// Starts `tpvs run` in the node namespace, on the lab's manifests, as node1.
     pub fn start_tpvs(&mut self, extra: &[&str]) {
+        let manifests = self.manifests.to_string_lossy().into_owned();
+        let mut args =
+            vec!["--manifests", &manifests, "--hostname-override", "node1", "--manifests-poll-interval", "100ms"];
+        args.extend_from_slice(extra);
+        self.start_tpvs_with(&args);
+    }
+
+    /// Starts `tpvs run` in the node namespace with the lab's data-path settings; `source`
+    /// chooses the table source and node name (e.g. `--kubeconfig F --hostname-override N`).
+    pub fn start_tpvs_with(&mut self, source: &[&str]) {
         let log = File::create(self.log_path()).unwrap_or_else(|e| panic!("log file: {e}"));
         let log2 = log.try_clone().unwrap_or_else(|e| panic!("log file: {e}"));
-        let manifests = self.manifests.to_string_lossy().into_owned();
         let mut args = vec![
             "netns",
             "exec",
@@ -340,18 +349,12 @@ impl Lab {
             env!("CARGO_BIN_EXE_tpvs"),
             "-v",
             "run",
-            "--manifests",
-            &manifests,
-            "--hostname-override",
-            "node1",
             "--workers",
             "2",
-            "--manifests-poll-interval",
-            "100ms",
             "--connect-timeout",
             "500ms",
         ];
-        args.extend_from_slice(extra);
+        args.extend_from_slice(source);
         let child = Command::new("ip")
             .args(&args)
             .stdin(Stdio::null())
