@@ -37,8 +37,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--name value` pairs, in command-line order.
+type Flags = Vec<(String, String)>;
+
 /// Splits `--flag value` pairs from positional arguments.
-fn parse(args: &[String]) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+fn parse(args: &[String]) -> Result<(Vec<String>, Flags), String> {
     let mut pos = Vec::new();
     let mut flags = Vec::new();
     let mut it = args.iter();

@@ -229,6 +229,13 @@ fn parse_dnsperf(out: &str) -> Perf {
     }
 }
 
+/// A sample of the running tpvs's metrics (`/metrics` on its default address in the node).
+fn metric(lab: &Lab, series: &str) -> Option<f64> {
+    let text = lab.node_sh(&["curl", "-s", "--max-time", "2", "http://127.0.0.1:10249/metrics"]).ok()?;
+    let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))?;
+    line[series.len()..].trim().parse().ok()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
@@ -260,7 +267,7 @@ fn dns_through_a_udp_cluster_ip_reaches_both_dnsmasq_backends() {
     let out = lab::try_sh(&["ip", "netns", "exec", &client, "dnsperf", "-s", DNS_VIP, "-p", "53", "-d", &q, "-l", "2", "-c", "4", "-Q", "2000", "-t", "2"])
         .unwrap_or_else(|e| panic!("dnsperf: {e}"));
     let perf = parse_dnsperf(&out);
-    eprintln!("dnsperf through tpvs: {perf:?}");
+    eprintln!("dnsperf through tpvs: {:.0} queries/s ({perf:?})", perf.qps);
     assert!(perf.sent >= 1000, "dnsperf sent too little: {out}");
     assert!(perf.lost * 100 <= perf.sent, "more than 1% of DNS queries lost: {out}");
     assert_eq!(perf.completed + perf.lost, perf.sent, "{out}");
@@ -345,6 +352,8 @@ fn removed_backend_gets_not_one_datagram_more() {
     assert!(received(&echo, other) >= 300);
     // ...because the flow was closed by the table change itself, not by an idle timeout.
     assert!(lab.tpvs_log().contains("UDP flows closed by a table change"), "log:\n{}", lab.tpvs_log());
+    let evicted = metric(&lab, r#"tpvs_udp_flows_evicted_total{reason="table_change"}"#);
+    assert!(evicted.is_some_and(|n| n >= 1.0), "eviction counted in the metrics: {evicted:?}");
 }
 
 #[test]
@@ -389,6 +398,9 @@ fn max_flows_cap_drops_new_flows_until_one_closes() {
         assert!(ask(&a, "a").is_ok() && ask(&b, "b").is_ok());
     }
     assert!(lab.tpvs_log().contains("UDP flow table full"), "the cap is reported");
+    let dropped = metric(&lab, r#"tpvs_udp_drops_total{reason="max_flows"}"#);
+    assert!(dropped.is_some_and(|n| n >= 3.0), "and counted: {dropped:?}");
+    assert_eq!(metric(&lab, "tpvs_udp_flows_active"), Some(2.0));
     // Once the open flows go idle and expire, the third gets its turn.
     std::thread::sleep(Duration::from_millis(1800));
     assert!(ask(&c, "c").is_ok(), "a closed flow frees its slot");

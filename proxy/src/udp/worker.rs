@@ -116,6 +116,9 @@ struct Worker {
     rx: RecvBatch,
     /// Backend datagrams, gathered across upstream sockets until flushed.
     up: RecvBatch,
+    /// Slots of `up` filled since the last flush (a skipped datagram still uses its slot, so
+    /// this can exceed `pending.len()`).
+    up_used: usize,
     tx: SendBatch,
     // Scratch, allocated once.
     routes: Vec<(u32, u16, FlowId)>,
@@ -168,6 +171,7 @@ impl Worker {
                 replies: FxHashMap::default(),
                 rx: RecvBatch::new(),
                 up: RecvBatch::new(),
+                up_used: 0,
                 tx: SendBatch::new(),
                 routes: Vec::with_capacity(BATCH),
                 pending: Vec::with_capacity(BATCH),
@@ -405,12 +409,12 @@ impl Worker {
     }
 
     fn on_upstream(&mut self, id: FlowId) {
-        if self.pending.len() >= BATCH {
+        if self.up_used >= BATCH {
             self.flush_replies();
         }
         // A stale token (the flow closed after epoll reported it) resolves to nothing.
         let Some(flow) = self.flows.get(id) else { return };
-        let start = self.pending.len();
+        let start = self.up_used;
         let got = self.up.recv(flow.value.upstream.as_raw_fd(), start, BATCH - start);
         let n = match got {
             Ok(n) => n,
@@ -427,6 +431,7 @@ impl Worker {
         if n == 0 {
             return;
         }
+        self.up_used += n;
         let mut bytes = 0u64;
         for slot in start..start + n {
             if self.up.truncated(slot) {
@@ -443,6 +448,7 @@ impl Worker {
 
     /// Sends the gathered backend datagrams to their clients, one `sendmmsg` per reply socket.
     fn flush_replies(&mut self) {
+        self.up_used = 0;
         if self.pending.is_empty() {
             return;
         }
