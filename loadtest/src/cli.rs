@@ -37,6 +37,8 @@ pub enum Command {
     /// Serve a scenario's backend profiles on the given addresses (to stand behind a real
     /// Service for `external`); runs until interrupted.
     Serve(ServeArgs),
+    /// Re-render a JSON report (tables, HTML) with the current rules.
+    Report(ReportArgs),
     /// Send open-loop load to any address (a Service VIP, a NodePort) and report; per-backend
     /// shares come from the backends' own replies (`serve`).
     External(ExternalArgs),
@@ -84,6 +86,14 @@ pub struct RunArgs {
     /// Generator runtime threads.
     #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A report written by `run --json` or `external --json`.
+    pub input: PathBuf,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -150,6 +160,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run(args) => run(args),
         Command::Serve(args) => serve(args),
+        Command::Report(args) => rerender(args),
         Command::External(args) => external(args),
     }
 }
@@ -216,6 +227,18 @@ fn write_outputs(out: &OutputArgs, scenarios: Vec<ScenarioReport>) -> anyhow::Re
         eprintln!("HTML report: {}", p.display());
     }
     Ok(())
+}
+
+fn rerender(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let report: Report = serde_json::from_str(&text).with_context(|| format!("{} is not a report", args.input.display()))?;
+    let mut scenarios = report.scenarios;
+    for sr in &mut scenarios {
+        sr.best = crate::summary::best(&sr.runs).and_then(|i| sr.runs.get(i)).map(|r| r.scheduler.clone());
+        println!("{}", report::table::render(sr));
+    }
+    write_outputs(&args.out, scenarios)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

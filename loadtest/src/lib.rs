@@ -16,7 +16,8 @@
 //! - [`runner`]: one scenario once per scheduler; [`progress`]: the live progress line;
 //!   [`metrics`]: optional live `/metrics`.
 //! - [`summary`]: the serializable results and the "best scheduler" rule; [`report`]: the
-//!   terminal table and the self-contained HTML page with SVG charts.
+//!   terminal table and the self-contained HTML page with SVG charts; [`units`]: how
+//!   durations and scheduler names are written in the JSON.
 
 pub mod backends;
 pub mod cli;
@@ -32,4 +33,5 @@ pub mod runner;
 pub mod scenario;
 pub mod summary;
 pub mod target;
+pub mod units;
 pub mod wire;

@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::rng::{Rng, derive};
 
 /// A service-time distribution.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Dist {
     /// Always the same.
@@ -54,11 +54,11 @@ impl Dist {
 }
 
 /// A span of time measured from the start of the measurement phase (warm-up excluded).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Window {
-    #[serde(serialize_with = "secs")]
+    #[serde(with = "crate::units::secs")]
     pub start: Duration,
-    #[serde(serialize_with = "secs")]
+    #[serde(with = "crate::units::secs")]
     pub len: Duration,
 }
 
@@ -76,12 +76,8 @@ impl Window {
     }
 }
 
-fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
-}
-
 /// One backend's behaviour.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendProfile {
     pub latency: Dist,
     /// Requests arriving inside the window take this long instead (the "stalled" backend).
@@ -93,10 +89,10 @@ pub struct BackendProfile {
     pub concurrency: Option<usize>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stall {
     pub window: Window,
-    #[serde(serialize_with = "secs")]
+    #[serde(with = "crate::units::secs")]
     pub latency: Duration,
 }
 

@@ -8,12 +8,12 @@
 use std::time::Duration;
 
 use schedulers::SchedulerKind;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::Mode;
 use crate::profile::{BackendProfile, Dist, Stall, Window};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Scenario {
     pub name: String,
     pub title: String,
@@ -21,27 +21,19 @@ pub struct Scenario {
     pub backends: Vec<BackendProfile>,
     /// Requests per second, on the open-loop time line.
     pub rate: f64,
-    #[serde(serialize_with = "secs")]
+    #[serde(with = "crate::units::secs")]
     pub warmup: Duration,
-    #[serde(serialize_with = "secs")]
+    #[serde(with = "crate::units::secs")]
     pub measure: Duration,
     pub mode: Mode,
     /// Pool size in persistent mode.
     pub connections: usize,
-    #[serde(serialize_with = "secs")]
+    #[serde(with = "crate::units::secs")]
     pub timeout: Duration,
     /// Straight to backend 0, no proxy and no scheduler: measures the generator itself.
     pub direct: bool,
-    #[serde(serialize_with = "kinds")]
+    #[serde(with = "crate::units::kinds")]
     pub schedulers: Vec<SchedulerKind>,
-}
-
-fn kinds<S: serde::Serializer>(k: &[SchedulerKind], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(k.iter().map(|k| k.as_str()))
-}
-
-fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 const S: fn(u64) -> Duration = Duration::from_secs;

@@ -2,12 +2,12 @@
 //! the HTML report are all rendered from.
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::record::Tallies;
 
 /// Latency summary in milliseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
     pub p50: f64,
     pub p90: f64,
@@ -42,7 +42,7 @@ impl Percentiles {
 }
 
 /// One point of the latency-by-percentile curve.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CurvePoint {
     pub percentile: f64,
     pub ms: f64,
@@ -69,7 +69,7 @@ pub fn curve(h: &Histogram<u64>) -> Vec<CurvePoint> {
 }
 
 /// One backend as the generator saw it (from the replies) and as the scheduler saw it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BackendResult {
     pub index: usize,
     pub addr: String,
@@ -85,14 +85,14 @@ pub struct BackendResult {
 }
 
 /// The data path's own counters over the run (self-hosted TCP only).
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct ProxyCounters {
     pub accepted: u64,
     pub connect_failed: u64,
     pub over_limit: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunResult {
     /// The scheduler, or "direct" when no proxy was in the path.
     pub scheduler: String,
@@ -149,7 +149,7 @@ impl RunResult {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ScenarioReport {
     pub scenario: crate::scenario::Scenario,
     pub time_scale: f64,
@@ -159,14 +159,23 @@ pub struct ScenarioReport {
     pub best: Option<String>,
 }
 
-/// The best run: among those within 0.1 percentage point of the highest success rate, the
-/// lowest p99, then the lowest p99.9. Success comes first because a scheduler that "wins" on
-/// latency by failing the slow requests has not won.
+/// Whether one backend served more than half of the requests of a set of three or more: what
+/// a hashing scheduler (dh, sh) does with a single client and a single frontend. Such a run
+/// may look fast only because the one backend it pinned happens not to be the odd one.
+pub fn pinned(run: &RunResult) -> bool {
+    run.backends.len() >= 3 && run.backends.iter().any(|b| b.share > 0.5)
+}
+
+/// The best run: among runs that spread their load (not [`pinned`]) and are within 0.1
+/// percentage point of the highest success rate, the lowest p99, then the lowest p99.9.
+/// Success comes first because a scheduler that "wins" on latency by failing the slow requests
+/// has not won.
 pub fn best(runs: &[RunResult]) -> Option<usize> {
-    let top = runs.iter().map(|r| r.success_rate).fold(f64::NEG_INFINITY, f64::max);
+    let eligible = |r: &RunResult| !pinned(r);
+    let top = runs.iter().filter(|r| eligible(r)).map(|r| r.success_rate).fold(f64::NEG_INFINITY, f64::max);
     runs.iter()
         .enumerate()
-        .filter(|(_, r)| r.success_rate >= top - 0.001)
+        .filter(|(_, r)| eligible(r) && r.success_rate >= top - 0.001)
         .min_by(|(_, a), (_, b)| {
             (a.latency.p99, a.latency.p999).partial_cmp(&(b.latency.p99, b.latency.p999)).unwrap_or(std::cmp::Ordering::Equal)
         })
@@ -174,7 +183,7 @@ pub fn best(runs: &[RunResult]) -> Option<usize> {
 }
 
 /// Everything one invocation produced.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub tool: String,
     pub cpus: usize,
@@ -185,6 +194,52 @@ pub struct Report {
 mod tests {
     use super::*;
     use crate::record::new_histogram;
+
+    fn run(name: &str, success: f64, p99: f64, shares: &[f64]) -> RunResult {
+        let backends = shares
+            .iter()
+            .enumerate()
+            .map(|(index, &share)| BackendResult {
+                index,
+                addr: String::new(),
+                label: String::new(),
+                requests: 0,
+                share,
+                latency: Percentiles::default(),
+                picks: None,
+                connect_failures: None,
+            })
+            .collect();
+        RunResult {
+            scheduler: name.into(),
+            mode: "m".into(),
+            target: "t".into(),
+            sent: 100,
+            recorded: 100,
+            failed: 0,
+            failures: Default::default(),
+            success_rate: success,
+            achieved_rate: 0.0,
+            latency: Percentiles { p99, ..Percentiles::default() },
+            curve: Vec::new(),
+            backends,
+            proxy: None,
+        }
+    }
+
+    #[test]
+    fn best_prefers_success_then_p99_and_skips_pinned_runs() {
+        let even = [0.34, 0.33, 0.33];
+        let runs = vec![
+            run("fast-but-failing", 0.95, 1.0, &even),
+            run("pinned", 1.0, 0.5, &[1.0, 0.0, 0.0]),
+            run("slow", 1.0, 9.0, &even),
+            run("good", 1.0, 3.0, &even),
+        ];
+        assert!(pinned(&runs[1]) && !pinned(&runs[3]));
+        assert_eq!(best(&runs), Some(3));
+        assert_eq!(best(&[]), None);
+    }
 
     #[test]
     fn curve_is_monotone_and_ends_at_max() {

@@ -35,7 +35,7 @@ pub fn transparent_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::n
         s.set_ip_transparent_v6(true)?;
     }
     s.set_tcp_nodelay(true)?;
-    s.set_keepalive(true)?;
+    // Sets SO_KEEPALIVE too.
     s.set_tcp_keepalive(&keepalive())?;
     s.bind(&addr.into())?;
     // The kernel clamps this to net.core.somaxconn of the namespace; asking for the most
@@ -57,12 +57,13 @@ pub fn backlog_limit() -> Option<i32> {
 /// port per bind — otherwise a busy client IP would exhaust the ephemeral range at a few
 /// tens of thousands of connections. Without `source` (Cluster) the kernel picks the node's
 /// own address toward the backend.
+///
+/// One setsockopt on the Cluster path (`TCP_NODELAY`): keepalive is armed later, by the relay,
+/// on connections that live long enough to need it ([`enable_keepalive`]).
 pub fn upstream_socket(backend: SocketAddr, source: Option<IpAddr>) -> io::Result<Socket> {
     let domain = if backend.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
     let s = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
     s.set_tcp_nodelay(true)?;
-    s.set_keepalive(true)?;
-    s.set_tcp_keepalive(&keepalive())?;
     if let Some(src) = source.map(|ip| ip.to_canonical()) {
         // A client of the other family cannot be spoofed toward this backend; the kernel's
         // own source is the only honest choice then.
@@ -94,6 +95,12 @@ fn set_bind_address_no_port(s: &Socket) -> io::Result<()> {
         )
     };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Turns on keepalive (the same settings as the listener's, which accepted sockets inherit).
+pub fn enable_keepalive<S: AsFd>(s: &S) -> io::Result<()> {
+    // Sets SO_KEEPALIVE too.
+    SockRef::from(s).set_tcp_keepalive(&keepalive())
 }
 
 /// Makes the next close send a RST instead of a FIN: the client learns at once that the

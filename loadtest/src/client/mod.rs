@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use schedulers::Scheduler;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::pacer::{self, Timeline};
 use crate::record::{Failure, Recorder};
 
 /// How requests travel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// A new TCP connection per request: the proxy's scheduler picks a backend per request.

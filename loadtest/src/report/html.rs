@@ -37,7 +37,7 @@ fn scenario_section(sr: &ScenarioReport) -> String {
             "<tr{}><td>{}{}</td><td>{}</td><td>{:.2}%</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             if best { " class=\"best\"" } else { "" },
             if best { "★ " } else { "" },
-            esc(&r.scheduler),
+            esc(&if crate::summary::pinned(r) { format!("{} (pinned)", r.scheduler) } else { r.scheduler.clone() }),
             r.sent,
             r.success_rate * 100.0,
             ms(r.latency.p50),
@@ -68,7 +68,8 @@ pub fn render(report: &Report) -> String {
         h,
         "<h1>tpvs scheduler comparison</h1><p class=\"small\">{} on {} CPUs. Latency is measured from each request's \
          scheduled send time on an open-loop time line (coordinated-omission corrected); warm-up excluded. \
-         ★ marks the best scheduler: highest success rate, then lowest p99, then p99.9.</p>",
+         ★ marks the best scheduler: highest success rate, then lowest p99, then p99.9, among those \
+         that spread the load (a run where one backend served over half is <i>pinned</i>).</p>",
         esc(&report.tool),
         report.cpus
     );

@@ -129,9 +129,16 @@ pub fn percentile_plot(sr: &ScenarioReport) -> String {
 pub fn share_bars(sr: &ScenarioReport) -> String {
     let n = sr.runs.iter().map(|r| r.backends.len()).max().unwrap_or(0).max(1);
     let odd: Vec<bool> = (0..n).map(|i| sr.scenario.backends.get(i).is_some_and(|b| !b.label().is_empty())).collect();
-    let max_share = sr.runs.iter().flat_map(|r| r.backends.iter().map(|b| b.share)).fold(1.0 / n as f64, f64::max);
+    // Scaled to the tallest bar, but no taller than four fair shares: a pinned run (one backend
+    // at 100%) would otherwise flatten every other row; taller bars are clipped and labelled.
+    let max_share = sr
+        .runs
+        .iter()
+        .flat_map(|r| r.backends.iter().map(|b| b.share))
+        .fold(1.0 / n as f64, f64::max)
+        .min(4.0 / n as f64);
     let (row_h, bar_w, gap, left) = (46.0, 22.0, 4.0, 80.0);
-    let w = left + n as f64 * (bar_w + gap) + 150.0;
+    let w = (left + n as f64 * (bar_w + gap) + 150.0).max(620.0);
     let h = 30.0 + sr.runs.len() as f64 * row_h + 20.0;
     let mut s = String::new();
     let _ = write!(
@@ -157,7 +164,17 @@ pub fn share_bars(sr: &ScenarioReport) -> String {
         );
         for b in &r.backends {
             let x = left + b.index as f64 * (bar_w + gap);
-            let bh = b.share * scale;
+            let clipped = b.share > max_share;
+            let bh = b.share.min(max_share) * scale;
+            if clipped {
+                let _ = write!(
+                    s,
+                    r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="9">{:.0}%</text>"#,
+                    x + bar_w / 2.0,
+                    base - bh - 2.0,
+                    b.share * 100.0
+                );
+            }
             let is_odd = odd.get(b.index).copied().unwrap_or(false);
             let (fill, stroke) = if is_odd { ("#d62728", "#000") } else { (colour(ri), "none") };
             let _ = write!(

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::summary::{RunResult, ScenarioReport};
+use crate::summary::{self, RunResult, ScenarioReport};
 
 fn ms(v: f64) -> String {
     if v >= 1000.0 {
@@ -72,6 +72,10 @@ pub fn render(sr: &ScenarioReport) -> String {
         .collect();
     if !failures.is_empty() {
         let _ = writeln!(out, "   failures — {}", failures.join("; "));
+    }
+    let pinned: Vec<&str> = sr.runs.iter().filter(|r| summary::pinned(r)).map(|r| r.scheduler.as_str()).collect();
+    if !pinned.is_empty() {
+        let _ = writeln!(out, "   pinned (one backend served > 50%, not eligible for best): {}", pinned.join(", "));
     }
     if let Some(b) = &sr.best {
         let _ = writeln!(out, "   * best: {b} (highest success rate, then lowest p99, then p99.9)");

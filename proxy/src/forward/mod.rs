@@ -4,7 +4,8 @@
 //!   `SO_REUSEPORT` listeners; a connection is accepted, connected upstream and relayed on the
 //!   same thread, with no cross-thread hand-off or work stealing.
 //! - [`upstream`]: affinity, scheduler pick, connect with timeout and bounded retry.
-//! - [`relay`]: both directions with half-close, idle timeout and byte counting.
+//! - [`relay`]: both directions in one future, with half-close, idle timeout and byte
+//!   counting; small messages copied through a per-worker buffer, bulk spliced.
 //! - [`splice`]: zero-copy socket-to-socket transfer through pooled pipes.
 //! - [`affinity`]: the ClientIP session-affinity map.
 //! - [`plain`]: the same path behind an ordinary listener with one fixed frontend (no
@@ -23,7 +24,9 @@
 //! - `IP_BIND_ADDRESS_NO_PORT` on spoofed upstream sockets, so ports are unique per 4-tuple
 //!   rather than per client IP;
 //! - per connection: one table load (an `ArcSwap` read), one pick, no allocation for buffers
-//!   (splice with pooled pipes), socket options inherited from the listener.
+//!   (one scratch buffer per worker; pooled pipes for bulk), socket options inherited from the
+//!   listener, one setsockopt on the upstream socket and no `SO_ERROR` query after a
+//!   successful connect; per small request, one `recv` and one `send` per direction.
 
 pub mod affinity;
 pub mod plain;

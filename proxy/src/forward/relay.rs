@@ -1,27 +1,49 @@
 //! Both directions of one proxied connection, until both have ended (or one failed, or the
-//! connection sat idle too long).
+//! connection sat idle too long), driven by one future in the connection's task.
 //!
 //! Half-close is passed through: when the client finishes sending, the backend gets a FIN and
 //! may still answer; the connection ends when both directions have seen end of stream. An error
 //! in either direction (a reset) resets both sides, so neither peer waits on a dead partner.
+//!
+//! # Adaptive copying
+//!
+//! Most connections through a Service proxy carry small messages (requests, responses, RPCs).
+//! For those, `splice(2)` is the expensive way: socket → pipe → socket is two syscalls per
+//! message plus a third to learn the socket is drained, and each splice takes pipe and page
+//! references that a plain copy of a few hundred bytes does not need. So a direction starts by
+//! copying through the worker's one scratch buffer: `recv` into it, `send` out of it at once —
+//! two syscalls per message, and a read shorter than the buffer proves the socket drained
+//! (edge-triggered readiness), so no third call. Nothing stays in the buffer between polls, so
+//! every connection of the worker shares it; bytes the destination cannot take yet (its send
+//! buffer is full) move to a small per-direction spill vector, freed once written.
+//!
+//! A read that fills the scratch buffer means the direction carries bulk: it then borrows a
+//! pipe from the worker's pool and splices, zero-copy, until a fill comes back small again
+//! (the bulk is over), when the pipe goes back to the pool.
 
-use std::cell::Cell;
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
 use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use schedulers::BackendStats;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::splice::{PipePool, transfer};
-use crate::sockopt::reset_on_close;
+use super::splice::{CHUNK, Pipe, PipePool};
+use crate::sockopt::{enable_keepalive, reset_on_close};
 
 /// How bytes are moved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RelayMode {
-    /// `splice(2)` through pooled pipes: zero-copy, no per-connection buffers.
+    /// Small messages copied through a per-worker buffer; a direction that carries bulk
+    /// switches to `splice(2)` through a pooled pipe (zero-copy).
     Splice,
-    /// Read/write through user-space buffers (for comparison and for kernels without splice
-    /// on sockets). No idle timeout in this mode.
+    /// Always copy through user-space buffers (for comparison, and for kernels without splice
+    /// on sockets).
     Copy,
 }
 
@@ -36,90 +58,353 @@ pub enum Ended {
     Idle,
 }
 
+/// The worker's scratch buffer. A read that fills it marks the direction as bulk.
+const SCRATCH: usize = 64 * 1024;
+/// A splice fill smaller than this (once the pipe is drained) ends a direction's bulk phase.
+const SMALL: usize = 4 * 1024;
+/// Upstream keepalive is armed once a connection has lived this long. The accepted side
+/// inherits keepalive from the listener for free; the upstream side would pay four setsockopt
+/// calls on every connect, while a connection that ends sooner than the keepalive idle time
+/// (60 s) could never have sent a probe anyway. Arming late only delays the first probe of a
+/// connection silent from the start by this much.
+const KEEPALIVE_AFTER: Duration = Duration::from_secs(30);
+
+thread_local! {
+    /// One per worker thread: it holds bytes only within one poll, never across an await.
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
+}
+
 pub async fn relay(
-    client: TcpStream,
-    upstream: TcpStream,
+    mut client: TcpStream,
+    mut upstream: TcpStream,
     stats: &BackendStats,
     pool: &PipePool,
     mode: RelayMode,
     idle: Option<Duration>,
 ) -> Ended {
-    if mode == RelayMode::Copy {
-        return relay_copy(client, upstream, stats).await;
-    }
-    let (up_pipe, down_pipe) = match (pool.take(), pool.take()) {
-        (Ok(a), Ok(b)) => (a, b),
-        // Out of fds for pipes: still serve the connection, with buffers.
-        _ => return relay_copy(client, upstream, stats).await,
-    };
-    let last = Cell::new(Instant::now());
-    // The transfers borrow the pipes; they are dropped at the end of this block, before the
-    // pipes go back to the pool.
-    let (ended, up_done, down_done) = {
-        let up = transfer(&client, &upstream, &up_pipe, |n| {
-            stats.add_bytes(n, 0);
-            last.set(Instant::now());
-        });
-        let down = transfer(&upstream, &client, &down_pipe, |n| {
-            stats.add_bytes(0, n);
-            last.set(Instant::now());
-        });
-        let watchdog = idle_watch(&last, idle);
-        tokio::pin!(up, down, watchdog);
-        let (mut up_done, mut down_done) = (false, false);
-        let ended = loop {
-            tokio::select! {
-                r = &mut up, if !up_done => match r {
-                    Ok(_) => up_done = true,
-                    Err(e) => break Ended::Failed(e),
-                },
-                r = &mut down, if !down_done => match r {
-                    Ok(_) => down_done = true,
-                    Err(e) => break Ended::Failed(e),
-                },
-                () = &mut watchdog => break Ended::Idle,
+    let splice = mode == RelayMode::Splice;
+    let mut up = Half::default();
+    let mut down = Half::default();
+    let started = Instant::now();
+    let mut last = started;
+    let mut keepalive_armed = false;
+    let first = idle.map_or(KEEPALIVE_AFTER, |d| d.min(KEEPALIVE_AFTER));
+    let mut timer = pin!(tokio::time::sleep(first));
+    let mut timer_on = true;
+
+    let ended = poll_fn(|cx| {
+        let (mut to_backend, mut from_backend) = (0u64, 0u64);
+        let mut failed = None;
+        if !up.done {
+            match up.poll(cx, &mut client, &mut upstream, pool, splice, down.done, &mut to_backend) {
+                Poll::Ready(Ok(())) => up.done = true,
+                Poll::Ready(Err(e)) => failed = Some(e),
+                Poll::Pending => {}
             }
-            if up_done && down_done {
-                break Ended::Closed;
+        }
+        if failed.is_none() && !down.done {
+            match down.poll(cx, &mut upstream, &mut client, pool, splice, up.done, &mut from_backend) {
+                Poll::Ready(Ok(())) => down.done = true,
+                Poll::Ready(Err(e)) => failed = Some(e),
+                Poll::Pending => {}
             }
-        };
-        (ended, up_done, down_done)
-    };
+        }
+        if to_backend + from_backend > 0 {
+            stats.add_bytes(to_backend, from_backend);
+            if idle.is_some() {
+                last = Instant::now();
+            }
+        }
+        if let Some(e) = failed {
+            return Poll::Ready(Ended::Failed(e));
+        }
+        if up.done && down.done {
+            return Poll::Ready(Ended::Closed);
+        }
+        while timer_on && timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if !keepalive_armed && now >= started + KEEPALIVE_AFTER {
+                keepalive_armed = true;
+                // Best effort: a socket that refuses it still relays.
+                let _ = enable_keepalive(&upstream);
+            }
+            let idle_at = idle.map(|d| last + d);
+            if idle_at.is_some_and(|at| now >= at) {
+                return Poll::Ready(Ended::Idle);
+            }
+            let keepalive_at = (!keepalive_armed).then(|| started + KEEPALIVE_AFTER);
+            match idle_at.into_iter().chain(keepalive_at).min() {
+                Some(at) => timer.as_mut().reset(at.into()),
+                None => timer_on = false,
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+
     if !matches!(ended, Ended::Closed) {
         reset_on_close(&client);
         reset_on_close(&upstream);
     }
-    // Only a direction that finished cleanly left its pipe empty.
-    if up_done {
-        pool.give(up_pipe);
-    }
-    if down_done {
-        pool.give(down_pipe);
+    // Only a pipe every byte was spliced out of may be reused; after a failure it may hold some.
+    for half in [up, down] {
+        if let (Some(pipe), 0) = (half.pipe, half.in_pipe) {
+            pool.give(pipe);
+        }
     }
     ended
 }
 
-async fn idle_watch(last: &Cell<Instant>, idle: Option<Duration>) {
-    let Some(idle) = idle else { return std::future::pending().await };
-    loop {
-        let deadline = last.get() + idle;
-        if Instant::now() >= deadline {
-            return;
+/// One direction: from one socket to the other.
+#[derive(Default)]
+struct Half {
+    /// Bytes read but not yet accepted by the destination (copy mode; empty almost always).
+    spill: Vec<u8>,
+    /// How much of `spill` was written.
+    spill_sent: usize,
+    /// Set while the direction splices: it carries bulk.
+    pipe: Option<Pipe>,
+    /// Bytes in the pipe not yet spliced out.
+    in_pipe: usize,
+    /// The last fill of the pipe (its size decides when bulk is over).
+    last_fill: usize,
+    /// A read filled the scratch buffer: splice next.
+    bulk: bool,
+    done: bool,
+}
+
+/// What a mode's poll ended with, other than waiting.
+enum Step {
+    /// End of stream from the source (already passed on).
+    Eof,
+    /// Switch between copying and splicing.
+    Switch,
+}
+
+impl Half {
+    /// Moves bytes until the source has nothing more or the destination is full; `Ready(Ok)`
+    /// once the source's end of stream was passed on. `other_done`: the opposite direction has
+    /// ended, so the connection closes right after this one and the FIN goes with the close.
+    #[allow(clippy::too_many_arguments)]
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut TcpStream,
+        to: &mut TcpStream,
+        pool: &PipePool,
+        splice: bool,
+        other_done: bool,
+        moved: &mut u64,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let step = if self.pipe.is_some() {
+                ready!(self.poll_splice(cx, from, to, moved))?
+            } else {
+                ready!(self.poll_copy(cx, from, to, splice, moved))?
+            };
+            match step {
+                Step::Switch => match self.pipe.take() {
+                    // Bulk is over: the pipe is empty, back to the pool.
+                    Some(pipe) => pool.give(pipe),
+                    None => {
+                        self.bulk = false;
+                        // Out of fds for a pipe: keep copying.
+                        if let Ok(pipe) = pool.take() {
+                            self.pipe = Some(pipe);
+                            self.last_fill = CHUNK;
+                        }
+                    }
+                },
+                Step::Eof => {
+                    if !other_done {
+                        // The peer may already be gone; that is its news to deliver through
+                        // the other direction, not an error of this one.
+                        let _ = socket2::SockRef::from(&*to).shutdown(std::net::Shutdown::Write);
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+            }
         }
-        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
+    }
+
+    fn poll_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut TcpStream,
+        to: &mut TcpStream,
+        splice: bool,
+        moved: &mut u64,
+    ) -> Poll<io::Result<Step>> {
+        loop {
+            while self.spill_sent < self.spill.len() {
+                let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.spill[self.spill_sent..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(write_zero()));
+                }
+                self.spill_sent += n;
+            }
+            if !self.spill.is_empty() {
+                // Freed, not kept: a connection that was once slow holds no memory for life.
+                self.spill = Vec::new();
+                self.spill_sent = 0;
+            }
+            if self.bulk && splice {
+                return Poll::Ready(Ok(Step::Switch));
+            }
+            let spill = &mut self.spill;
+            let read = SCRATCH_BUF.with_borrow_mut(|buf| -> Poll<io::Result<usize>> {
+                let n = {
+                    let mut rb = ReadBuf::new(buf);
+                    ready!(Pin::new(&mut *from).poll_read(cx, &mut rb))?;
+                    rb.filled().len()
+                };
+                let mut off = 0;
+                while off < n {
+                    match Pin::new(&mut *to).poll_write(cx, &buf[off..n]) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(write_zero())),
+                        Poll::Ready(Ok(m)) => off += m,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        // The destination is full (its writability is now awaited): keep the
+                        // rest until it drains.
+                        Poll::Pending => {
+                            spill.extend_from_slice(&buf[off..n]);
+                            break;
+                        }
+                    }
+                }
+                Poll::Ready(Ok(n))
+            });
+            match ready!(read)? {
+                0 => return Poll::Ready(Ok(Step::Eof)),
+                n => {
+                    *moved += n as u64;
+                    self.bulk = n == SCRATCH;
+                }
+            }
+        }
+    }
+
+    fn poll_splice(&mut self, cx: &mut Context<'_>, from: &mut TcpStream, to: &mut TcpStream, moved: &mut u64) -> Poll<io::Result<Step>> {
+        let Some(pipe) = &self.pipe else { return Poll::Ready(Ok(Step::Switch)) };
+        loop {
+            // Drain: WouldBlock means the destination's send buffer is full.
+            while self.in_pipe > 0 {
+                ready!(to.poll_write_ready(cx))?;
+                match to.try_io(Interest::WRITABLE, || pipe.drain(to.as_raw_fd(), self.in_pipe)) {
+                    Ok(0) => return Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, "splice wrote nothing"))),
+                    Ok(m) => self.in_pipe -= m.min(self.in_pipe),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if self.last_fill < SMALL {
+                return Poll::Ready(Ok(Step::Switch));
+            }
+            // Fill: the pipe is empty here, so WouldBlock can only mean the socket has no data.
+            ready!(from.poll_read_ready(cx))?;
+            match from.try_io(Interest::READABLE, || pipe.fill(from.as_raw_fd(), CHUNK)) {
+                Ok(0) => return Poll::Ready(Ok(Step::Eof)),
+                Ok(n) => {
+                    self.in_pipe = n;
+                    self.last_fill = n;
+                    *moved += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
-async fn relay_copy(mut client: TcpStream, mut upstream: TcpStream, stats: &BackendStats) -> Ended {
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((to_backend, from_backend)) => {
-            stats.add_bytes(to_backend, from_backend);
-            Ended::Closed
-        }
-        Err(e) => {
-            reset_on_close(&client);
-            reset_on_close(&upstream);
-            Ended::Failed(e)
-        }
+fn write_zero() -> io::Error {
+    io::Error::new(io::ErrorKind::WriteZero, "the destination accepted no bytes")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A client socket, the proxy's two sockets and a backend socket, all on loopback.
+    async fn pairs() -> (TcpStream, TcpStream, TcpStream, TcpStream) {
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(front.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = front.accept().await.unwrap();
+        let upstream = TcpStream::connect(back.local_addr().unwrap()).await.unwrap();
+        let (backend, _) = back.accept().await.unwrap();
+        (client, accepted, upstream, backend)
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    async fn relay_both(mode: RelayMode) {
+        let (mut client, accepted, upstream, mut backend) = pairs().await;
+        let stats = BackendStats::default();
+        let pool = PipePool::new(4);
+        let proxy = relay(accepted, upstream, &stats, &pool, mode, Some(Duration::from_secs(30)));
+        let request = pattern(3 << 20, 1);
+        let response = pattern(2 << 20, 7);
+        let peers = async {
+            // Small messages first (copied), then bulk each way (spliced), with half-close.
+            for i in 0..50u8 {
+                client.write_all(&[i; 100]).await.unwrap();
+                let mut b = [0u8; 100];
+                backend.read_exact(&mut b).await.unwrap();
+                assert_eq!(b, [i; 100]);
+                backend.write_all(&[i; 200]).await.unwrap();
+                let mut b = [0u8; 200];
+                client.read_exact(&mut b).await.unwrap();
+                assert_eq!(b, [i; 200]);
+            }
+            let (sent, got) = tokio::join!(
+                async {
+                    client.write_all(&request).await.unwrap();
+                    client.shutdown().await.unwrap();
+                    let mut got = Vec::new();
+                    client.read_to_end(&mut got).await.unwrap();
+                    got
+                },
+                async {
+                    let mut got = Vec::new();
+                    backend.read_to_end(&mut got).await.unwrap();
+                    backend.write_all(&response).await.unwrap();
+                    backend.shutdown().await.unwrap();
+                    got
+                }
+            );
+            assert!(got == request, "backend got the request intact");
+            assert!(sent == response, "client got the response intact");
+        };
+        let (ended, ()) = tokio::join!(proxy, peers);
+        assert!(matches!(ended, Ended::Closed), "{ended:?}");
+        // Bulk went through pipes (both back in the pool), small messages did not need one.
+        assert_eq!(pool.idle(), if mode == RelayMode::Splice { 2 } else { 0 });
+        let snap = (stats.bytes_to_backend(), stats.bytes_from_backend());
+        assert_eq!(snap, (50 * 100 + (3 << 20), 50 * 200 + (2 << 20)));
+    }
+
+    #[tokio::test]
+    async fn adaptive_relay_moves_small_and_bulk_intact_with_half_close() {
+        relay_both(RelayMode::Splice).await;
+    }
+
+    #[tokio::test]
+    async fn copy_relay_moves_small_and_bulk_intact_with_half_close() {
+        relay_both(RelayMode::Copy).await;
+    }
+
+    #[tokio::test]
+    async fn idle_connection_is_reset() {
+        let (_client, accepted, upstream, _backend) = pairs().await;
+        let stats = BackendStats::default();
+        let pool = PipePool::new(4);
+        let ended = relay(accepted, upstream, &stats, &pool, RelayMode::Splice, Some(Duration::from_millis(100))).await;
+        assert!(matches!(ended, Ended::Idle), "{ended:?}");
     }
 }

@@ -1,20 +1,17 @@
-//! Zero-copy transfer from one socket to another through a kernel pipe (`splice(2)`).
+//! Zero-copy socket-to-socket transfer through a kernel pipe (`splice(2)`), for the directions
+//! of a connection that carry bulk (see [`super::relay`] for when a direction switches).
 //!
-//! Bytes go socket → pipe → socket without entering user space: no buffer to allocate per
-//! connection (so memory does not grow with connection count beyond the kernel's socket
-//! buffers), no copy for bulk transfers. A pipe is two fds; creating and closing them per
-//! connection would cost four syscalls on the new-connection path, so each worker keeps a pool
-//! of empty pipes and reuses them.
+//! Bytes go socket → pipe → socket without entering user space: no copy for bulk transfers, and
+//! no per-connection buffer. A pipe is two fds; creating and closing them per connection would
+//! cost four syscalls, so each worker keeps a pool of empty pipes and lends them to the
+//! directions that need one, for as long as they need it.
 
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use tokio::io::Interest;
-use tokio::net::TcpStream;
-
-/// Bytes moved per splice call: the default pipe capacity (16 pages), so one call can fill it.
-const CHUNK: usize = 64 * 1024;
+/// Bytes asked per splice call: the default pipe capacity (16 pages), so one call can fill it.
+pub const CHUNK: usize = 64 * 1024;
 
 /// A non-blocking pipe, empty whenever it is in the pool.
 #[derive(Debug)]
@@ -34,6 +31,16 @@ impl Pipe {
         // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         Ok(Pipe { read, write })
+    }
+
+    /// Moves up to `len` bytes from the socket `from` into the pipe.
+    pub fn fill(&self, from: RawFd, len: usize) -> io::Result<usize> {
+        splice(from, self.write.as_raw_fd(), len)
+    }
+
+    /// Moves up to `len` bytes from the pipe into the socket `to`.
+    pub fn drain(&self, to: RawFd, len: usize) -> io::Result<usize> {
+        splice(self.read.as_raw_fd(), to, len)
     }
 }
 
@@ -56,7 +63,13 @@ impl PipePool {
         }
     }
 
-    /// Returns a pipe the caller knows to be empty (a transfer that ended cleanly drained it).
+    /// Pipes waiting in the pool.
+    #[cfg(test)]
+    pub fn idle(&self) -> usize {
+        self.free.borrow().len()
+    }
+
+    /// Returns a pipe the caller knows to be empty (every byte spliced in was spliced out).
     pub fn give(&self, pipe: Pipe) {
         let mut free = self.free.borrow_mut();
         if free.len() < self.cap {
@@ -72,44 +85,4 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
         libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK)
     };
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
-}
-
-/// Moves bytes from `from` to `to` until `from` reaches end of stream, then half-closes `to`
-/// (FIN) so the other side sees exactly what this side saw. `on_bytes` hears every chunk.
-///
-/// On `Ok` the pipe is empty again; on `Err` it may hold bytes and must not be reused.
-pub async fn transfer(from: &TcpStream, to: &TcpStream, pipe: &Pipe, mut on_bytes: impl FnMut(u64)) -> io::Result<u64> {
-    let mut total = 0u64;
-    loop {
-        // Fill: the pipe is empty here, so WouldBlock can only mean the socket has no data,
-        // which is exactly what clearing the read readiness says.
-        let n = loop {
-            from.readable().await?;
-            match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        };
-        if n == 0 {
-            // End of stream: pass the FIN on. The peer may already be gone; that is its news
-            // to deliver through the other direction, not an error of this one.
-            let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
-            return Ok(total);
-        }
-        // Drain: the pipe holds `n` bytes, so WouldBlock means the destination's send buffer
-        // is full.
-        let mut left = n;
-        while left > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "splice wrote nothing")),
-                Ok(m) => left -= m.min(left),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        total += n as u64;
-        on_bytes(n as u64);
-    }
 }

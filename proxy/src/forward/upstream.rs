@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use controlplane::{Frontend, TrafficPolicy};
 use schedulers::{ActiveGuard, BackendAddr, ConnectFailure, PickContext, Tried};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 use super::affinity::AffinityTable;
 use crate::addrs::{ClientAddr, OrigDstAddr};
@@ -123,8 +124,24 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// A non-blocking connect. The outcome is read from the first readiness event: writable alone
+/// means established; a hang-up or error flag means it failed, and only then is `SO_ERROR`
+/// asked for the reason — the established case spends no syscall beyond socket, `TCP_NODELAY`
+/// and connect (plus the epoll registration).
 async fn dial(backend: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
     let socket = sockopt::upstream_socket(backend, source)?;
-    let socket = TcpSocket::from_std_stream(socket.into());
-    socket.connect(backend).await
+    match socket.connect(&backend.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    let ready = stream.ready(Interest::WRITABLE).await?;
+    if ready.is_write_closed() || ready.is_error() {
+        return Err(match stream.take_error() {
+            Ok(Some(e)) | Err(e) => e,
+            Ok(None) => io::Error::new(io::ErrorKind::ConnectionAborted, "connection closed while connecting"),
+        });
+    }
+    Ok(stream)
 }
