@@ -19,6 +19,7 @@ use crate::context::{PickContext, Tried};
 use crate::kind::{BackendIndex, Scheduler, SchedulerKind};
 use crate::mix::AtomicSplitMix;
 use crate::p2c::two_distinct;
+use crate::stats::now_nanos;
 
 #[derive(Debug)]
 pub struct PeakEwma {
@@ -36,9 +37,10 @@ impl PeakEwma {
 
 /// Whether `b` costs strictly less than `a`: `load_b / w_b < load_a / w_a`, cross-multiplied so
 /// no division is needed (weights are > 0, loads finite and positive).
+/// Both loads are read at the same instant `now`, so their decay is comparable.
 #[inline]
-fn cheaper(b: &Candidate, a: &Candidate) -> bool {
-    b.stats.ewma_load() * f64::from(a.weight) < a.stats.ewma_load() * f64::from(b.weight)
+fn cheaper(b: &Candidate, a: &Candidate, now: u64) -> bool {
+    b.stats.ewma_load_at(now) * f64::from(a.weight) < a.stats.ewma_load_at(now) * f64::from(b.weight)
 }
 
 impl Scheduler for PeakEwma {
@@ -72,7 +74,7 @@ impl Scheduler for PeakEwma {
                 }
             }
         };
-        Some(if cheaper(b, a) { b.index() } else { a.index() })
+        Some(if cheaper(b, a, now_nanos()) { b.index() } else { a.index() })
     }
 }
 

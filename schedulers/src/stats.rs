@@ -148,7 +148,8 @@ impl BackendStats {
     /// time since the last update (a backend that recovered earns traffic back gradually).
     pub fn observe_latency_at(&self, rtt_ns: u64, now_ns: u64) {
         let rtt = rtt_ns as f64;
-        let last = self.ewma_stamp.swap(now_ns, Ordering::Relaxed);
+        // Stamp 0 means "never measured" to the readers; a sample at clock 0 is stamped 1.
+        let last = self.ewma_stamp.swap(now_ns.max(1), Ordering::Relaxed);
         let elapsed = now_ns.saturating_sub(last) as f64;
         let w = (-elapsed / EWMA_DECAY_NS).exp();
         let _ = self.ewma_bits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
@@ -158,15 +159,34 @@ impl BackendStats {
         });
     }
 
-    /// The current latency estimate in nanoseconds.
+    /// The latency estimate as of its last sample, in nanoseconds.
     pub fn ewma_ns(&self) -> f64 {
         f64::from_bits(self.ewma_bits.load(Ordering::Relaxed))
+    }
+
+    /// The estimate as of `now_ns`. Without new samples it decays toward zero, as Finagle's
+    /// read path does: a backend whose estimate spiked (a stall) gets picked again after a
+    /// while instead of being shunned forever, and if it is still slow its next sample puts
+    /// the estimate right back up. A backend never measured keeps the default.
+    pub fn ewma_ns_at(&self, now_ns: u64) -> f64 {
+        let stamp = self.ewma_stamp.load(Ordering::Relaxed);
+        let cost = self.ewma_ns();
+        if stamp == 0 {
+            return cost;
+        }
+        let elapsed = now_ns.saturating_sub(stamp) as f64;
+        cost * (-elapsed / EWMA_DECAY_NS).exp()
     }
 
     /// Peak-EWMA load: estimated latency × (outstanding connections + 1), the quantity
     /// Finagle's and Linkerd's balancers minimise.
     pub fn ewma_load(&self) -> f64 {
-        self.ewma_ns() * (self.active() as f64 + 1.0)
+        self.ewma_load_at(now_nanos())
+    }
+
+    /// [`Self::ewma_load`] with an explicit clock (one clock read per pick, not per backend).
+    pub fn ewma_load_at(&self, now_ns: u64) -> f64 {
+        self.ewma_ns_at(now_ns) * (self.active() as f64 + 1.0)
     }
 }
 
@@ -269,6 +289,16 @@ mod tests {
         let expected = 50e6 * (-1.0f64).exp() + 1e6 * (1.0 - (-1.0f64).exp());
         assert!((e - expected).abs() < 1.0, "got {e}, expected {expected}");
         s.set_active(3);
-        assert!((s.ewma_load() - e * 4.0).abs() < 1.0);
+        let at = 1_000 + EWMA_DECAY_NS as u64;
+        assert!((s.ewma_load_at(at) - e * 4.0).abs() < 1.0);
+        // Read later without new samples, the estimate has decayed by e^-1 per decay constant.
+        let later = s.ewma_ns_at(at + EWMA_DECAY_NS as u64);
+        assert!((later - e * (-1.0f64).exp()).abs() < 1.0, "got {later}");
+    }
+
+    #[test]
+    fn unmeasured_backend_keeps_the_default_estimate() {
+        let s = BackendStats::default();
+        assert_eq!(s.ewma_ns_at(u64::MAX / 2), EWMA_DEFAULT_RTT_NS);
     }
 }
