@@ -91,6 +91,11 @@ pub async fn relay(
     let first = idle.map_or(KEEPALIVE_AFTER, |d| d.min(KEEPALIVE_AFTER));
     let mut timer = pin!(tokio::time::sleep(first));
     let mut timer_on = true;
+    // When the client's current turn began (bytes toward the backend while none were waiting
+    // for an answer): the next bytes back close the turn, and its duration feeds the backend's
+    // peak-EWMA estimate. Connect latency alone misses an application that accepts
+    // connections but stalls on requests; the first byte back does not.
+    let mut turn_started: Option<Instant> = None;
 
     let ended = poll_fn(|cx| {
         let (mut to_backend, mut from_backend) = (0u64, 0u64);
@@ -111,6 +116,7 @@ pub async fn relay(
         }
         if to_backend + from_backend > 0 {
             stats.add_bytes(to_backend, from_backend);
+            observe_turn(stats, &mut turn_started, to_backend, from_backend);
             if idle.is_some() {
                 last = Instant::now();
             }
@@ -153,6 +159,25 @@ pub async fn relay(
         }
     }
     ended
+}
+
+/// Turns longer than this are not latency samples: a long poll or a server that pushes
+/// after minutes of quiet would otherwise read as a dead slow backend.
+const TURN_SAMPLE_MAX: Duration = Duration::from_secs(10);
+
+/// Request/response turn accounting for the latency estimate (see `turn_started` in `relay`).
+fn observe_turn(stats: &BackendStats, turn_started: &mut Option<Instant>, to_backend: u64, from_backend: u64) {
+    if from_backend > 0 {
+        if let Some(began) = turn_started.take() {
+            let took = began.elapsed();
+            if took <= TURN_SAMPLE_MAX {
+                stats.observe_latency_ns(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+            }
+        }
+    }
+    if to_backend > 0 && from_backend == 0 && turn_started.is_none() {
+        *turn_started = Some(Instant::now());
+    }
 }
 
 /// One direction: from one socket to the other.
@@ -406,5 +431,23 @@ mod tests {
         let pool = PipePool::new(4);
         let ended = relay(accepted, upstream, &stats, &pool, RelayMode::Splice, Some(Duration::from_millis(100))).await;
         assert!(matches!(ended, Ended::Idle), "{ended:?}");
+    }
+
+    #[test]
+    fn a_request_response_turn_feeds_the_latency_estimate() {
+        let stats = BackendStats::default();
+        let mut turn = None;
+        observe_turn(&stats, &mut turn, 100, 0);
+        assert!(turn.is_some(), "bytes toward the backend open a turn");
+        std::thread::sleep(Duration::from_millis(30));
+        // More request bytes do not restart the turn.
+        observe_turn(&stats, &mut turn, 50, 0);
+        observe_turn(&stats, &mut turn, 0, 200);
+        assert!(turn.is_none());
+        assert!(stats.ewma_ns() >= 30e6, "the stall shows in the estimate: {}", stats.ewma_ns());
+        // Bytes back with no turn open (server push) are no sample.
+        let before = stats.ewma_ns();
+        observe_turn(&stats, &mut turn, 0, 10);
+        assert_eq!(stats.ewma_ns(), before);
     }
 }
