@@ -8,22 +8,11 @@ use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
-use lab::{Lab, Svc, manifests};
+use lab::{Lab, Svc, lab, manifests};
 
 const CLUSTER_IP: &str = "10.96.0.10";
 const WEB: &str = "10.96.0.10:80";
 
-/// A lab with `backends` backend namespaces and servers on `serving`, or None when skipped.
-fn lab(backends: usize, serving: &[usize]) -> Option<Lab> {
-    if !lab::e2e_enabled() {
-        return None;
-    }
-    let mut lab = Lab::new(backends);
-    for &k in serving {
-        lab.serve(k);
-    }
-    Some(lab)
-}
 
 fn web(endpoints: &[usize]) -> Svc {
     endpoints.iter().fold(Svc::new("web", CLUSTER_IP), |s, k| s.endpoint(&format!("10.1.{k}.2"), "node1"))

@@ -9,22 +9,12 @@ mod lab;
 use std::time::Duration;
 
 use admin_http::{Reply, get};
-use lab::{Lab, Svc, manifests};
+use lab::{Lab, Svc, lab, manifests};
 
 const HEALTHZ: &str = "10.0.0.1:10256";
 const METRICS: &str = "127.0.0.1:10249";
 const HCNP: u16 = 32100;
 
-fn lab(backends: usize, serving: &[usize]) -> Option<Lab> {
-    if !lab::e2e_enabled() {
-        return None;
-    }
-    let mut lab = Lab::new(backends);
-    for &k in serving {
-        lab.serve(k);
-    }
-    Some(lab)
-}
 
 /// Polls `path` on `addr` from `ns` until `want` accepts a reply.
 fn wait_reply(lab: &Lab, ns: &str, addr: &str, path: &str, what: &str, want: impl Fn(&Reply) -> bool) -> Reply {

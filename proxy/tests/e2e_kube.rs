@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use lab::{BACKEND_PORT, Lab, SVC_PORT};
+use lab::{BACKEND_PORT, Lab, SVC_PORT, lab};
 
 /// The node name tpvs runs as (`--hostname-override`) and the endpoints' nodeName.
 const NODE: &str = "node-a";
@@ -34,16 +34,6 @@ const HEALTHZ: &str = "10.0.0.1:10256";
 const METRICS: &str = "127.0.0.1:10249";
 const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 
-fn lab(backends: usize, serving: &[usize]) -> Option<Lab> {
-    if !lab::e2e_enabled() {
-        return None;
-    }
-    let mut lab = Lab::new(backends);
-    for &k in serving {
-        lab.serve(k);
-    }
-    Some(lab)
-}
 
 /// The API double, listening on 127.0.0.1 inside the node namespace (where `tpvs run` is),
 /// served by a runtime of its own. Dropping it stops the server, then the runtime.

@@ -32,6 +32,19 @@ pub const BACKEND_PORT: u16 = 8080;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// A lab with `backends` backend namespaces and servers on the `serving` ones, or None when
+/// the end-to-end tests are switched off.
+pub fn lab(backends: usize, serving: &[usize]) -> Option<Lab> {
+    if !e2e_enabled() {
+        return None;
+    }
+    let mut lab = Lab::new(backends);
+    for &k in serving {
+        lab.serve(k);
+    }
+    Some(lab)
+}
+
 /// Whether the e2e tests can run here. Without root or the tools they fail with a clear
 /// message, unless `TPVS_SKIP_E2E=1` says to skip (then the test returns early and passes).
 pub fn e2e_enabled() -> bool {
