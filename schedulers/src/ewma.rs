@@ -19,7 +19,7 @@ use crate::context::{PickContext, Tried};
 use crate::kind::{BackendIndex, Scheduler, SchedulerKind};
 use crate::mix::AtomicSplitMix;
 use crate::p2c::two_distinct;
-use crate::stats::now_nanos;
+use crate::stats::{EWMA_DECAY_NS, now_nanos};
 
 #[derive(Debug)]
 pub struct PeakEwma {
@@ -37,10 +37,25 @@ impl PeakEwma {
 
 /// Whether `b` costs strictly less than `a`: `load_b / w_b < load_a / w_a`, cross-multiplied so
 /// no division is needed (weights are > 0, loads finite and positive).
-/// Both loads are read at the same instant `now`, so their decay is comparable.
+///
+/// Both estimates decay toward zero from their last samples by `exp(-(now - stamp) / tau)`;
+/// read at the same `now`, the factor common to both cancels and only `exp((stamp_b -
+/// stamp_a) / tau)` remains, so a pick needs one `exp` and no clock read. A never-measured
+/// backend does not decay, so when exactly one of the two is unmeasured the clock is read after
+/// all.
 #[inline]
-fn cheaper(b: &Candidate, a: &Candidate, now: u64) -> bool {
-    b.stats.ewma_load_at(now) * f64::from(a.weight) < a.stats.ewma_load_at(now) * f64::from(b.weight)
+fn cheaper(b: &Candidate, a: &Candidate) -> bool {
+    let ((cost_a, stamp_a), (cost_b, stamp_b)) = (a.stats.ewma_sample(), b.stats.ewma_sample());
+    if (stamp_a == 0) != (stamp_b == 0) {
+        let now = now_nanos();
+        return b.stats.ewma_load_at(now) * f64::from(a.weight) < a.stats.ewma_load_at(now) * f64::from(b.weight);
+    }
+    // Both unmeasured: neither decays (factor 1); both measured: the relative factor.
+    let relative_decay =
+        if stamp_a == stamp_b { 1.0 } else { ((stamp_b as f64 - stamp_a as f64) / EWMA_DECAY_NS).exp() };
+    let load_a = cost_a * (a.stats.active() as f64 + 1.0);
+    let load_b = cost_b * (b.stats.active() as f64 + 1.0) * relative_decay;
+    load_b * f64::from(a.weight) < load_a * f64::from(b.weight)
 }
 
 impl Scheduler for PeakEwma {
@@ -74,7 +89,7 @@ impl Scheduler for PeakEwma {
                 }
             }
         };
-        Some(if cheaper(b, a, now_nanos()) { b.index() } else { a.index() })
+        Some(if cheaper(b, a) { b.index() } else { a.index() })
     }
 }
 
@@ -100,6 +115,23 @@ mod tests {
         s.as_slice()[1].stats.observe_latency_at(2_000_000, 1_000);
         let p = PeakEwma::new(s, 1);
         assert_eq!(counts(&p, 2, 100), [0, 100]);
+    }
+
+    #[test]
+    fn an_old_spike_decays_below_a_fresh_moderate_estimate() {
+        let s = set(&[1, 1]);
+        let now = 100_000_000_000;
+        // Backend 0 stalled (2 s) thirty seconds ago; backend 1 answers in 10 ms right now.
+        s.as_slice()[0].stats.observe_latency_at(2_000_000_000, now - 30_000_000_000);
+        s.as_slice()[1].stats.observe_latency_at(10_000_000, now);
+        // Three decay constants: 2 s × e^-3 ≈ 100 ms, still dearer than 10 ms ...
+        let p = PeakEwma::new(s.clone(), 1);
+        assert_eq!(counts(&p, 2, 10), [0, 10]);
+        // ... but seventy seconds ago it has decayed to 2 s × e^-7 ≈ 1.8 ms: tried again.
+        s.as_slice()[0].stats.observe_latency_at(2_000_000_000, now - 70_000_000_000);
+        s.as_slice()[1].stats.observe_latency_at(10_000_000, now);
+        let p = PeakEwma::new(s, 1);
+        assert_eq!(counts(&p, 2, 10), [10, 0]);
     }
 
     #[test]

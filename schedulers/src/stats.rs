@@ -184,6 +184,13 @@ impl BackendStats {
         self.ewma_load_at(now_nanos())
     }
 
+    /// The estimate as stored and the clock reading of its last sample (0 = never measured).
+    /// Two backends' decayed estimates compare without reading the clock: both decay by the
+    /// same factor from a common `now`, so only the difference of their stamps matters.
+    pub fn ewma_sample(&self) -> (f64, u64) {
+        (self.ewma_ns(), self.ewma_stamp.load(Ordering::Relaxed))
+    }
+
     /// [`Self::ewma_load`] with an explicit clock (one clock read per pick, not per backend).
     pub fn ewma_load_at(&self, now_ns: u64) -> f64 {
         self.ewma_ns_at(now_ns) * (self.active() as f64 + 1.0)
