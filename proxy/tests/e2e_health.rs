@@ -8,26 +8,14 @@ mod lab;
 
 use std::time::Duration;
 
-use admin_http::{Reply, get};
-use lab::{Lab, Svc, lab, manifests};
+use admin_http::{get, wait_reply};
+use lab::{Svc, lab, manifests};
 
 const HEALTHZ: &str = "10.0.0.1:10256";
 const METRICS: &str = "127.0.0.1:10249";
 const HCNP: u16 = 32100;
 
 
-/// Polls `path` on `addr` from `ns` until `want` accepts a reply.
-fn wait_reply(lab: &Lab, ns: &str, addr: &str, path: &str, what: &str, want: impl Fn(&Reply) -> bool) -> Reply {
-    let mut last = None;
-    let got = lab.wait_for(Duration::from_secs(15), || match get(ns, addr, path) {
-        Ok(r) if want(&r) => Some(r),
-        other => {
-            last = Some(format!("{other:?}"));
-            None
-        }
-    });
-    got.unwrap_or_else(|| panic!("{what}: {addr}{path} never answered as expected; last: {last:?}\nlog:\n{}", lab.tpvs_log()))
-}
 
 #[test]
 fn healthz_fails_until_the_first_table_is_live_then_passes() {

@@ -18,7 +18,7 @@ use std::ops::Deref;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use admin_http::{Reply, get};
+use admin_http::{get, wait_reply};
 use apiserver::{ApiServer, Kind};
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
@@ -157,18 +157,6 @@ fn slice(name: &str, ks: &[usize]) -> EndpointSlice {
     }
 }
 
-/// Polls `path` on `addr` from `ns` until `want` accepts a reply.
-fn wait_reply(lab: &Lab, ns: &str, addr: &str, path: &str, what: &str, want: impl Fn(&Reply) -> bool) -> Reply {
-    let mut last = None;
-    let got = lab.wait_for(Duration::from_secs(15), || match get(ns, addr, path) {
-        Ok(r) if want(&r) => Some(r),
-        other => {
-            last = Some(format!("{other:?}"));
-            None
-        }
-    });
-    got.unwrap_or_else(|| panic!("{what}: {addr}{path} never answered as expected; last: {last:?}\nlog:\n{}", lab.tpvs_log()))
-}
 
 fn healthz(lab: &Lab) -> u16 {
     get(&lab.client, HEALTHZ, "/healthz").map_or(0, |r| r.status)

@@ -61,3 +61,16 @@ pub fn encode(s: &str) -> String {
     }
     out
 }
+
+/// Polls `path` on `addr` from `ns` until `want` accepts a reply.
+pub fn wait_reply(lab: &crate::lab::Lab, ns: &str, addr: &str, path: &str, what: &str, want: impl Fn(&Reply) -> bool) -> Reply {
+    let mut last = None;
+    let got = lab.wait_for(Duration::from_secs(15), || match get(ns, addr, path) {
+        Ok(r) if want(&r) => Some(r),
+        other => {
+            last = Some(format!("{other:?}"));
+            None
+        }
+    });
+    got.unwrap_or_else(|| panic!("{what}: {addr}{path} never answered as expected; last: {last:?}\nlog:\n{}", lab.tpvs_log()))
+}
