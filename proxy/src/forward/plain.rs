@@ -9,23 +9,19 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use controlplane::{Frontend, RoutingTable};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::warn;
 
 use super::splice::PipePool;
-use super::worker::{StartError, forward_to};
+use super::worker::{StartError, accept_admitted, forward_to};
 use super::{ForwardConfig, Shared};
 use crate::addrs::{ClientAddr, OrigDstAddr, canonical};
-use crate::sockopt::reset_on_close;
 
 /// A running plain-mode server; [`PlainServer::stop`] (or drop) ends it.
 #[derive(Debug)]
@@ -137,29 +133,16 @@ fn run_plain_worker(
 
 async fn accept_plain(listener: &TcpListener, fe: &Arc<Frontend>, shared: &Arc<Shared>, pool: &Rc<PipePool>) {
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                let Some(slot) = shared.admit() else {
-                    shared.stats.over_limit.fetch_add(1, Ordering::Relaxed);
-                    reset_on_close(&stream);
-                    continue;
-                };
-                let orig = match stream.local_addr() {
-                    Ok(a) => OrigDstAddr(canonical(a)),
-                    Err(_) => continue,
-                };
-                let (fe, shared, pool) = (Arc::clone(fe), Arc::clone(shared), Rc::clone(pool));
-                tokio::task::spawn_local(async move {
-                    let _slot = slot;
-                    forward_to(fe, stream, ClientAddr(canonical(peer)), orig, &shared, &pool).await;
-                });
-            }
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        let (stream, peer, slot) = accept_admitted(listener, shared).await;
+        let orig = match stream.local_addr() {
+            Ok(a) => OrigDstAddr(canonical(a)),
+            Err(_) => continue,
+        };
+        let (fe, shared, pool) = (Arc::clone(fe), Arc::clone(shared), Rc::clone(pool));
+        tokio::task::spawn_local(async move {
+            let _slot = slot;
+            forward_to(fe, stream, ClientAddr(canonical(peer)), orig, &shared, &pool).await;
+        });
     }
 }
 

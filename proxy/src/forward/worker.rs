@@ -2,6 +2,7 @@
 //! it accepts, start to finish, on its own single-threaded runtime.
 
 use std::io;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -127,6 +128,15 @@ fn run_worker(index: usize, shared: Arc<Shared>, ready: mpsc::Sender<(usize, Res
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, pool: Rc<PipePool>) {
     loop {
+        let (stream, peer, slot) = accept_admitted(&listener, &shared).await;
+        tokio::task::spawn_local(serve(stream, ClientAddr(canonical(peer)), Arc::clone(&shared), Rc::clone(&pool), slot));
+    }
+}
+
+/// The next accepted connection that fits under `--max-connections`, with its slot; the ones
+/// over the limit are counted and reset. Shared by the transparent and the plain listeners.
+pub(super) async fn accept_admitted(listener: &TcpListener, shared: &Arc<Shared>) -> (TcpStream, SocketAddr, ConnSlot) {
+    loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -135,7 +145,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, pool: Rc<PipePo
                     reset_on_close(&stream);
                     continue;
                 };
-                tokio::task::spawn_local(serve(stream, ClientAddr(canonical(peer)), Arc::clone(&shared), Rc::clone(&pool), slot));
+                return (stream, peer, slot);
             }
             Err(e) => {
                 // Out of fds or memory: back off briefly instead of spinning; the kernel keeps
