@@ -1,45 +1,17 @@
-//! Address newtypes for the roles a socket address plays in one proxied connection, and the
-//! node-port address filter (`--nodeport-addresses`).
-//!
-//! A transparent proxy juggles four addresses per connection (client, original destination,
-//! backend, upstream source) that are all `SocketAddr`s; swapping two of them compiles fine and
-//! silently sends traffic to the wrong place, so each role gets its own type.
+//! Addresses on the data path: the role newtypes (defined beside the schedulers, which take
+//! them), canonical forms, the listeners' wildcard addresses, and the node-port address filter
+//! (`--nodeport-addresses`).
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
-/// The client's address, as the transparent listener saw it (the peer of the accepted socket).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ClientAddr(pub SocketAddr);
+pub use schedulers::{BackendAddr, ClientAddr, OrigDstAddr};
 
-/// The address the client dialled (a Service VIP or a node port): with TPROXY the accepted
-/// socket's *local* address is the original destination, no conntrack lookup needed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct OrigDstAddr(pub SocketAddr);
-
-impl ClientAddr {
-    pub fn ip(&self) -> IpAddr {
-        self.0.ip()
-    }
-}
-
-impl OrigDstAddr {
-    pub fn ip(&self) -> IpAddr {
-        self.0.ip()
-    }
-}
-
-impl fmt::Display for ClientAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl fmt::Display for OrigDstAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
+/// The wildcard addresses a data-path listener binds on one port: `0.0.0.0` and `::` (the
+/// v6 one is `IPV6_V6ONLY`, so the two never overlap).
+pub fn wildcard_listen_addrs(port: u16) -> [SocketAddr; 2] {
+    [SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port), SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)]
 }
 
 /// Undoes IPv4-mapped IPv6 (`::ffff:a.b.c.d`), so a v4 client reaching a dual-stack socket is

@@ -10,12 +10,18 @@
 //! - [`run`]: `tpvs run`, the daemon: wires the control plane's table to the data path and
 //!   the interception; [`cleanup`]: `tpvs cleanup`, removes the interception.
 //! - [`netfilter`]: the nftables table (rendered by a pure function) and policy routing.
+//! - [`dispatch`]: every per-connection and per-flow decision, TCP and UDP alike: frontend
+//!   lookup, session affinity, pick with retry, and all feedback to the schedulers and the
+//!   per-backend metrics.
 //! - [`forward`]: the TCP data path: per-core event loops on `SO_REUSEPORT` transparent
-//!   listeners, backend choice with retry and affinity, splice relay.
+//!   listeners, connect, splice relay; and the plain listen mode for load tests.
 //! - [`udp`]: the UDP data path: per-core epoll loops on `SO_REUSEPORT` transparent UDP
 //!   listeners, a sans-io flow table, batched `recvmmsg`/`sendmmsg`, eviction on table change.
-//! - [`sockopt`]: transparent listener and upstream socket construction.
-//! - [`addrs`]: address newtypes (`ClientAddr`, `OrigDstAddr`) and the node-port filter.
+//! - [`workers`]: the one way data-path threads start (bound, then ready, then serving).
+//! - [`slots`]: budgets of open connections and flows.
+//! - [`limits`]: the process's file-descriptor limit.
+//! - [`sockopt`]: TCP listener and upstream socket construction, raw socket options.
+//! - [`addrs`]: the address roles, wildcard listen addresses and the node-port filter.
 //! - [`units`]: duration and mark flag parsing.
 //!
 //! Kubernetes semantics are the control plane's (`controlplane` crate); this crate owns the
@@ -28,9 +34,13 @@ pub mod list_live;
 pub mod logging;
 pub mod addrs;
 pub mod cleanup;
+pub mod dispatch;
 pub mod forward;
+pub mod limits;
 pub mod netfilter;
 pub mod run;
+pub mod slots;
 pub mod sockopt;
 pub mod udp;
 pub mod units;
+pub mod workers;

@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use controlplane::{CompileOptions, ManifestSource, Publisher, ReloadReport, RoutingTable};
+
+use crate::dispatch::telemetry::MetricsRegistry;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{ListArgs, TableArgs};
@@ -22,7 +24,7 @@ pub fn run(args: &ListArgs) -> anyhow::Result<ExitCode> {
     let report = source.reload();
     let table = publisher.current();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json_view(&table))?);
+        println!("{}", serde_json::to_string_pretty(&json_view(&table, None))?);
     } else {
         print!("{}", render(&table));
         print!("{}", render_skipped(&report));
@@ -43,7 +45,7 @@ pub fn compile_options(args: &TableArgs) -> CompileOptions {
 
 /// The table as text; pure, so golden tests pin it.
 pub fn render(table: &RoutingTable) -> String {
-    render_json(&json_view(table))
+    render_json(&json_view(table, None))
 }
 
 /// The table as text from its data form: shared by the offline list and the live one.
@@ -154,7 +156,9 @@ pub struct JsonBackend {
     pub bytes_from_backend: u64,
 }
 
-pub fn json_view(table: &RoutingTable) -> JsonTable {
+/// The table with its counters; the byte counters come from the data path's `metrics` (none
+/// offline).
+pub fn json_view(table: &RoutingTable, metrics: Option<&MetricsRegistry>) -> JsonTable {
     JsonTable {
         generation: table.generation,
         frontends: table
@@ -174,7 +178,9 @@ pub fn json_view(table: &RoutingTable) -> JsonTable {
                 backends: f
                     .backends()
                     .iter()
-                    .map(|b| JsonBackend {
+                    .map(|b| {
+                        let m = metrics.and_then(|m| m.peek(b.addr));
+                        JsonBackend {
                         address: b.addr.to_string(),
                         weight: b.weight,
                         state: b.condition.to_string(),
@@ -184,8 +190,9 @@ pub fn json_view(table: &RoutingTable) -> JsonTable {
                         connections: b.stats.connections(),
                         picks: b.stats.picks(),
                         failures: b.stats.failures(),
-                        bytes_to_backend: b.stats.bytes_to_backend(),
-                        bytes_from_backend: b.stats.bytes_from_backend(),
+                        bytes_to_backend: m.as_ref().map_or(0, |m| m.bytes_to_backend()),
+                        bytes_from_backend: m.as_ref().map_or(0, |m| m.bytes_from_backend()),
+                    }
                     })
                     .collect(),
             })

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::addrs::{CidrError, NodePortAddrs};
 use crate::cli::TableArgs;
+use crate::dispatch::telemetry::MetricsRegistry;
 use crate::forward::{self, ForwardConfig, RelayMode, Shared};
 use crate::netfilter::{Interception, RoutingConfig, RulesetConfig};
 use crate::udp;
@@ -131,7 +132,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(path) => TableSource::Manifests(path),
         None => TableSource::Kube,
     };
-    raise_fd_limit();
+    if let Err(e) = crate::limits::raise_fd_limit() {
+        warn!(error = %e, "cannot raise the open-file limit");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("signal runtime")?;
     runtime.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -187,10 +190,17 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception
     if let Some(limit) = crate::sockopt::backlog_limit().filter(|l| *l < args.backlog) {
         info!(somaxconn = limit, "accept queue capped by net.core.somaxconn; raise it for connection bursts");
     }
-    let shared = Shared::new(publisher.handle(), config);
+    // Per-backend data-path metrics, shared by the TCP and UDP paths; each publish keeps the
+    // new table's backends and those still in use.
+    let backend_metrics = Arc::new(MetricsRegistry::default());
+    {
+        let m = Arc::clone(&backend_metrics);
+        publisher.on_publish(move |table| m.retain_table(table));
+    }
+    let shared = Shared::new(publisher.handle(), config, Arc::clone(&backend_metrics));
     let running = forward::start(Arc::clone(&shared))?;
     info!(workers, port = args.proxy_port, ipv6 = running.ipv6, "transparent listeners ready");
-    let udp = start_udp(args, &publisher, workers)?;
+    let udp = start_udp(args, &publisher, workers, backend_metrics)?;
 
     let interception = Interception::new(
         RulesetConfig {
@@ -273,7 +283,12 @@ fn start_admin(
 /// The UDP data path, unless `--udp-proxy-port 0` turned it off. Bound before any rule sends
 /// it a datagram; woken on every publish so flows to a departed backend close at once (the
 /// callback is registered before the netfilter one, which takes milliseconds).
-fn start_udp(args: &RunArgs, publisher: &Arc<Publisher>, workers: usize) -> anyhow::Result<Option<Arc<udp::UdpShared>>> {
+fn start_udp(
+    args: &RunArgs,
+    publisher: &Arc<Publisher>,
+    workers: usize,
+    metrics: Arc<MetricsRegistry>,
+) -> anyhow::Result<Option<Arc<udp::UdpShared>>> {
     if args.udp_proxy_port == 0 {
         info!("UDP data path off (--udp-proxy-port 0)");
         return Ok(None);
@@ -286,7 +301,7 @@ fn start_udp(args: &RunArgs, publisher: &Arc<Publisher>, workers: usize) -> anyh
         timeouts: udp::Timeouts { idle: args.udp_timeout.max(Duration::from_millis(100)), stream: args.udp_stream_timeout.max(args.udp_timeout) },
         nodeport_addrs: args.nodeport_addresses.clone(),
     };
-    let shared = udp::UdpShared::new(publisher.handle(), config);
+    let shared = udp::UdpShared::new(publisher.handle(), config, metrics);
     let running = udp::start(Arc::clone(&shared))?;
     info!(workers, port = args.udp_proxy_port, ipv6 = running.ipv6, "transparent UDP listeners ready");
     publisher.on_publish(running.on_publish());
@@ -306,19 +321,4 @@ fn hostname() -> Option<String> {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
     (!name.is_empty()).then_some(name)
-}
-
-/// Each proxied connection costs two sockets and (in flight) two pipes: the default soft limit
-/// of 1024 fds would cap the proxy at a few hundred connections.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `lim` is a valid rlimit for getrlimit to fill and setrlimit to read.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                warn!(error = %std::io::Error::last_os_error(), "cannot raise the open-file limit");
-            }
-        }
-    }
 }

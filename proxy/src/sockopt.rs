@@ -1,4 +1,5 @@
-//! Socket construction for the data path: the transparent listeners and the upstream sockets.
+//! TCP socket construction for the data path (the transparent listeners and the upstream
+//! sockets), and the one raw `setsockopt` helper the UDP sockets share.
 //!
 //! Options are set once where they are inherited: a socket accepted from a listener copies the
 //! listener's `TCP_NODELAY` and keepalive settings, so the hot accept path spends no syscall on
@@ -6,7 +7,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
@@ -83,16 +84,15 @@ pub fn upstream_socket(backend: SocketAddr, source: Option<IpAddr>) -> io::Resul
 }
 
 fn set_bind_address_no_port(s: &Socket) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: a valid fd owned by `s`, a pointer to a live c_int and its exact size.
+    set_int(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)
+}
+
+/// An integer socket option socket2 has no setter for.
+pub fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: the caller's fd is open for the duration of the call (a bad one is EBADF, not
+    // undefined behaviour); a pointer to a live c_int and its exact size.
     let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
+        libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
     };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }

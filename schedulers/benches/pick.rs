@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use schedulers::maglev::{DEFAULT_TABLE_SIZE, Maglev};
-use schedulers::{Backend, BackendSet, BackendStats, PickContext, SchedulerKind, SchedulerOptions, Tried, build};
+use schedulers::{Backend, BackendSet, BackendStats, ClientAddr, OrigDstAddr, PickContext, SchedulerKind, SchedulerOptions, Tried, build};
 
 const CONTEXTS: usize = 1024;
 
@@ -35,7 +35,7 @@ fn contexts() -> Vec<PickContext> {
     (0..CONTEXTS)
         .map(|i| {
             let client = SocketAddr::from(([192, 168, (i >> 8) as u8, i as u8], 20_000 + i as u16));
-            PickContext::new(client, dst)
+            PickContext::new(ClientAddr(client), OrigDstAddr(dst))
         })
         .collect()
 }

@@ -4,19 +4,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub use crate::addr::BackendAddr;
 use crate::stats::BackendStats;
-
-/// The address a backend listens on (endpoint IP and target port).
-///
-/// A newtype so it can never be confused with a client or frontend address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BackendAddr(pub SocketAddr);
-
-impl fmt::Display for BackendAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 /// Why a backend is in a set.
 ///

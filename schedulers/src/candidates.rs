@@ -53,6 +53,7 @@ pub(crate) mod test_support {
     use std::net::SocketAddr;
     use std::sync::Arc;
 
+    use crate::addr::{ClientAddr, OrigDstAddr};
     use crate::backend::{Backend, BackendSet};
     use crate::context::PickContext;
     use crate::stats::BackendStats;
@@ -78,6 +79,6 @@ pub(crate) mod test_support {
     /// A context for client `i` (distinct IP and port per i) dialling 10.96.0.10:80.
     pub(crate) fn ctx(i: u32) -> PickContext {
         let client = SocketAddr::from(([192, 168, (i >> 8) as u8, i as u8], 1024 + (i % 60_000) as u16));
-        PickContext::new(client, sock("10.96.0.10:80"))
+        PickContext::new(ClientAddr(client), OrigDstAddr(sock("10.96.0.10:80")))
     }
 }

@@ -1,22 +1,21 @@
 //! What a pick may look at, and what a retry must skip.
 
-use std::net::{IpAddr, SocketAddr};
-
+use crate::addr::{ClientAddr, OrigDstAddr};
 use crate::mix::{hash_ip, mix64};
 
 /// The facts about one new connection or flow that a scheduler may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PickContext {
     /// The client's address as the proxy saw it.
-    pub client: SocketAddr,
+    pub client: ClientAddr,
     /// The frontend address the client dialled (the Service VIP, node port, ...).
-    pub orig_dst: SocketAddr,
+    pub orig_dst: OrigDstAddr,
     /// A hash of the whole flow; maglev keys on it.
     pub flow_hash: u64,
 }
 
 impl PickContext {
-    pub fn new(client: SocketAddr, orig_dst: SocketAddr) -> Self {
+    pub fn new(client: ClientAddr, orig_dst: OrigDstAddr) -> Self {
         let flow_hash = mix64(
             hash_ip(client.ip())
                 ^ hash_ip(orig_dst.ip()).rotate_left(17)
@@ -33,10 +32,6 @@ impl PickContext {
     /// Hash of the original destination IP (IPVS `dh`).
     pub fn destination_hash(&self) -> u64 {
         hash_ip(self.orig_dst.ip())
-    }
-
-    pub fn client_ip(&self) -> IpAddr {
-        self.client.ip()
     }
 }
 

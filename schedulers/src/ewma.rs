@@ -1,6 +1,6 @@
 //! Peak-EWMA: power of two choices over latency × load (Finagle's and Linkerd's balancer).
 //!
-//! Each backend's cost is [`BackendStats::ewma_load`](crate::stats::BackendStats::ewma_load)
+//! Each backend's cost is [`BackendStats::ewma_load_at`](crate::stats::BackendStats::ewma_load_at)
 //! — a peak-sensitive moving average of observed latency times (active connections + 1) —
 //! divided by its weight. A backend that turns slow is avoided at once (the estimate jumps to
 //! a higher sample) and wins traffic back gradually as it recovers; a fast but busy backend
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::backend::BackendSet;
 use crate::candidates::{Candidate, count_untried, nth_untried, pickable};
 use crate::context::{PickContext, Tried};
-use crate::kind::{BackendIndex, Scheduler, SchedulerKind};
+use crate::scheduler::{BackendIndex, Scheduler, SchedulerKind};
 use crate::mix::AtomicSplitMix;
 use crate::p2c::two_distinct;
 use crate::stats::{EWMA_DECAY_NS, now_nanos};

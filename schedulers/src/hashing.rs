@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use crate::backend::BackendSet;
 use crate::context::{PickContext, Tried};
-use crate::kind::{BackendIndex, Scheduler, SchedulerKind};
+use crate::scheduler::{BackendIndex, Scheduler, SchedulerKind};
 use crate::mix::{hash_bytes, mix64};
 
 /// Number of buckets keys are spread over. 4096 keeps the table at 16 KiB (L1-resident) while
@@ -59,7 +59,7 @@ pub struct HashScheduler {
 }
 
 /// The identity hash of a backend address: deterministic across processes.
-fn identity(addr: &crate::backend::BackendAddr) -> u64 {
+fn identity(addr: &crate::addr::BackendAddr) -> u64 {
     hash_bytes(ID_SEED, addr.to_string().as_bytes())
 }
 
@@ -177,6 +177,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
+    use crate::addr::{ClientAddr, OrigDstAddr};
     use crate::backend::Backend;
     use crate::candidates::test_support::{addr_of, backend, ctx, set, sock};
 
@@ -196,7 +197,7 @@ mod tests {
             let a = s.pick(&ctx(i), &Tried::new());
             // Another port from the same client IP: sh keys on the IP only.
             let mut other = ctx(i);
-            other.client.set_port(other.client.port().wrapping_add(7));
+            other.client.0.set_port(other.client.port().wrapping_add(7));
             assert_eq!(a, s.pick(&other, &Tried::new()));
             assert!(a.is_some());
         }
@@ -205,8 +206,8 @@ mod tests {
     #[test]
     fn dh_keys_on_destination_only() {
         let s = HashScheduler::new(set(&[1; 10]), Key::Destination);
-        let to = |dst: &str| PickContext::new(sock("192.168.1.1:5000"), sock(dst));
-        let from = |client: &str| PickContext::new(sock(client), sock("10.96.0.10:80"));
+        let to = |dst: &str| PickContext::new(ClientAddr(sock("192.168.1.1:5000")), OrigDstAddr(sock(dst)));
+        let from = |client: &str| PickContext::new(ClientAddr(sock(client)), OrigDstAddr(sock("10.96.0.10:80")));
         let first = s.pick(&from("192.168.1.1:1000"), &Tried::new());
         for k in 0..200u32 {
             let client = format!("192.168.{}.{}:{}", k / 200, k % 200 + 1, 1000 + k);

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use crate::backend::BackendSet;
 use crate::candidates::{Candidate, pickable};
 use crate::context::{PickContext, Tried};
-use crate::kind::{BackendIndex, Scheduler, SchedulerKind};
+use crate::scheduler::{BackendIndex, Scheduler, SchedulerKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Rule {

@@ -2,40 +2,47 @@
 //!
 //! # Layout
 //!
+//! - [`addr`]: the address roles ([`ClientAddr`], [`OrigDstAddr`], [`BackendAddr`]) a pick
+//!   is made over, so a client and a destination can never be swapped on the way in.
 //! - [`backend`]: the addressed [`Backend`] and the immutable [`BackendSet`] a scheduler is
 //!   built from.
-//! - [`stats`]: per-backend runtime state in atomics (active connections, peak-EWMA latency),
-//!   handed out by a [`StatsRegistry`] keyed by backend address so it survives table rebuilds;
-//!   [`connect`]: the connect-latency histogram and failure reasons kept in those stats.
+//! - [`stats`]: per-backend runtime state in atomics (active connections, picks, failures,
+//!   peak-EWMA latency), handed out by a [`StatsRegistry`] keyed by backend address so it
+//!   survives table rebuilds.
 //! - [`context`]: what a pick may look at ([`PickContext`]) and which candidates a retry must
 //!   skip ([`Tried`]).
-//! - [`kind`]: the [`Scheduler`] trait, the [`SchedulerKind`] names operators type, and
-//!   [`build`], which turns a kind and a set into a ready scheduler.
-//! - one module per algorithm family: [`rr`], [`wrr`], [`least`] (lc, wlc, sed, nq),
-//!   [`hashing`] (dh, sh), [`random`], [`p2c`], [`maglev`], [`ewma`].
+//! - [`scheduler`]: the [`Scheduler`] trait and the [`SchedulerKind`] names operators type.
+//! - one module per algorithm family, each depending only on the modules above: [`rr`],
+//!   [`wrr`], [`least`] (lc, wlc, sed, nq), [`hashing`] (dh, sh), [`random`], [`p2c`],
+//!   [`maglev`], [`ewma`].
+//! - [`build`]: the factory turning a kind and a set into a ready scheduler (the one module
+//!   that depends on every algorithm).
 //!
-//! Nothing here knows about sockets, async runtimes or Kubernetes: a scheduler is built once per
-//! backend set, then `pick` is called through `&self` from any number of threads.
+//! Nothing here knows about sockets, async runtimes, metrics formats or Kubernetes: a
+//! scheduler is built once per backend set, then `pick` is called through `&self` from any
+//! number of threads.
 
+pub mod addr;
 pub mod backend;
+pub mod build;
 mod candidates;
-pub mod connect;
 pub mod context;
 pub mod ewma;
 pub mod hashing;
-pub mod kind;
 pub mod least;
 pub mod maglev;
 pub mod p2c;
 pub mod random;
 pub mod rr;
+pub mod scheduler;
 pub mod stats;
 pub mod wrr;
 
 mod mix;
 
-pub use backend::{Backend, BackendAddr, BackendSet, EndpointCondition};
+pub use addr::{BackendAddr, ClientAddr, OrigDstAddr};
+pub use backend::{Backend, BackendSet, EndpointCondition};
+pub use build::{SchedulerOptions, build};
 pub use context::{PickContext, Tried};
-pub use kind::{BackendIndex, Scheduler, SchedulerKind, SchedulerOptions, UnknownScheduler, build};
-pub use connect::{ConnectFailure, HistogramSnapshot};
+pub use scheduler::{BackendIndex, Scheduler, SchedulerKind, UnknownScheduler};
 pub use stats::{ActiveGuard, BackendStats, StatsRegistry};

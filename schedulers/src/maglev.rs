@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use crate::backend::BackendSet;
 use crate::context::{PickContext, Tried};
-use crate::kind::{BackendIndex, Scheduler, SchedulerKind};
+use crate::scheduler::{BackendIndex, Scheduler, SchedulerKind};
 use crate::mix::hash_bytes;
 
 /// The paper's default: prime, and ≫ 100 × backends for the sets Services usually have.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::backend::BackendSet;
 use crate::candidates::{Candidate, count_untried, nth_untried, pickable};
 use crate::context::{PickContext, Tried};
-use crate::kind::{BackendIndex, Scheduler, SchedulerKind};
+use crate::scheduler::{BackendIndex, Scheduler, SchedulerKind};
 use crate::mix::{AtomicSplitMix, below};
 
 #[derive(Debug)]

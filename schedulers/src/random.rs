@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::backend::BackendSet;
 use crate::candidates::{Candidate, count_untried, nth_untried, pickable};
 use crate::context::{PickContext, Tried};
-use crate::kind::{BackendIndex, Scheduler, SchedulerKind};
+use crate::scheduler::{BackendIndex, Scheduler, SchedulerKind};
 use crate::mix::{AtomicSplitMix, below};
 
 /// Redraws a retry makes before switching to an exact draw over the untried backends.

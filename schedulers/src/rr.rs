@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::backend::BackendSet;
 use crate::context::{PickContext, Tried};
-use crate::kind::{BackendIndex, Scheduler, SchedulerKind};
+use crate::scheduler::{BackendIndex, Scheduler, SchedulerKind};
 
 #[derive(Debug)]
 pub struct RoundRobin {

@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
-use crate::backend::BackendAddr;
-use crate::connect::{ConnectFailure, ConnectOutcomes};
+use crate::addr::BackendAddr;
 
 /// Decay time constant of the peak-EWMA latency estimate (Finagle and Linkerd use 10 s).
 pub const EWMA_DECAY_NS: f64 = 10_000_000_000.0;
@@ -28,21 +27,19 @@ pub fn now_nanos() -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Counters for one backend address.
+/// What the schedulers and the operator's `tpvs list` need to know about one backend address:
+/// open and total connections, picks and failures, and the peak-EWMA latency estimate. (Metric
+/// shapes such as latency histograms and byte counters are the data plane's, not here.)
 #[derive(Debug)]
 pub struct BackendStats {
     active: AtomicU64,
     connections: AtomicU64,
     picks: AtomicU64,
     failures: AtomicU64,
-    bytes_to_backend: AtomicU64,
-    bytes_from_backend: AtomicU64,
     /// f64 bits of the peak-EWMA latency estimate in nanoseconds.
     ewma_bits: AtomicU64,
     /// `now_nanos` at the last estimate update.
     ewma_stamp: AtomicU64,
-    /// Connect latency histogram and failures by reason (exported as metrics).
-    connect: ConnectOutcomes,
 }
 
 impl Default for BackendStats {
@@ -52,11 +49,8 @@ impl Default for BackendStats {
             connections: AtomicU64::new(0),
             picks: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            bytes_to_backend: AtomicU64::new(0),
-            bytes_from_backend: AtomicU64::new(0),
             ewma_bits: AtomicU64::new(EWMA_DEFAULT_RTT_NS.to_bits()),
             ewma_stamp: AtomicU64::new(0),
-            connect: ConnectOutcomes::default(),
         }
     }
 }
@@ -77,16 +71,10 @@ impl BackendStats {
         self.picks.load(Ordering::Relaxed)
     }
 
+    /// Attempts on this backend that failed (a refused, timed-out or unreachable connect; a
+    /// UDP flow whose backend answered "port unreachable").
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
-    }
-
-    pub fn bytes_to_backend(&self) -> u64 {
-        self.bytes_to_backend.load(Ordering::Relaxed)
-    }
-
-    pub fn bytes_from_backend(&self) -> u64 {
-        self.bytes_from_backend.load(Ordering::Relaxed)
     }
 
     pub fn record_pick(&self) {
@@ -95,32 +83,6 @@ impl BackendStats {
 
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A failed connect attempt, counted in [`Self::failures`] and by reason.
-    pub fn record_connect_failure(&self, why: ConnectFailure) {
-        self.record_failure();
-        self.connect.record_failure(why);
-    }
-
-    /// One successful connect's latency, for the exported histogram (the EWMA is fed
-    /// separately, because it also takes timeouts as samples).
-    pub fn observe_connect_ns(&self, ns: u64) {
-        self.connect.latency.observe_ns(ns);
-    }
-
-    /// Connect latency histogram, failures by reason and retries.
-    pub fn connect_outcomes(&self) -> &ConnectOutcomes {
-        &self.connect
-    }
-
-    pub fn add_bytes(&self, to_backend: u64, from_backend: u64) {
-        if to_backend > 0 {
-            self.bytes_to_backend.fetch_add(to_backend, Ordering::Relaxed);
-        }
-        if from_backend > 0 {
-            self.bytes_from_backend.fetch_add(from_backend, Ordering::Relaxed);
-        }
     }
 
     /// Marks one connection open until the returned guard drops. Keeping the count exact is
@@ -178,12 +140,6 @@ impl BackendStats {
         cost * (-elapsed / EWMA_DECAY_NS).exp()
     }
 
-    /// Peak-EWMA load: estimated latency × (outstanding connections + 1), the quantity
-    /// Finagle's and Linkerd's balancers minimise.
-    pub fn ewma_load(&self) -> f64 {
-        self.ewma_load_at(now_nanos())
-    }
-
     /// The estimate as stored and the clock reading of its last sample (0 = never measured).
     /// Two backends' decayed estimates compare without reading the clock: both decay by the
     /// same factor from a common `now`, so only the difference of their stamps matters.
@@ -191,7 +147,9 @@ impl BackendStats {
         (self.ewma_ns(), self.ewma_stamp.load(Ordering::Relaxed))
     }
 
-    /// [`Self::ewma_load`] with an explicit clock (one clock read per pick, not per backend).
+    /// Peak-EWMA load as of `now_ns`: estimated latency × (outstanding connections + 1), the
+    /// quantity Finagle's and Linkerd's balancers minimise (one clock read per pick, not per
+    /// backend).
     pub fn ewma_load_at(&self, now_ns: u64) -> f64 {
         self.ewma_ns_at(now_ns) * (self.active() as f64 + 1.0)
     }

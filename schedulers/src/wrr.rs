@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::backend::BackendSet;
 use crate::context::{PickContext, Tried};
-use crate::kind::{BackendIndex, Scheduler, SchedulerKind};
+use crate::scheduler::{BackendIndex, Scheduler, SchedulerKind};
 
 /// The cycle length above which weights are scaled down (see the module docs). Scaling keeps
 /// every pickable backend at weight ≥ 1, so with more pickable backends than this the cycle is

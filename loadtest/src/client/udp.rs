@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use schedulers::{ActiveGuard, PickContext, Tried};
+use schedulers::{ActiveGuard, ClientAddr, OrigDstAddr, PickContext, Tried};
 use tokio::net::UdpSocket;
 
 use super::Target;
@@ -70,7 +70,7 @@ impl Client {
                 // they would from many clients.
                 let client = SocketAddr::from(([127, 0, 0, 1], (job.id % 64_511) as u16 + 1024));
                 let vip = SocketAddr::from(([127, 0, 0, 1], 0));
-                let Some(i) = scheduler.pick(&PickContext::new(client, vip), &Tried::new()) else {
+                let Some(i) = scheduler.pick(&PickContext::new(ClientAddr(client), OrigDstAddr(vip)), &Tried::new()) else {
                     self.rec.failed(job.measured, Failure::Refused);
                     return;
                 };

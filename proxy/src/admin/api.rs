@@ -4,8 +4,9 @@
 
 use controlplane::RoutingTable;
 
+use crate::dispatch::telemetry::MetricsRegistry;
 use crate::list::{JsonTable, json_view};
 
-pub fn live_view(table: &RoutingTable) -> JsonTable {
-    json_view(table)
+pub fn live_view(table: &RoutingTable, metrics: Option<&MetricsRegistry>) -> JsonTable {
+    json_view(table, metrics)
 }

@@ -32,7 +32,9 @@ use controlplane::{Frontend, Publisher, RoutingTable, TrafficPolicy, WhenEmpty};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder as _, Histogram, HistogramOpts, IntGauge, Opts, Registry, TextEncoder};
-use schedulers::{BackendStats, ConnectFailure, HistogramSnapshot};
+use schedulers::BackendStats;
+
+use crate::dispatch::telemetry::{ConnectFailure, MetricsRegistry};
 use tracing::debug;
 
 use super::Sources;
@@ -289,6 +291,7 @@ impl TableCollector {
 
 /// Per (Service port, backend address): its stats, once however many frontends share it.
 struct BackendRow<'a> {
+    addr: schedulers::BackendAddr,
     stats: &'a Arc<BackendStats>,
     scheduler: &'static str,
 }
@@ -311,7 +314,8 @@ impl Collector for TableCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let table = self.sources.publisher.current();
         let mut out = Vec::with_capacity(spec::ALL.len());
-        collect_table(&table, &mut out);
+        let metrics = self.sources.forward.as_ref().map(|f| f.dispatch.metrics().as_ref());
+        collect_table(&table, metrics, &mut out);
         self.collect_data_path(&mut out);
         self.collect_sources(&mut out);
         out
@@ -323,7 +327,7 @@ type SvcKey<'a> = (&'a str, &'a str, &'a str);
 /// Buckets, count and sum of histograms merged across sources.
 type Merged = (Vec<(f64, u64)>, u64, Duration);
 
-fn collect_table(table: &RoutingTable, out: &mut Vec<MetricFamily>) {
+fn collect_table(table: &RoutingTable, metrics: Option<&MetricsRegistry>, out: &mut Vec<MetricFamily>) {
     let mut backends: BTreeMap<(SvcKey<'_>, String), BackendRow<'_>> = BTreeMap::new();
     let mut services: BTreeMap<SvcKey<'_>, ServiceRow> = BTreeMap::new();
     let mut frontends: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -347,7 +351,7 @@ fn collect_table(table: &RoutingTable, out: &mut Vec<MetricFamily>) {
         for b in set.iter() {
             backends
                 .entry((key, b.addr.to_string()))
-                .or_insert(BackendRow { stats: &b.stats, scheduler: fe.scheduler_kind().as_str() });
+                .or_insert(BackendRow { addr: b.addr, stats: &b.stats, scheduler: fe.scheduler_kind().as_str() });
         }
     }
 
@@ -366,16 +370,17 @@ fn collect_table(table: &RoutingTable, out: &mut Vec<MetricFamily>) {
         conns.value(&l, opened as f64);
         active.value(&l, now_active as f64);
         closed.value(&l, opened.saturating_sub(now_active) as f64);
-        for (dir, v) in [("to_backend", s.bytes_to_backend()), ("from_backend", s.bytes_from_backend())] {
+        picks.value(&[l[0], l[1], l[2], l[3], ("scheduler", row.scheduler)], s.picks() as f64);
+        // A backend no connection has reached yet has no data-path metrics: all zero.
+        let m = metrics.and_then(|m| m.peek(row.addr)).unwrap_or_default();
+        for (dir, v) in [("to_backend", m.bytes_to_backend()), ("from_backend", m.bytes_from_backend())] {
             bytes.value(&[l[0], l[1], l[2], l[3], ("direction", dir)], v as f64);
         }
-        picks.value(&[l[0], l[1], l[2], l[3], ("scheduler", row.scheduler)], s.picks() as f64);
-        let outcomes = s.connect_outcomes();
         for why in ConnectFailure::ALL {
-            failures.value(&[l[0], l[1], l[2], l[3], ("reason", why.as_str())], outcomes.failures(why) as f64);
+            failures.value(&[l[0], l[1], l[2], l[3], ("reason", why.as_str())], m.failures(why) as f64);
         }
-        retries.value(&l, outcomes.retries() as f64);
-        latency.histogram(&l, &outcomes.latency.snapshot());
+        retries.value(&l, m.retries() as f64);
+        latency.histogram(&l, &HistogramSnapshot::of(m.connect_latency()));
     }
 
     let mut endpoints = Fam::new(&spec::svc_backends);
@@ -457,7 +462,7 @@ impl TableCollector {
         }
         // Zeros when the UDP data path is off, so dashboards and alerts see zeros rather
         // than "no data".
-        let u = self.sources.udp.as_ref().map(|u| u.stats.snapshot()).unwrap_or_default();
+        let u = self.sources.udp.as_ref().map(|u| u.snapshot()).unwrap_or_default();
         let mut f = Fam::new(&spec::udp_active);
         f.value(&[], u.flows_active as f64);
         out.push(f.mf);
@@ -563,3 +568,24 @@ pub fn after_publish(
     }
     ok
 }
+/// A histogram as the exposition writes it: `(upper bound in seconds, cumulative count)`
+/// ending with `+Inf`, the count and the sum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl HistogramSnapshot {
+    pub fn of(h: &Histogram) -> HistogramSnapshot {
+        use prometheus::core::Metric as _;
+        let m = h.metric();
+        let p = m.get_histogram();
+        let count = p.get_sample_count();
+        let mut buckets: Vec<(f64, u64)> = p.get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
+        buckets.push((f64::INFINITY, count));
+        HistogramSnapshot { buckets, count, sum_seconds: p.get_sample_sum() }
+    }
+}
+

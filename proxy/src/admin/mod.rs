@@ -110,7 +110,7 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Admin> {
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let healthz_addr = healthz_listener.as_ref().and_then(|l| l.local_addr().ok());
 
-    let (health2, publisher) = (Arc::clone(&health), Arc::clone(&sources.publisher));
+    let (health2, publisher, forward) = (Arc::clone(&health), Arc::clone(&sources.publisher), sources.forward.clone());
     std::thread::Builder::new()
         .name("tpvs-admin".into())
         .spawn(move || {
@@ -119,7 +119,8 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Admin> {
                 let (_keep, stop) = watch::channel(false);
                 if let Some(l) = metrics_listener {
                     let (m, p) = (Arc::clone(&metrics), Arc::clone(&publisher));
-                    let handler: Handler = Arc::new(move |req: &Req| metrics_routes(&m, &p, req));
+                    let backend_metrics = forward.as_ref().map(|f| Arc::clone(f.dispatch.metrics()));
+                    let handler: Handler = Arc::new(move |req: &Req| metrics_routes(&m, &p, backend_metrics.as_deref(), req));
                     tokio::spawn(http::serve(l, handler, Exec::Blocking, stop.clone()));
                 }
                 if let Some(l) = healthz_listener {
@@ -140,12 +141,17 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Admin> {
     Ok(Admin { metrics_addr, healthz_addr, health })
 }
 
-fn metrics_routes(m: &metrics::Metrics, publisher: &Publisher, req: &Req) -> hyper::Response<http::Body> {
+fn metrics_routes(
+    m: &metrics::Metrics,
+    publisher: &Publisher,
+    backend_metrics: Option<&crate::dispatch::telemetry::MetricsRegistry>,
+    req: &Req,
+) -> hyper::Response<http::Body> {
     match req.path() {
         "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", m.render()),
         "/proxyMode" => respond(StatusCode::OK, "text/plain; charset=utf-8", PROXY_MODE),
         "/api/table" => {
-            let view = api::live_view(&publisher.current());
+            let view = api::live_view(&publisher.current(), backend_metrics);
             respond(StatusCode::OK, "application/json", serde_json::to_string(&view).unwrap_or_default())
         }
         _ => not_found(),

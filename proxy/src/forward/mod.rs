@@ -3,11 +3,11 @@
 //! - [`worker`]: one thread per core, each with its own single-threaded runtime and its own
 //!   `SO_REUSEPORT` listeners; a connection is accepted, connected upstream and relayed on the
 //!   same thread, with no cross-thread hand-off or work stealing.
-//! - [`upstream`]: affinity, scheduler pick, connect with timeout and bounded retry.
+//! - [`connect`]: connecting to the backends a [`crate::dispatch::Choice`] names, with a
+//!   timeout per attempt, and serving one connection from its frontend on (connect, relay).
 //! - [`relay`]: both directions in one future, with half-close, idle timeout and byte
 //!   counting; small messages copied through a per-worker buffer, bulk spliced.
 //! - [`splice`]: zero-copy socket-to-socket transfer through pooled pipes.
-//! - [`affinity`]: the ClientIP session-affinity map.
 //! - [`plain`]: the same path behind an ordinary listener with one fixed frontend (no
 //!   interception), for load tests.
 //!
@@ -28,21 +28,22 @@
 //!   listener, one setsockopt on the upstream socket and no `SO_ERROR` query after a
 //!   successful connect; per small request, one `recv` and one `send` per direction.
 
-pub mod affinity;
+pub mod connect;
 pub mod plain;
 pub mod relay;
 pub mod splice;
-pub mod upstream;
 pub mod worker;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use controlplane::TableHandle;
 
 use crate::addrs::NodePortAddrs;
+use crate::dispatch::Dispatcher;
+use crate::dispatch::telemetry::MetricsRegistry;
+use crate::slots::SlotPool;
 pub use relay::RelayMode;
 
 /// Everything the data path is configured with.
@@ -64,15 +65,6 @@ pub struct ForwardConfig {
     pub mode: RelayMode,
 }
 
-impl ForwardConfig {
-    pub fn listen_addrs(&self) -> [SocketAddr; 2] {
-        [
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), self.port),
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), self.port),
-        ]
-    }
-}
-
 /// Counters of the data path (exported by the admin endpoint).
 #[derive(Debug, Default)]
 pub struct ForwardStats {
@@ -89,46 +81,26 @@ pub struct ForwardStats {
 /// State shared by all workers.
 #[derive(Debug)]
 pub struct Shared {
-    pub table: TableHandle,
+    pub dispatch: Dispatcher,
     pub config: ForwardConfig,
-    pub affinity: affinity::AffinityTable,
     pub stats: ForwardStats,
-    open: AtomicUsize,
+    /// One slot per open connection (`max_connections`).
+    pub connections: Arc<SlotPool>,
 }
 
 impl Shared {
-    pub fn new(table: TableHandle, config: ForwardConfig) -> Arc<Self> {
+    pub fn new(table: TableHandle, config: ForwardConfig, metrics: Arc<MetricsRegistry>) -> Arc<Self> {
         Arc::new(Shared {
-            table,
+            dispatch: Dispatcher::new(table, config.nodeport_addrs.clone(), metrics),
+            connections: SlotPool::new(config.max_connections),
             config,
-            affinity: affinity::AffinityTable::new(),
             stats: ForwardStats::default(),
-            open: AtomicUsize::new(0),
         })
     }
 
     /// Connections open right now.
     pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Takes a connection slot, or `None` at the limit.
-    fn admit(self: &Arc<Self>) -> Option<ConnSlot> {
-        let prev = self.open.fetch_add(1, Ordering::Relaxed);
-        if prev >= self.config.max_connections {
-            self.open.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(ConnSlot(Arc::clone(self)))
-    }
-}
-
-/// One of `max_connections`, released on drop whatever way the connection ends.
-struct ConnSlot(Arc<Shared>);
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.connections.taken()
     }
 }
 

@@ -4,12 +4,11 @@
 //! Used where interception is unavailable or beside the point — a load test comparing
 //! schedulers on loopback needs no root, no nftables and no original destination: the
 //! listening port alone says which frontend a connection is for. Everything after that choice
-//! is [`super::worker::forward_to`], the transparent path's own code.
+//! is [`super::connect::forward_to`], the transparent path's own code.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
@@ -18,10 +17,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::connect::forward_to;
 use super::splice::PipePool;
-use super::worker::{StartError, accept_admitted, forward_to};
+use super::worker::{PIPE_POOL, accept_admitted};
 use super::{ForwardConfig, Shared};
 use crate::addrs::{ClientAddr, OrigDstAddr, canonical};
+use crate::dispatch::telemetry::MetricsRegistry;
+use crate::workers::{self, Ready, StartError};
 
 /// A running plain-mode server; [`PlainServer::stop`] (or drop) ends it.
 #[derive(Debug)]
@@ -61,67 +63,51 @@ impl Drop for PlainServer {
 /// connect policy, connection limit, relay mode and idle timeout apply as in the daemon.
 pub fn serve_plain(listen: SocketAddr, frontend: Arc<Frontend>, config: ForwardConfig) -> Result<PlainServer, StartError> {
     let n = config.workers.max(1);
+    let bind_error = |addr: SocketAddr| move |source| StartError::Bind { what: "plain TCP", addr, source };
     // The first listener fixes the port (the caller may ask for 0); the others join its
     // SO_REUSEPORT group, one per worker as in the transparent path.
-    let first = plain_listener(listen, config.backlog).map_err(|source| StartError::Bind { addr: listen, source })?;
-    let addr = first.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
-    let mut listeners = vec![first];
+    let first = plain_listener(listen, config.backlog).map_err(bind_error(listen))?;
+    let addr = first.local_addr().map_err(bind_error(listen))?;
+    let mut listeners = vec![Some(first)];
     for _ in 1..n {
-        listeners.push(plain_listener(addr, config.backlog).map_err(|source| StartError::Bind { addr, source })?);
+        listeners.push(Some(plain_listener(addr, config.backlog).map_err(bind_error(addr))?));
     }
-    let shared = Shared::new(Arc::new(ArcSwap::from_pointee(RoutingTable::default())), config);
+    let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+    let shared = Shared::new(table, config, Arc::new(MetricsRegistry::default()));
     let (stop, stopped) = watch::channel(());
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
-    let mut threads = Vec::with_capacity(n);
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let (shared, fe, stopped, ready) = (Arc::clone(&shared), Arc::clone(&frontend), stopped.clone(), ready_tx.clone());
-        let t = std::thread::Builder::new()
-            .name(format!("tpvs-plain-{i}"))
-            .spawn(move || run_plain_worker(listener, fe, shared, stopped, ready))
-            .map_err(StartError::Thread)?;
-        threads.push(t);
+    let spawned = workers::spawn("tpvs-plain", n, |i| {
+        let listener = listeners.get_mut(i).and_then(Option::take).ok_or(StartError::Vanished(i))?;
+        let (shared, fe, stopped) = (Arc::clone(&shared), Arc::clone(&frontend), stopped.clone());
+        Ok(move |ready: Ready<()>| run_plain_worker(i, listener, addr, fe, shared, stopped, ready))
+    });
+    match spawned {
+        Ok(s) => Ok(PlainServer { addr, shared, stop: Some(stop), threads: s.threads }),
+        // Dropping `stop` ends the workers that did start.
+        Err(e) => Err(e),
     }
-    drop(ready_tx);
-    let mut server = PlainServer { addr, shared, stop: Some(stop), threads };
-    for i in 0..n {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                server.shutdown();
-                return Err(StartError::Vanished(i));
-            }
-        }
-    }
-    Ok(server)
 }
 
 fn run_plain_worker(
+    index: usize,
     listener: std::net::TcpListener,
+    addr: SocketAddr,
     fe: Arc<Frontend>,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<()>,
-    ready: mpsc::Sender<Result<(), StartError>>,
+    ready: Ready<()>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => {
-            let _ = ready.send(Err(StartError::Thread(e)));
-            return;
-        }
+        Err(source) => return ready.fail(StartError::Setup { what: "plain TCP", worker: index, source }),
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
-            Err(source) => {
-                let addr = SocketAddr::from(([0, 0, 0, 0], 0));
-                let _ = ready.send(Err(StartError::Bind { addr, source }));
-                return;
-            }
+            Err(source) => return ready.fail(StartError::Bind { what: "plain TCP", addr, source }),
         };
-        let _ = ready.send(Ok(()));
-        let pool = Rc::new(PipePool::new(1024));
+        ready.ok(());
+        let pool = Rc::new(PipePool::new(PIPE_POOL));
         tokio::select! {
             () = accept_plain(&listener, &fe, &shared, &pool) => {}
             // Err: the sender is gone, which is the stop signal.
@@ -134,10 +120,7 @@ fn run_plain_worker(
 async fn accept_plain(listener: &TcpListener, fe: &Arc<Frontend>, shared: &Arc<Shared>, pool: &Rc<PipePool>) {
     loop {
         let (stream, peer, slot) = accept_admitted(listener, shared).await;
-        let orig = match stream.local_addr() {
-            Ok(a) => OrigDstAddr(canonical(a)),
-            Err(_) => continue,
-        };
+        let Ok(orig) = stream.local_addr().map(|a| OrigDstAddr(canonical(a))) else { continue };
         let (fe, shared, pool) = (Arc::clone(fe), Arc::clone(shared), Rc::clone(pool));
         tokio::task::spawn_local(async move {
             let _slot = slot;

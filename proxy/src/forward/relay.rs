@@ -29,11 +29,11 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use schedulers::BackendStats;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::splice::{CHUNK, Pipe, PipePool};
+use crate::dispatch::Lease;
 use crate::sockopt::{enable_keepalive, reset_on_close};
 
 /// How bytes are moved.
@@ -77,7 +77,7 @@ thread_local! {
 pub async fn relay(
     mut client: TcpStream,
     mut upstream: TcpStream,
-    stats: &BackendStats,
+    lease: &Lease,
     pool: &PipePool,
     mode: RelayMode,
     idle: Option<Duration>,
@@ -115,8 +115,8 @@ pub async fn relay(
             }
         }
         if to_backend + from_backend > 0 {
-            stats.add_bytes(to_backend, from_backend);
-            observe_turn(stats, &mut turn_started, to_backend, from_backend);
+            lease.add_bytes(to_backend, from_backend);
+            observe_turn(lease, &mut turn_started, to_backend, from_backend);
             if idle.is_some() {
                 last = Instant::now();
             }
@@ -161,19 +161,12 @@ pub async fn relay(
     ended
 }
 
-/// Turns longer than this are not latency samples: a long poll or a server that pushes
-/// after minutes of quiet would otherwise read as a dead slow backend.
-const TURN_SAMPLE_MAX: Duration = Duration::from_secs(10);
-
 /// Request/response turn accounting for the latency estimate (see `turn_started` in `relay`).
-fn observe_turn(stats: &BackendStats, turn_started: &mut Option<Instant>, to_backend: u64, from_backend: u64) {
-    if from_backend > 0 {
-        if let Some(began) = turn_started.take() {
-            let took = began.elapsed();
-            if took <= TURN_SAMPLE_MAX {
-                stats.observe_latency_ns(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
-            }
-        }
+fn observe_turn(lease: &Lease, turn_started: &mut Option<Instant>, to_backend: u64, from_backend: u64) {
+    if from_backend > 0
+        && let Some(began) = turn_started.take()
+    {
+        lease.turn_took(began.elapsed());
     }
     if to_backend > 0 && from_backend == 0 && turn_started.is_none() {
         *turn_started = Some(Instant::now());
@@ -370,9 +363,9 @@ mod tests {
 
     async fn relay_both(mode: RelayMode) {
         let (mut client, accepted, upstream, mut backend) = pairs().await;
-        let stats = BackendStats::default();
+        let (lease, _stats) = Lease::detached();
         let pool = PipePool::new(4);
-        let proxy = relay(accepted, upstream, &stats, &pool, mode, Some(Duration::from_secs(30)));
+        let proxy = relay(accepted, upstream, &lease, &pool, mode, Some(Duration::from_secs(30)));
         let request = pattern(3 << 20, 1);
         let response = pattern(2 << 20, 7);
         let peers = async {
@@ -410,7 +403,7 @@ mod tests {
         assert!(matches!(ended, Ended::Closed), "{ended:?}");
         // Bulk went through pipes (both back in the pool), small messages did not need one.
         assert_eq!(pool.idle(), if mode == RelayMode::Splice { 2 } else { 0 });
-        let snap = (stats.bytes_to_backend(), stats.bytes_from_backend());
+        let snap = (lease.metrics().bytes_to_backend(), lease.metrics().bytes_from_backend());
         assert_eq!(snap, (50 * 100 + (3 << 20), 50 * 200 + (2 << 20)));
     }
 
@@ -427,27 +420,27 @@ mod tests {
     #[tokio::test]
     async fn idle_connection_is_reset() {
         let (_client, accepted, upstream, _backend) = pairs().await;
-        let stats = BackendStats::default();
+        let (lease, _stats) = Lease::detached();
         let pool = PipePool::new(4);
-        let ended = relay(accepted, upstream, &stats, &pool, RelayMode::Splice, Some(Duration::from_millis(100))).await;
+        let ended = relay(accepted, upstream, &lease, &pool, RelayMode::Splice, Some(Duration::from_millis(100))).await;
         assert!(matches!(ended, Ended::Idle), "{ended:?}");
     }
 
     #[test]
     fn a_request_response_turn_feeds_the_latency_estimate() {
-        let stats = BackendStats::default();
+        let (lease, stats) = Lease::detached();
         let mut turn = None;
-        observe_turn(&stats, &mut turn, 100, 0);
+        observe_turn(&lease, &mut turn, 100, 0);
         assert!(turn.is_some(), "bytes toward the backend open a turn");
         std::thread::sleep(Duration::from_millis(30));
         // More request bytes do not restart the turn.
-        observe_turn(&stats, &mut turn, 50, 0);
-        observe_turn(&stats, &mut turn, 0, 200);
+        observe_turn(&lease, &mut turn, 50, 0);
+        observe_turn(&lease, &mut turn, 0, 200);
         assert!(turn.is_none());
         assert!(stats.ewma_ns() >= 30e6, "the stall shows in the estimate: {}", stats.ewma_ns());
         // Bytes back with no turn open (server push) are no sample.
         let before = stats.ewma_ns();
-        observe_turn(&stats, &mut turn, 0, 10);
+        observe_turn(&lease, &mut turn, 0, 10);
         assert_eq!(stats.ewma_ns(), before);
     }
 }

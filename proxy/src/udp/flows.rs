@@ -17,7 +17,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use controlplane::FrontendKey;
+use std::sync::Arc;
+
+use controlplane::{FrontendKey, RoutingTable, TrafficPolicy};
 use rustc_hash::FxBuildHasher;
 use schedulers::BackendAddr;
 
@@ -259,6 +261,29 @@ impl<V> FlowTable<V> {
             .enumerate()
             .filter_map(|(i, s)| s.flow.as_ref().map(|f| (FlowId { index: i as u32, generation: s.generation }, f)))
     }
+}
+
+/// Whether a flow of `frontend` to `backend` may keep its backend when `new` replaces `old`:
+/// the frontend is still there with the same policy (`local`: the flow was made for `Local`,
+/// with the client's address as its source), and the backend is still in its set and
+/// pickable (not drained to weight 0). Anything else ends the flow, so the client's next
+/// datagram is scheduled afresh instead of going to a backend the Service no longer names.
+pub fn still_backed(old: &RoutingTable, new: &RoutingTable, frontend: &FrontendKey, backend: BackendAddr, local: bool) -> bool {
+    let Some(fe) = new.get(frontend) else { return false };
+    if old.get(frontend).is_some_and(|o| Arc::ptr_eq(o, fe)) {
+        // The very same frontend (unchanged by this publish): nothing to re-check.
+        return true;
+    }
+    if (fe.policy == TrafficPolicy::Local) != local {
+        return false;
+    }
+    let set = fe.backends().as_slice();
+    // Sets are sorted by address; the linear scan is the fallback for one that is not.
+    let found = match set.binary_search_by_key(&backend, |b| b.addr) {
+        Ok(i) => set.get(i),
+        Err(_) => set.iter().find(|b| b.addr == backend),
+    };
+    found.is_some_and(schedulers::Backend::is_pickable)
 }
 
 #[cfg(test)]

@@ -20,16 +20,15 @@ pub mod socket;
 pub mod stats;
 pub mod worker;
 
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use controlplane::{RoutingTable, TableHandle};
 
 use crate::addrs::NodePortAddrs;
-use crate::forward::affinity::AffinityTable;
+use crate::dispatch::Dispatcher;
+use crate::dispatch::telemetry::MetricsRegistry;
+use crate::slots::SlotPool;
 pub use flows::Timeouts;
 pub use stats::{UdpStats, UdpStatsSnapshot};
 
@@ -46,68 +45,32 @@ pub struct UdpConfig {
     pub nodeport_addrs: NodePortAddrs,
 }
 
-impl UdpConfig {
-    pub fn listen_addrs(&self) -> [SocketAddr; 2] {
-        [
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), self.port),
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), self.port),
-        ]
-    }
-}
-
 /// State shared by all UDP workers.
 #[derive(Debug)]
 pub struct UdpShared {
-    pub table: TableHandle,
+    /// Frontend lookup, affinity, picks and feedback (its own affinity map: the keys carry the
+    /// protocol, so the TCP one would do, but separate maps keep the two paths independent).
+    pub dispatch: Dispatcher,
     pub config: UdpConfig,
-    /// ClientIP session affinity for UDP frontends (keys carry the protocol, so this could be
-    /// the TCP map; a separate one keeps the two paths independent).
-    pub affinity: AffinityTable,
     pub stats: UdpStats,
+    /// One slot per open flow (`max_flows`).
+    pub flows: Arc<SlotPool>,
 }
 
 impl UdpShared {
-    pub fn new(table: TableHandle, config: UdpConfig) -> Arc<Self> {
-        Arc::new(UdpShared { table, config, affinity: AffinityTable::new(), stats: UdpStats::default() })
+    pub fn new(table: TableHandle, config: UdpConfig, metrics: Arc<MetricsRegistry>) -> Arc<Self> {
+        Arc::new(UdpShared {
+            dispatch: Dispatcher::new(table, config.nodeport_addrs.clone(), metrics),
+            flows: SlotPool::new(config.max_flows),
+            config,
+            stats: UdpStats::default(),
+        })
     }
 
-    /// Takes a flow slot, or `None` at `max_flows`.
-    pub fn admit(self: &Arc<Self>) -> Option<FlowSlot> {
-        let prev = self.stats.flows_active.fetch_add(1, Ordering::Relaxed);
-        if prev >= self.config.max_flows as u64 {
-            self.stats.flows_active.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(FlowSlot(Arc::clone(self)))
+    /// The counters, with the flows open now.
+    pub fn snapshot(&self) -> UdpStatsSnapshot {
+        self.stats.snapshot(self.flows.taken())
     }
-}
-
-/// One of `max_flows`, released when the flow is dropped, however it ends.
-#[derive(Debug)]
-pub struct FlowSlot(Arc<UdpShared>);
-
-impl Drop for FlowSlot {
-    fn drop(&mut self) {
-        self.0.stats.flows_active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum UdpStartError {
-    #[error("cannot bind the transparent UDP listener on {addr}: {source} (needs root or CAP_NET_ADMIN, and a free port)")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot set up UDP worker {worker}: {source}")]
-    Setup {
-        worker: usize,
-        #[source]
-        source: io::Error,
-    },
-    #[error("UDP worker {0} exited before its listeners were ready")]
-    Vanished(usize),
 }
 
 /// The running UDP workers.
@@ -150,13 +113,13 @@ mod tests {
     fn max_flows_caps_and_slots_release() {
         let table: TableHandle = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
         let cfg = UdpConfig { port: 0, workers: 1, max_flows: 2, timeouts: Timeouts::default(), nodeport_addrs: NodePortAddrs::AllLocal };
-        let shared = UdpShared::new(table, cfg);
-        let a = shared.admit();
-        let b = shared.admit();
+        let shared = UdpShared::new(table, cfg, Arc::default());
+        let a = shared.flows.try_take();
+        let b = shared.flows.try_take();
         assert!(a.is_some() && b.is_some());
-        assert!(shared.admit().is_none(), "the third flow is over the cap");
-        assert_eq!(shared.stats.snapshot().flows_active, 2);
+        assert!(shared.flows.try_take().is_none(), "the third flow is over the cap");
+        assert_eq!(shared.snapshot().flows_active, 2);
         drop(a);
-        assert!(shared.admit().is_some(), "a closed flow frees its slot");
+        assert!(shared.flows.try_take().is_some(), "a closed flow frees its slot");
     }
 }

@@ -22,6 +22,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::sockopt::set_int;
+
 /// Receive buffer of a listener: a burst of a few thousand small datagrams must not be dropped
 /// while a worker is busy with a batch.
 const LISTENER_RCVBUF: usize = 8 << 20;
@@ -35,14 +37,6 @@ fn set_transparent(s: &Socket, v4: bool) -> io::Result<()> {
     if v4 { s.set_ip_transparent_v4(true) } else { s.set_ip_transparent_v6(true) }
 }
 
-fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: a valid fd, a pointer to a live c_int and its exact size.
-    let rc = unsafe {
-        libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
-    };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
-
 /// The transparent listener of one worker for one family.
 pub fn listener(addr: SocketAddr) -> io::Result<OwnedFd> {
     let s = udp(&addr)?;
@@ -54,13 +48,13 @@ pub fn listener(addr: SocketAddr) -> io::Result<OwnedFd> {
     }
     set_transparent(&s, v4)?;
     if v4 {
-        setsockopt_int(s.as_raw_fd(), libc::SOL_IP, libc::IP_RECVORIGDSTADDR, 1)?;
+        set_int(s.as_raw_fd(), libc::SOL_IP, libc::IP_RECVORIGDSTADDR, 1)?;
     } else {
-        setsockopt_int(s.as_raw_fd(), libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR, 1)?;
+        set_int(s.as_raw_fd(), libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR, 1)?;
     }
     // SO_RCVBUFFORCE passes net.core.rmem_max (we run with CAP_NET_ADMIN); fall back to the
     // capped size when it is refused.
-    let forced = i32::try_from(LISTENER_RCVBUF).ok().map(|n| setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, n));
+    let forced = i32::try_from(LISTENER_RCVBUF).ok().map(|n| set_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, n));
     if !matches!(forced, Some(Ok(()))) {
         let _ = s.set_recv_buffer_size(LISTENER_RCVBUF);
     }

@@ -26,8 +26,6 @@ pub struct UdpDrops {
 
 #[derive(Debug, Default)]
 pub struct UdpStats {
-    /// Flows open right now (also what `--udp-max-flows` bounds).
-    pub flows_active: AtomicU64,
     pub flows_created: AtomicU64,
     /// Closed after their idle timeout.
     pub flows_expired: AtomicU64,
@@ -70,10 +68,11 @@ pub(crate) fn add(c: &AtomicU64, n: usize) {
 }
 
 impl UdpStats {
-    pub fn snapshot(&self) -> UdpStatsSnapshot {
+    /// The counters, with `flows_active` (the flow slots taken, which the slot pool keeps).
+    pub fn snapshot(&self, flows_active: usize) -> UdpStatsSnapshot {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         UdpStatsSnapshot {
-            flows_active: g(&self.flows_active),
+            flows_active: flows_active as u64,
             flows_created: g(&self.flows_created),
             flows_expired: g(&self.flows_expired),
             flows_evicted: g(&self.flows_evicted),

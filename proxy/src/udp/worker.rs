@@ -15,20 +15,22 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use controlplane::{Frontend, Protocol, RoutingTable, TrafficPolicy};
+use controlplane::{Protocol, RoutingTable};
 use rustc_hash::FxHashMap;
-use schedulers::{ActiveGuard, PickContext, Tried};
 use tracing::{debug, warn};
 
 use super::batch::{BATCH, RawAddr, RecvBatch, SendBatch};
-use super::flows::{Flow, FlowId, FlowKey, FlowTable};
+use super::flows::{Flow, FlowId, FlowKey, FlowTable, still_backed};
 use super::socket::{self, Epoll, Waker};
 use super::stats::add;
-use super::{FlowSlot, UdpShared, UdpStartError, UdpWorkers};
-use crate::addrs::{ClientAddr, OrigDstAddr, canonical};
+use super::{UdpShared, UdpWorkers};
+use crate::addrs::{ClientAddr, OrigDstAddr, canonical, wildcard_listen_addrs};
+use crate::dispatch::Lease;
+use crate::dispatch::telemetry::ConnectFailure;
+use crate::slots::Slot;
+use crate::workers::{self, Ready, StartError};
 
 // Epoll tokens above any flow token (a flow token is generation << 32 | slot index, and a
 // worker never holds 2^32 - 3 slots).
@@ -44,7 +46,7 @@ const LISTENER_ROUNDS: usize = 8;
 const FULL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// What a flow owns besides its table entry. Dropping it closes the upstream socket (which
-/// also removes it from epoll) and releases the backend's active count and the flow slot.
+/// also removes it from epoll) and releases the backend's lease and the flow slot.
 struct FlowIo {
     upstream: OwnedFd,
     reply: Rc<OwnedFd>,
@@ -52,8 +54,8 @@ struct FlowIo {
     client: RawAddr,
     /// Made for a `Local` frontend (spoofed source); a policy change invalidates it.
     local: bool,
-    guard: ActiveGuard,
-    _slot: FlowSlot,
+    lease: Lease,
+    _slot: Slot,
 }
 
 /// A backend's datagram waiting in the shared batch for its send to the client.
@@ -65,40 +67,22 @@ struct Pending {
 
 /// Starts `config.workers` threads; returns once every listener is bound, so TPROXY rules can
 /// be installed knowing no datagram meets a port nobody listens on.
-pub fn start(shared: Arc<UdpShared>) -> Result<UdpWorkers, UdpStartError> {
-    let n = shared.config.workers.max(1);
-    let (tx, rx) = mpsc::channel::<Result<bool, UdpStartError>>();
-    let mut threads = Vec::with_capacity(n);
-    let mut wakers = Vec::with_capacity(n);
-    for index in 0..n {
-        let waker = Arc::new(Waker::new().map_err(|source| UdpStartError::Setup { worker: index, source })?);
+pub fn start(shared: Arc<UdpShared>) -> Result<UdpWorkers, StartError> {
+    let mut wakers = Vec::new();
+    let spawned = workers::spawn("tpvs-udp", shared.config.workers, |index| {
+        let waker = Arc::new(Waker::new().map_err(|source| StartError::Setup { what: "UDP", worker: index, source })?);
         wakers.push(Arc::clone(&waker));
         let shared = Arc::clone(&shared);
-        let tx = tx.clone();
-        let t = std::thread::Builder::new()
-            .name(format!("tpvs-udp-{index}"))
-            .spawn(move || match Worker::new(index, shared, waker) {
-                Ok((mut w, v6)) => {
-                    let _ = tx.send(Ok(v6));
-                    w.run();
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            })
-            .map_err(|source| UdpStartError::Setup { worker: index, source })?;
-        threads.push(t);
-    }
-    drop(tx);
-    let mut ipv6 = true;
-    for _ in 0..n {
-        match rx.recv() {
-            Ok(Ok(v6)) => ipv6 &= v6,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(UdpStartError::Vanished(n)),
-        }
-    }
-    Ok(UdpWorkers { threads, wakers, ipv6 })
+        Ok(move |ready: Ready<bool>| match Worker::new(index, shared, waker) {
+            Ok((mut w, v6)) => {
+                ready.ok(v6);
+                w.run();
+            }
+            Err(e) => ready.fail(e),
+        })
+    })?;
+    let ipv6 = spawned.reports.iter().all(|v6| *v6);
+    Ok(UdpWorkers { threads: spawned.threads, wakers, ipv6 })
 }
 
 struct Worker {
@@ -133,9 +117,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(index: usize, shared: Arc<UdpShared>, waker: Arc<Waker>) -> Result<(Worker, bool), UdpStartError> {
-        let [a4, a6] = shared.config.listen_addrs();
-        let l4 = socket::listener(a4).map_err(|source| UdpStartError::Bind { addr: a4, source })?;
+    fn new(index: usize, shared: Arc<UdpShared>, waker: Arc<Waker>) -> Result<(Worker, bool), StartError> {
+        let [a4, a6] = wildcard_listen_addrs(shared.config.port);
+        let l4 = socket::listener(a4).map_err(|source| StartError::Bind { what: "transparent UDP", addr: a4, source })?;
         let l6 = match socket::listener(a6) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -145,7 +129,7 @@ impl Worker {
                 None
             }
         };
-        let setup = |source| UdpStartError::Setup { worker: index, source };
+        let setup = |source| StartError::Setup { what: "UDP", worker: index, source };
         let epoll = Epoll::new().map_err(setup)?;
         epoll.add(l4.as_raw_fd(), LISTENER_V4).map_err(setup)?;
         if let Some(l) = &l6 {
@@ -158,7 +142,7 @@ impl Worker {
         // of it (and by at most a second).
         let sweep_every = (t.idle.min(t.stream) / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let now = Instant::now();
-        let table = shared.table.load_full();
+        let table = shared.dispatch.table().load_full();
         let flows = FlowTable::new(t);
         Ok((
             Worker {
@@ -221,7 +205,7 @@ impl Worker {
 
     /// Adopts a newly published table, closing every flow it no longer backs.
     fn refresh_table(&mut self) {
-        let current = self.shared.table.load();
+        let current = self.shared.dispatch.table().load();
         if current.generation == self.table.generation {
             return;
         }
@@ -230,7 +214,7 @@ impl Worker {
         // Replies already gathered belong to flows that may be closed now.
         self.flush_replies();
         let table = &self.table;
-        let n = self.flows.evict_where(|f| !still_backed(&old, table, f), &mut self.removed);
+        let n = self.flows.evict_where(|f| !still_backed(&old, table, &f.frontend, f.backend, f.value.local), &mut self.removed);
         add(&self.shared.stats.flows_evicted, n);
         if n > 0 {
             debug!(worker = self.index, generation = table.generation, evicted = n, "UDP flows closed by a table change");
@@ -299,7 +283,7 @@ impl Worker {
             i = j;
             let Some(flow) = self.flows.get(id) else { continue };
             let sent = self.tx.send(flow.value.upstream.as_raw_fd(), &self.rx, &self.slots, None);
-            flow.value.guard.stats().add_bytes(sent.bytes, 0);
+            flow.value.lease.add_bytes(sent.bytes, 0);
             let stats = &self.shared.stats;
             add(&stats.datagrams_to_backends, sent.datagrams);
             if let Some(e) = sent.error {
@@ -320,83 +304,72 @@ impl Worker {
     /// next datagram is scheduled afresh, and tell the scheduler's stats.
     fn close_refused(&mut self, id: FlowId) {
         if let Some(f) = self.flows.remove(id) {
-            f.value.guard.stats().record_failure();
+            f.value.lease.refused();
             debug!(worker = self.index, client = %f.key.client, backend = %f.backend, "backend port unreachable; flow closed");
         }
     }
 
     fn open_flow(&mut self, key: FlowKey, now: Instant) -> Option<FlowId> {
-        let stats = &self.shared.stats;
-        let node_port = self.shared.config.nodeport_addrs.matches(key.dst.ip());
-        let Some(fe) = self.table.lookup(key.dst.0, Protocol::Udp, node_port).cloned() else {
+        // A handle of our own, so the dispatcher's borrow does not pin `self`.
+        let shared = Arc::clone(&self.shared);
+        let stats = &shared.stats;
+        let Some(fe) = shared.dispatch.frontend_in(&self.table, key.dst, Protocol::Udp) else {
             add(&stats.drops.no_frontend, 1);
             debug!(client = %key.client, dst = %key.dst, "no UDP frontend; dropped");
             return None;
         };
-        let Some(slot) = self.shared.admit() else {
+        let Some(slot) = shared.flows.try_take() else {
             add(&stats.drops.max_flows, 1);
             if self.last_full_warn.is_none_or(|t| now.duration_since(t) >= FULL_WARN_EVERY) {
                 self.last_full_warn = Some(now);
-                warn!(max_flows = self.shared.config.max_flows, "UDP flow table full (--udp-max-flows); new flows are dropped");
+                warn!(max_flows = shared.config.max_flows, "UDP flow table full (--udp-max-flows); new flows are dropped");
             }
             return None;
         };
-        let Some(backend_index) = self.pick(&fe, key, now) else {
+        // One attempt: a datagram has no handshake to fail, so there is nothing to retry on.
+        let mut choice = shared.dispatch.choose(&fe, key.client, key.dst, 1);
+        let Some(attempt) = choice.next_attempt() else {
             add(&stats.drops.no_backend, 1);
             return None;
         };
-        let backend = fe.backends().get(backend_index)?;
-        backend.stats.record_pick();
         let reply = match self.reply_socket(key.dst.0) {
             Ok(r) => r,
             Err(e) => {
-                add(&self.shared.stats.drops.socket, 1);
+                add(&stats.drops.socket, 1);
                 debug!(dst = %key.dst, error = %e, "cannot bind a reply socket to the frontend address");
                 return None;
             }
         };
-        let local = fe.policy == TrafficPolicy::Local;
-        let upstream = match socket::upstream(backend.addr.0, local.then_some(key.client.0)) {
-            Ok(s) => s,
+        let backend = attempt.backend();
+        let spoof = attempt.spoofed_source();
+        let local = spoof.is_some();
+        let upstream = match socket::upstream(backend.0, spoof.map(|c| c.0)) {
+            Ok(s) => Ok(s),
             // The client's own address:port is taken on this node (the node itself is the
             // client): the node's address is the only honest source left.
-            Err(e) if local && e.kind() == io::ErrorKind::AddrInUse => match socket::upstream(backend.addr.0, None) {
-                Ok(s) => s,
-                Err(e) => return self.socket_failed(&key, backend, e),
-            },
-            Err(e) => return self.socket_failed(&key, backend, e),
+            Err(e) if local && e.kind() == io::ErrorKind::AddrInUse => socket::upstream(backend.0, None),
+            Err(e) => Err(e),
+        }
+        .inspect_err(|e| debug!(client = %key.client, %backend, error = %e, "cannot open an upstream UDP socket"));
+        let upstream = match upstream {
+            Ok(s) => s,
+            Err(e) => {
+                attempt.failed(ConnectFailure::of(&e));
+                add(&stats.drops.socket, 1);
+                return None;
+            }
         };
         let raw = upstream.as_raw_fd();
-        let io = FlowIo { upstream, reply, client: RawAddr::new(key.client.0), local, guard: backend.stats.open(), _slot: slot };
-        let (id, _replaced) = self.flows.insert(key, fe.key, backend.addr, io, now);
+        let io = FlowIo { upstream, reply, client: RawAddr::new(key.client.0), local, lease: attempt.opened(), _slot: slot };
+        let (id, _replaced) = self.flows.insert(key, fe.key, backend, io, now);
         if let Err(e) = self.epoll.add(raw, id.to_token()) {
             self.flows.remove(id);
-            add(&self.shared.stats.drops.socket, 1);
+            add(&stats.drops.socket, 1);
             debug!(error = %e, "cannot watch an upstream socket");
             return None;
         }
-        if let Some(a) = fe.affinity {
-            self.shared.affinity.record(fe.key, key.client.ip(), backend.addr, a.timeout, now);
-        }
-        add(&self.shared.stats.flows_created, 1);
+        add(&stats.flows_created, 1);
         Some(id)
-    }
-
-    fn socket_failed(&self, key: &FlowKey, backend: &schedulers::Backend, e: io::Error) -> Option<FlowId> {
-        backend.stats.record_failure();
-        add(&self.shared.stats.drops.socket, 1);
-        debug!(client = %key.client, backend = %backend.addr, error = %e, "cannot open an upstream UDP socket");
-        None
-    }
-
-    /// Affinity first (while that backend is still pickable), then the scheduler.
-    fn pick(&self, fe: &Frontend, key: FlowKey, now: Instant) -> Option<usize> {
-        let set = fe.backends();
-        let sticky = fe
-            .affinity
-            .and_then(|_| self.shared.affinity.get(fe.key, key.client.ip(), now))
-            .and_then(|addr| set.iter().position(|b| b.addr == addr && b.is_pickable()));
-        sticky.or_else(|| fe.scheduler.pick(&PickContext::new(key.client.0, key.dst.0), &Tried::new()))
     }
 
     fn reply_socket(&mut self, frontend: std::net::SocketAddr) -> io::Result<Rc<OwnedFd>> {
@@ -441,7 +414,7 @@ impl Worker {
             bytes += self.up.payload(slot).len() as u64;
             self.pending.push(Pending { reply: Rc::clone(&flow.value.reply), slot: slot as u16, to: flow.value.client });
         }
-        flow.value.guard.stats().add_bytes(0, bytes);
+        flow.value.lease.add_bytes(0, bytes);
         add(&self.shared.stats.datagrams_from_backends, n);
         self.flows.touch_from_backend(id, n as u64, self.now);
     }
@@ -484,24 +457,4 @@ impl Worker {
         self.replies.retain(|_, s| Rc::strong_count(s) > 1);
         self.next_sweep = self.now + self.sweep_every;
     }
-}
-
-/// Whether `f` may keep its backend under `new`: the frontend is still there with the same
-/// policy, and the backend is still in its set and pickable (not drained to weight 0).
-fn still_backed(old: &RoutingTable, new: &RoutingTable, f: &Flow<FlowIo>) -> bool {
-    let Some(fe) = new.get(&f.frontend) else { return false };
-    if old.get(&f.frontend).is_some_and(|o| Arc::ptr_eq(o, fe)) {
-        // The very same frontend (unchanged by this publish): nothing to re-check.
-        return true;
-    }
-    if (fe.policy == TrafficPolicy::Local) != f.value.local {
-        return false;
-    }
-    let set = fe.backends().as_slice();
-    // Sets are sorted by address; the linear scan is the fallback for one that is not.
-    let found = match set.binary_search_by_key(&f.backend, |b| b.addr) {
-        Ok(i) => set.get(i),
-        Err(_) => set.iter().find(|b| b.addr == f.backend),
-    };
-    found.is_some_and(schedulers::Backend::is_pickable)
 }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use schedulers::{Backend, BackendSet, BackendStats, PickContext};
+use schedulers::{Backend, BackendSet, BackendStats, ClientAddr, OrigDstAddr, PickContext};
 
 pub fn sock(s: &str) -> SocketAddr {
     s.parse().unwrap_or_else(|e| panic!("bad test address {s}: {e}"))
@@ -28,5 +28,5 @@ pub fn set(weights: &[u32]) -> Arc<BackendSet> {
 /// A context for client `i`: distinct IP and port per i, dialling 10.96.0.10:80.
 pub fn ctx(i: u32) -> PickContext {
     let client = SocketAddr::from(([192, 168, (i >> 8) as u8, i as u8], 1024 + (i % 60_000) as u16));
-    PickContext::new(client, sock("10.96.0.10:80"))
+    PickContext::new(ClientAddr(client), OrigDstAddr(sock("10.96.0.10:80")))
 }

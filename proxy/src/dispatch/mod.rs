@@ -1,0 +1,255 @@
+//! Every per-connection and per-flow decision of the data path, for TCP and UDP alike.
+//!
+//! The TCP workers, the plain listener and the UDP workers own sockets and bytes; they ask
+//! this module which frontend a destination belongs to ([`Dispatcher::frontend`]), then walk
+//! a [`Choice`]: session affinity first, then the Service's scheduler, then the scheduler's
+//! next candidate after a failure, a bounded number of times. Each [`Attempt`] says what
+//! source address the backend must see and is closed by its outcome (connected, opened,
+//! failed, timed out); a success becomes a [`Lease`] held for the connection's or flow's life.
+//! Every piece of feedback the schedulers and the metrics get (picks, retries, connect time,
+//! timeouts, refusals, first-byte latency, bytes) is written here and nowhere else, so the
+//! callers cannot disagree about what a failure means.
+//!
+//! - [`affinity`]: the ClientIP session-affinity map.
+//! - [`telemetry`]: per-backend metrics (connect latency histogram, failures by reason,
+//!   retries, bytes), keyed by backend address.
+
+pub mod affinity;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use controlplane::{Frontend, Protocol, RoutingTable, TableHandle, TrafficPolicy};
+use schedulers::{ActiveGuard, Backend, BackendAddr, ClientAddr, OrigDstAddr, PickContext, Tried};
+
+use crate::addrs::NodePortAddrs;
+use affinity::AffinityTable;
+use telemetry::{BackendMetrics, ConnectFailure, MetricsRegistry};
+
+/// Turns longer than this are not latency samples: a long poll or a server that pushes after
+/// minutes of quiet would otherwise read as a dead slow backend.
+const TURN_SAMPLE_MAX: Duration = Duration::from_secs(10);
+
+/// The shared decision state of one data path (TCP or UDP): the table, the node-port filter,
+/// the affinity map and the per-backend metrics.
+#[derive(Debug)]
+pub struct Dispatcher {
+    table: TableHandle,
+    nodeport_addrs: NodePortAddrs,
+    affinity: AffinityTable,
+    metrics: Arc<MetricsRegistry>,
+}
+
+impl Dispatcher {
+    pub fn new(table: TableHandle, nodeport_addrs: NodePortAddrs, metrics: Arc<MetricsRegistry>) -> Self {
+        Dispatcher { table, nodeport_addrs, affinity: AffinityTable::new(), metrics }
+    }
+
+    pub fn table(&self) -> &TableHandle {
+        &self.table
+    }
+
+    pub fn metrics(&self) -> &Arc<MetricsRegistry> {
+        &self.metrics
+    }
+
+    /// The frontend a packet to `dst` belongs to in the current table.
+    ///
+    /// The frontend is cloned out, so the table may be replaced while the connection is
+    /// connecting or relaying (it drains on the frontend it started with).
+    pub fn frontend(&self, dst: OrigDstAddr, proto: Protocol) -> Option<Arc<Frontend>> {
+        self.frontend_in(&self.table.load(), dst, proto)
+    }
+
+    /// [`Self::frontend`] in a table the caller already holds (the UDP worker keeps one per
+    /// batch).
+    pub fn frontend_in(&self, table: &RoutingTable, dst: OrigDstAddr, proto: Protocol) -> Option<Arc<Frontend>> {
+        table.lookup(dst.0, proto, self.nodeport_addrs.matches(dst.ip())).cloned()
+    }
+
+    /// The backends to try for one new connection or flow from `client` to `dst` on `fe`, at
+    /// most `max_attempts` of them.
+    pub fn choose<'a>(&'a self, fe: &'a Frontend, client: ClientAddr, dst: OrigDstAddr, max_attempts: usize) -> Choice<'a> {
+        let set = fe.backends();
+        // Affinity only while that backend is still in the set and may take connections.
+        let sticky = fe
+            .affinity
+            .and_then(|_| self.affinity.get(fe.key, client.ip(), Instant::now()))
+            .and_then(|addr| set.iter().position(|b| b.addr == addr && b.is_pickable()));
+        Choice {
+            dispatcher: self,
+            fe,
+            ctx: PickContext::new(client, dst),
+            tried: Tried::new(),
+            sticky,
+            attempts: 0,
+            max_attempts: max_attempts.clamp(1, Tried::CAPACITY),
+            exhausted: false,
+        }
+    }
+}
+
+/// The candidates of one new connection or flow, tried in order.
+#[derive(Debug)]
+pub struct Choice<'a> {
+    dispatcher: &'a Dispatcher,
+    fe: &'a Frontend,
+    ctx: PickContext,
+    tried: Tried,
+    sticky: Option<usize>,
+    attempts: usize,
+    max_attempts: usize,
+    /// `Tried` is full: no further candidate can be told apart from the ones already tried.
+    exhausted: bool,
+}
+
+impl<'a> Choice<'a> {
+    /// The next backend to try, already counted as active (like IPVS counts a connection from
+    /// its SYN, so a burst of new connections does not all see the same idle backend in lc);
+    /// `None` when the attempts are used up or no candidate is left.
+    pub fn next_attempt(&mut self) -> Option<Attempt<'_, 'a>> {
+        if self.exhausted || self.attempts >= self.max_attempts {
+            return None;
+        }
+        let index = self.sticky.take().or_else(|| self.fe.scheduler.pick(&self.ctx, &self.tried))?;
+        let backend = self.fe.backends().get(index)?;
+        self.attempts += 1;
+        backend.stats.record_pick();
+        let metrics = self.dispatcher.metrics.get(backend.addr);
+        if self.attempts > 1 {
+            metrics.record_retry();
+        }
+        let guard = backend.stats.open();
+        Some(Attempt { choice: self, index, backend, guard, metrics, started: Instant::now() })
+    }
+
+    /// Backends tried so far.
+    pub fn attempts(&self) -> usize {
+        self.attempts
+    }
+}
+
+/// One backend being tried. Dropping it without an outcome releases its active slot and
+/// records nothing (the caller gave up, e.g. the client left).
+#[derive(Debug)]
+pub struct Attempt<'c, 'a> {
+    choice: &'c mut Choice<'a>,
+    index: usize,
+    backend: &'a Backend,
+    guard: ActiveGuard,
+    metrics: Arc<BackendMetrics>,
+    started: Instant,
+}
+
+impl Attempt<'_, '_> {
+    pub fn backend(&self) -> BackendAddr {
+        self.backend.addr
+    }
+
+    /// The address the backend must see as the source: the client itself under `Local`
+    /// (kube-proxy keeps the client IP there), the node's own (`None`) under `Cluster`.
+    pub fn spoofed_source(&self) -> Option<ClientAddr> {
+        match self.choice.fe.policy {
+            TrafficPolicy::Local => Some(self.choice.ctx.client),
+            TrafficPolicy::Cluster => None,
+        }
+    }
+
+    /// A TCP connect succeeded: its duration feeds peak-EWMA and the connect histogram.
+    pub fn connected(self) -> Lease {
+        let took = self.started.elapsed();
+        self.backend.stats.observe_latency_ns(nanos(took));
+        self.metrics.observe_connect(took);
+        self.established()
+    }
+
+    /// A UDP flow's upstream socket is open (no handshake, so no latency sample).
+    pub fn opened(self) -> Lease {
+        self.established()
+    }
+
+    fn established(self) -> Lease {
+        let fe = self.choice.fe;
+        if let Some(a) = fe.affinity {
+            self.choice.dispatcher.affinity.record(fe.key, self.choice.ctx.client.ip(), self.backend.addr, a.timeout, Instant::now());
+        }
+        Lease { backend: self.backend.addr, guard: self.guard, metrics: self.metrics }
+    }
+
+    /// The attempt failed for `why`; the next call to [`Choice::next_attempt`] skips this
+    /// backend.
+    pub fn failed(self, why: ConnectFailure) {
+        self.backend.stats.record_failure();
+        self.metrics.record_failure(why);
+        self.skip();
+    }
+
+    /// No answer within `timeout`: the worst latency seen, so peak-EWMA steers away at once.
+    pub fn timed_out(self, timeout: Duration) {
+        self.backend.stats.observe_latency_ns(nanos(timeout));
+        self.backend.stats.record_failure();
+        self.metrics.record_failure(ConnectFailure::Timeout);
+        self.skip();
+    }
+
+    fn skip(self) {
+        if !self.choice.tried.push(self.index) {
+            self.choice.exhausted = true;
+        }
+        // `guard` drops here: the backend is active only while being tried.
+    }
+}
+
+/// A connection's or flow's hold on its backend: its active-connection slot (what lc, wlc,
+/// sed, nq and p2c read) until dropped, and the feedback the relay reports while it lives.
+#[derive(Debug)]
+pub struct Lease {
+    backend: BackendAddr,
+    guard: ActiveGuard,
+    metrics: Arc<BackendMetrics>,
+}
+
+impl Lease {
+    pub fn backend(&self) -> BackendAddr {
+        self.backend
+    }
+
+    pub fn add_bytes(&self, to_backend: u64, from_backend: u64) {
+        self.metrics.add_bytes(to_backend, from_backend);
+    }
+
+    /// A request/response turn took `took` from the client's first byte to the backend's
+    /// first byte back: the latency an application that accepts connections but stalls on
+    /// requests shows, which connect time alone misses.
+    pub fn turn_took(&self, took: Duration) {
+        if took <= TURN_SAMPLE_MAX {
+            self.guard.stats().observe_latency_ns(nanos(took));
+        }
+    }
+
+    /// The backend answered a flow's datagram with "port unreachable": it is not serving.
+    pub fn refused(&self) {
+        self.guard.stats().record_failure();
+        self.metrics.record_failure(ConnectFailure::Refused);
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+impl Lease {
+    /// A lease on a backend outside any table, with the stats it feeds, for unit tests of the
+    /// relay.
+    pub(crate) fn detached() -> (Lease, Arc<schedulers::BackendStats>) {
+        let stats = Arc::new(schedulers::BackendStats::default());
+        let addr = BackendAddr(std::net::SocketAddr::from(([127, 0, 0, 1], 1)));
+        (Lease { backend: addr, guard: stats.open(), metrics: Arc::default() }, stats)
+    }
+
+    pub(crate) fn metrics(&self) -> &BackendMetrics {
+        &self.metrics
+    }
+}
