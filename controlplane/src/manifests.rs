@@ -21,7 +21,7 @@ use crate::compile::CompileOptions;
 use crate::error::ManifestError;
 use crate::index::ClusterIndex;
 use crate::kube_source::DurationHistogram;
-use crate::model::{NodeInfo, ServiceInfo, ServiceKey, Skipped, SliceInfo, SliceKey};
+use crate::model::{NodeInfo, ObjectKey, ServiceInfo, Skipped, SliceInfo};
 use crate::publish::Publisher;
 
 /// Counters of the manifests source (exported as metrics by the daemon).
@@ -40,8 +40,8 @@ pub struct SourceStats {
 /// Objects that came from one file.
 #[derive(Debug, Default, Clone)]
 struct FileObjects {
-    services: BTreeMap<ServiceKey, ServiceInfo>,
-    slices: BTreeMap<SliceKey, SliceInfo>,
+    services: BTreeMap<ObjectKey, ServiceInfo>,
+    slices: BTreeMap<ObjectKey, SliceInfo>,
     node: Option<NodeInfo>,
 }
 
@@ -51,7 +51,7 @@ pub struct ReloadReport {
     pub files: usize,
     pub services: usize,
     pub slices: usize,
-    pub skipped: Vec<(ServiceKey, Skipped)>,
+    pub skipped: Vec<(ObjectKey, Skipped)>,
     pub errors: Vec<ManifestError>,
     /// The generation published, when something changed.
     pub published: Option<u64>,
@@ -152,8 +152,8 @@ impl ManifestSource {
     /// Makes the index hold exactly the union of all files' objects (first file wins on a
     /// duplicate name, in path order).
     fn apply_to_index(&mut self, report: &mut ReloadReport) {
-        let mut services: BTreeMap<&ServiceKey, &ServiceInfo> = BTreeMap::new();
-        let mut slices: BTreeMap<&SliceKey, &SliceInfo> = BTreeMap::new();
+        let mut services: BTreeMap<&ObjectKey, &ServiceInfo> = BTreeMap::new();
+        let mut slices: BTreeMap<&ObjectKey, &SliceInfo> = BTreeMap::new();
         let mut zone = None;
         for objects in self.by_file.values() {
             for (k, v) in &objects.services {
@@ -168,9 +168,9 @@ impl ManifestSource {
         }
         report.services = services.len();
         report.slices = slices.len();
-        let gone_services: Vec<ServiceKey> =
+        let gone_services: Vec<ObjectKey> =
             self.index.services().map(|s| s.key.clone()).filter(|k| !services.contains_key(k)).collect();
-        let gone_slices: Vec<SliceKey> =
+        let gone_slices: Vec<ObjectKey> =
             self.index.slices().map(|s| s.key.clone()).filter(|k| !slices.contains_key(k)).collect();
         for k in &gone_services {
             self.index.remove_service(k);
@@ -376,7 +376,7 @@ fn load_value(
             Ok(Err(skipped)) => {
                 debug!(service = %name, reason = %skipped, "service not proxied");
                 let (ns, n) = name.split_once('/').unwrap_or(("default", &name));
-                report.skipped.push((ServiceKey::new(ns, n), skipped));
+                report.skipped.push((ObjectKey::new(ns, n), skipped));
             }
             Err(reason) => fail(report, reason),
         },
