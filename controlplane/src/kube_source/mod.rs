@@ -210,7 +210,8 @@ impl KubeSource {
         config: KubeSourceConfig,
     ) -> Result<KubeSourceHandle, KubeSourceError> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
+        // The thread runs for the life of the process and nothing joins it: its handle is not kept.
+        std::thread::Builder::new()
             .name("tpvs-kube".into())
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -240,7 +241,7 @@ impl KubeSource {
             })
             .map_err(|e| KubeSourceError::Thread(e.to_string()))?;
         match ready_rx.recv() {
-            Ok(Ok((synced, stats))) => Ok(KubeSourceHandle { synced, stats, thread }),
+            Ok(Ok((synced, stats))) => Ok(KubeSourceHandle { synced, stats }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(KubeSourceError::Thread("the API source thread exited while starting".into())),
         }
@@ -252,7 +253,6 @@ impl KubeSource {
 pub struct KubeSourceHandle {
     synced: Arc<AtomicBool>,
     stats: Arc<KubeSourceStats>,
-    thread: std::thread::JoinHandle<()>,
 }
 
 impl KubeSourceHandle {
@@ -267,11 +267,6 @@ impl KubeSourceHandle {
 
     pub fn stats(&self) -> Arc<KubeSourceStats> {
         Arc::clone(&self.stats)
-    }
-
-    /// Whether the source thread is still running (it only ends if its runtime failed).
-    pub fn is_running(&self) -> bool {
-        !self.thread.is_finished()
     }
 }
 
