@@ -15,14 +15,14 @@ use std::time::{Duration, Instant, SystemTime};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::compile::CompileOptions;
 use crate::error::ManifestError;
 use crate::index::ClusterIndex;
 use crate::kube_source::DurationHistogram;
 use crate::model::{NodeInfo, ObjectKey, ServiceInfo, Skipped, SliceInfo};
-use crate::publish::Publisher;
+use crate::publish::{PublishLog, Publisher, build_and_publish};
 
 /// Counters of the manifests source (exported as metrics by the daemon).
 #[derive(Debug, Default)]
@@ -120,17 +120,7 @@ impl ManifestSource {
         self.by_file = next;
         self.apply_to_index(&mut report);
         if self.index.has_changes() || self.publisher.generation() == 0 {
-            let (table, conflicts) = self.index.build();
-            for c in conflicts {
-                warn!(error = %c, "frontend conflict");
-            }
-            let table = self.publisher.publish(table, started);
-            info!(
-                generation = table.generation,
-                frontends = table.len(),
-                took_us = started.elapsed().as_micros() as u64,
-                "routing table published"
-            );
+            let table = build_and_publish(&mut self.index, &self.publisher, started, PublishLog::Info);
             report.published = Some(table.generation);
             // `publish` ran the listeners, so the rules are in place by now.
             if let Some(Ok(took)) = trigger.map(|t| SystemTime::now().duration_since(t)) {
