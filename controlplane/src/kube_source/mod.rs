@@ -5,7 +5,7 @@
 //!
 //! - [`watch`]: the three watchers; each object is converted to the compact model at receipt.
 //! - `apply` (private): events → index, with the first-list and relist rules.
-//! - [`stats`]: counters and latency histograms (plain data; the daemon exports them).
+//! - [`stats`]: counters and latency histograms (unregistered; the daemon exports them).
 //! - [`client`]: building the API client (in-cluster, or `--kubeconfig`).
 //!
 //! # Guarantees
