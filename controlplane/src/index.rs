@@ -106,11 +106,11 @@ impl ClusterIndex {
         if self.slices.get(&info.key) == Some(&info) {
             return;
         }
-        if let Some(old) = self.slices.get(&info.key) {
-            if old.service != info.service {
-                let old_service = old.service.clone();
-                self.unlink_slice(&old_service, &info.key);
-            }
+        if let Some(old) = self.slices.get(&info.key)
+            && old.service != info.service
+        {
+            let old_service = old.service.clone();
+            self.unlink_slice(&old_service, &info.key);
         }
         self.dirty.insert(info.service.clone());
         self.slices_of.entry(info.service.clone()).or_default().insert(info.key.clone());

@@ -145,10 +145,10 @@ impl ServiceInfo {
         let namespace = meta.namespace.as_deref().unwrap_or("default");
         let key = ObjectKey::new(namespace, name);
 
-        if let Some(proxy) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL)) {
-            if proxy != OUR_PROXY_NAME {
-                return Ok(Err(Skipped::OtherProxy(proxy.clone())));
-            }
+        if let Some(proxy) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL))
+            && proxy != OUR_PROXY_NAME
+        {
+            return Ok(Err(Skipped::OtherProxy(proxy.clone())));
         }
         let spec = svc.spec.as_ref().ok_or_else(|| ObjectError::invalid("spec", "missing"))?;
         let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
