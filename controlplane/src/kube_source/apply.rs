@@ -269,3 +269,6 @@ impl Applier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
