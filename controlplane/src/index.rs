@@ -12,23 +12,27 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::compile::{CompileOptions, compile_service};
 use crate::error::FrontendConflict;
-use crate::model::{NodeInfo, ServiceInfo, ServiceKey, SliceInfo, SliceKey};
+use crate::model::{NodeInfo, ObjectKey, ServiceInfo, SliceInfo};
 use crate::table::{Frontend, FrontendKey, RoutingTable};
 
 #[derive(Debug)]
 pub struct ClusterIndex {
     opts: CompileOptions,
     node: NodeInfo,
-    services: FxHashMap<ServiceKey, ServiceInfo>,
-    slices: FxHashMap<SliceKey, SliceInfo>,
-    slices_of: FxHashMap<ServiceKey, BTreeSet<SliceKey>>,
+    /// Services by their key.
+    services: FxHashMap<ObjectKey, ServiceInfo>,
+    /// EndpointSlices by their own key (not their Service's).
+    slices: FxHashMap<ObjectKey, SliceInfo>,
+    /// Service key → the keys of the slices labelled with it.
+    slices_of: FxHashMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// The frontend keys each Service currently holds in `frontends`.
-    owned: FxHashMap<ServiceKey, Vec<FrontendKey>>,
+    owned: FxHashMap<ObjectKey, Vec<FrontendKey>>,
     frontends: FxHashMap<FrontendKey, Arc<Frontend>>,
-    dirty: FxHashSet<ServiceKey>,
+    /// Services to recompile on the next build.
+    dirty: FxHashSet<ObjectKey>,
     /// Services that lost a frontend to another; retried whenever anything changes, so the
     /// loser takes over when the winner goes away.
-    conflicted: FxHashSet<ServiceKey>,
+    conflicted: FxHashSet<ObjectKey>,
 }
 
 impl ClusterIndex {
@@ -68,11 +72,11 @@ impl ClusterIndex {
         self.slices.values()
     }
 
-    pub fn service(&self, key: &ServiceKey) -> Option<&ServiceInfo> {
+    pub fn service(&self, key: &ObjectKey) -> Option<&ServiceInfo> {
         self.services.get(key)
     }
 
-    pub fn slice(&self, key: &SliceKey) -> Option<&SliceInfo> {
+    pub fn slice(&self, key: &ObjectKey) -> Option<&SliceInfo> {
         self.slices.get(key)
     }
 
@@ -92,7 +96,7 @@ impl ClusterIndex {
         self.services.insert(info.key.clone(), info);
     }
 
-    pub fn remove_service(&mut self, key: &ServiceKey) {
+    pub fn remove_service(&mut self, key: &ObjectKey) {
         if self.services.remove(key).is_some() {
             self.dirty.insert(key.clone());
         }
@@ -102,24 +106,24 @@ impl ClusterIndex {
         if self.slices.get(&info.key) == Some(&info) {
             return;
         }
-        if let Some(old) = self.slices.get(&info.key) {
-            if old.service != info.service {
-                let old_service = old.service.clone();
-                self.unlink_slice(&old_service, &info.key);
-            }
+        if let Some(old) = self.slices.get(&info.key)
+            && old.service != info.service
+        {
+            let old_service = old.service.clone();
+            self.unlink_slice(&old_service, &info.key);
         }
         self.dirty.insert(info.service.clone());
         self.slices_of.entry(info.service.clone()).or_default().insert(info.key.clone());
         self.slices.insert(info.key.clone(), info);
     }
 
-    pub fn remove_slice(&mut self, key: &SliceKey) {
+    pub fn remove_slice(&mut self, key: &ObjectKey) {
         if let Some(old) = self.slices.remove(key) {
             self.unlink_slice(&old.service, key);
         }
     }
 
-    fn unlink_slice(&mut self, service: &ServiceKey, key: &SliceKey) {
+    fn unlink_slice(&mut self, service: &ObjectKey, key: &ObjectKey) {
         self.dirty.insert(service.clone());
         if let Some(set) = self.slices_of.get_mut(service) {
             set.remove(key);
@@ -136,7 +140,7 @@ impl ClusterIndex {
         if !self.dirty.is_empty() {
             self.dirty.extend(self.conflicted.drain());
         }
-        let mut dirty: Vec<ServiceKey> = self.dirty.drain().collect();
+        let mut dirty: Vec<ObjectKey> = self.dirty.drain().collect();
         // Namespace/name order, so that which of two conflicting Services wins never depends
         // on event order.
         dirty.sort();
@@ -160,7 +164,7 @@ impl ClusterIndex {
             for frontend in compile_service(svc, &slices, &self.node, &self.opts) {
                 let fk = frontend.key;
                 if let Some(existing) = self.frontends.get(&fk) {
-                    let holder = ServiceKey {
+                    let holder = ObjectKey {
                         namespace: Arc::clone(&existing.service.namespace),
                         name: Arc::clone(&existing.service.name),
                     };
@@ -195,6 +199,6 @@ impl ClusterIndex {
     }
 }
 
-fn same_service(f: &Frontend, key: &ServiceKey) -> bool {
+fn same_service(f: &Frontend, key: &ObjectKey) -> bool {
     f.service.namespace == key.namespace && f.service.name == key.name
 }

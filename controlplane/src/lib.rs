@@ -9,13 +9,18 @@
 //! - [`compile`]: one Service + its slices → its frontends, with kube-proxy's endpoint
 //!   selection (ready, else serving-terminating; Local vs Cluster; topology hints).
 //! - [`index`]: the live set of objects, recompiling only the Services an event touched.
-//! - [`publish`]: the single writer of the `ArcSwap` the data plane reads.
-//! - [`manifests`]: the offline source (a file or directory of YAML, hot-reloaded).
+//! - [`publish`]: the single writer of the `ArcSwap` the data plane reads, and the one
+//!   build-publish-log step both sources share.
+//! - [`manifests`]: the offline source (a file or directory of YAML, hot-reloaded): listing
+//!   and fingerprinting files, parsing them, keep-last-good merging, the polling thread.
 //! - [`kube_source`]: the cluster source: kube-rs watchers on Services, EndpointSlices and this
 //!   Node, publishing only after complete lists, coalescing bursts, measuring programming latency.
 //! - [`error`]: what gets reported and counted when input is bad.
 //!
-//! Nothing here opens a socket: the data plane (`tpvs` binary) owns all mechanism.
+//! The model, compiler, index and table are pure: no I/O, no clock. The manifests source reads
+//! files; the kube source's client talks to the Kubernetes API server. Nothing here touches
+//! the data plane's sockets or rules: the `tpvs` binary owns all of that mechanism, and learns
+//! of each new table through [`Publisher::on_publish`].
 
 pub mod compile;
 pub mod error;
@@ -31,6 +36,6 @@ pub use error::{FrontendConflict, ManifestError, ObjectError};
 pub use index::ClusterIndex;
 pub use kube_source::{BESIDE_KUBE_PROXY, KubeSource, KubeSourceConfig, KubeSourceError, KubeSourceHandle, KubeSourceStats};
 pub use manifests::{ManifestSource, ReloadReport, SourceStats};
-pub use model::{ServiceKey, SliceKey};
+pub use model::ObjectKey;
 pub use publish::{Publisher, TableHandle};
 pub use table::{Affinity, Frontend, FrontendKey, FrontendKind, Protocol, RoutingTable, ServicePortName, TrafficPolicy, WhenEmpty};

@@ -33,33 +33,21 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
 
-/// namespace/name of a Service.
+/// namespace/name of a Service or an EndpointSlice (both are namespaced, and the proxy never
+/// needs to tell the two kinds apart by key: each lives in its own map).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
+pub struct ObjectKey {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
 }
 
-impl ServiceKey {
+impl ObjectKey {
     pub fn new(namespace: &str, name: &str) -> Self {
-        ServiceKey { namespace: Arc::from(namespace), name: Arc::from(name) }
+        ObjectKey { namespace: Arc::from(namespace), name: Arc::from(name) }
     }
 }
 
-impl std::fmt::Display for ServiceKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// namespace/name of an EndpointSlice.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SliceKey {
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
-}
-
-impl std::fmt::Display for SliceKey {
+impl std::fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
     }
@@ -77,7 +65,7 @@ pub struct ServicePortInfo {
 /// What the compiler needs of a Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceInfo {
-    pub key: ServiceKey,
+    pub key: ObjectKey,
     pub cluster_ips: Vec<IpAddr>,
     pub external_ips: Vec<IpAddr>,
     pub load_balancer_ips: Vec<IpAddr>,
@@ -155,12 +143,12 @@ impl ServiceInfo {
         let meta = &svc.metadata;
         let name = meta.name.as_deref().filter(|n| !n.is_empty()).ok_or(ObjectError::MissingName)?;
         let namespace = meta.namespace.as_deref().unwrap_or("default");
-        let key = ServiceKey::new(namespace, name);
+        let key = ObjectKey::new(namespace, name);
 
-        if let Some(proxy) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL)) {
-            if proxy != OUR_PROXY_NAME {
-                return Ok(Err(Skipped::OtherProxy(proxy.clone())));
-            }
+        if let Some(proxy) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL))
+            && proxy != OUR_PROXY_NAME
+        {
+            return Ok(Err(Skipped::OtherProxy(proxy.clone())));
         }
         let spec = svc.spec.as_ref().ok_or_else(|| ObjectError::invalid("spec", "missing"))?;
         let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
@@ -305,8 +293,8 @@ pub struct EndpointInfo {
 /// What the compiler needs of an EndpointSlice.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SliceInfo {
-    pub key: SliceKey,
-    pub service: ServiceKey,
+    pub key: ObjectKey,
+    pub service: ObjectKey,
     pub ports: Vec<SlicePort>,
     pub endpoints: Vec<EndpointInfo>,
 }
@@ -383,8 +371,8 @@ impl SliceInfo {
             });
         }
         Ok(Some(SliceInfo {
-            key: SliceKey { namespace: Arc::from(namespace), name: Arc::from(name) },
-            service: ServiceKey::new(namespace, service),
+            key: ObjectKey::new(namespace, name),
+            service: ObjectKey::new(namespace, service),
             ports,
             endpoints,
         }))

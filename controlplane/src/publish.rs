@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tracing::{debug, info, warn};
 
+use crate::index::ClusterIndex;
 use crate::table::RoutingTable;
 
 /// What the data plane holds: load the current table with `handle.load()` on every new
@@ -91,4 +93,43 @@ impl Publisher {
     pub fn last_publish(&self) -> Option<(Instant, Duration)> {
         *self.last_publish.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// At which level [`build_and_publish`] logs its "routing table published" line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PublishLog {
+    /// Publishes that follow a person's edit (the manifests source): rare, worth seeing.
+    Info,
+    /// Publishes that follow the cluster (the API source): up to ten a second in a rollout, so
+    /// only visible when asked for.
+    Debug,
+    /// The caller logs a line of its own instead (the API source's initial sync).
+    Caller,
+}
+
+/// What both sources do once their index holds a change: build the table, report conflicts,
+/// publish it, and log one summary line. `build_started` is when the change began being
+/// processed; the publisher's duration metric and the line's `took_us` both count from it.
+pub(crate) fn build_and_publish(
+    index: &mut ClusterIndex,
+    publisher: &Publisher,
+    build_started: Instant,
+    log: PublishLog,
+) -> Arc<RoutingTable> {
+    let (table, conflicts) = index.build();
+    for c in conflicts {
+        warn!(error = %c, "frontend conflict");
+    }
+    let table = publisher.publish(table, build_started);
+    let took_us = build_started.elapsed().as_micros() as u64;
+    match log {
+        PublishLog::Info => {
+            info!(generation = table.generation, frontends = table.len(), took_us, "routing table published");
+        }
+        PublishLog::Debug => {
+            debug!(generation = table.generation, frontends = table.len(), took_us, "routing table published");
+        }
+        PublishLog::Caller => {}
+    }
+    table
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::{service, slice};
 use controlplane::model::{ServiceInfo, SliceInfo};
-use controlplane::{ClusterIndex, CompileOptions, FrontendKey, Protocol, ServiceKey, WhenEmpty};
+use controlplane::{ClusterIndex, CompileOptions, FrontendKey, ObjectKey, Protocol, WhenEmpty};
 
 fn svc_info(ns: &str, name: &str, ip: &str) -> ServiceInfo {
     match ServiceInfo::from_service(&service(ns, name, ip, 80)) {
@@ -94,13 +94,13 @@ fn endpoints_gone_keeps_the_frontend_and_rejects() {
     index.upsert_service(svc_info("ns", "a", "10.96.0.1"));
     index.upsert_slice(slice_info("ns", "a-1", "a", &["10.1.0.1"]));
     let _ = index.build();
-    index.remove_slice(&controlplane::SliceKey { namespace: "ns".into(), name: "a-1".into() });
+    index.remove_slice(&ObjectKey::new("ns", "a-1"));
     let (t, _) = index.build();
     let f = t.get(&key("10.96.0.1")).unwrap_or_else(|| panic!("the VIP must stay in the table"));
     assert!(f.backends().is_empty());
     assert_eq!(f.when_empty, WhenEmpty::Reject);
 
-    index.remove_service(&ServiceKey::new("ns", "a"));
+    index.remove_service(&ObjectKey::new("ns", "a"));
     let (t, _) = index.build();
     assert!(t.get(&key("10.96.0.1")).is_none());
 }
@@ -118,7 +118,7 @@ fn conflicting_services_first_name_wins_and_loser_takes_over_later() {
     assert_eq!(conflicts[0].winner, "ns/alpha");
     assert_eq!(addrs(&t, "10.96.0.1"), vec![sa("10.1.0.1:8080")]);
 
-    index.remove_service(&ServiceKey::new("ns", "alpha"));
+    index.remove_service(&ObjectKey::new("ns", "alpha"));
     let (t, _) = index.build();
     assert_eq!(addrs(&t, "10.96.0.1"), vec![sa("10.1.0.26:8080")], "zeta takes the VIP back");
 }

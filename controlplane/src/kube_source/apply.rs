@@ -17,13 +17,13 @@ use tracing::{debug, info, warn};
 use super::stats::KubeSourceStats;
 use super::watch::{Gone, Object, Received, Update, Watched};
 use crate::index::ClusterIndex;
-use crate::model::{ServiceKey, SliceKey};
+use crate::model::ObjectKey;
 
 /// Keys seen by a list in progress.
 #[derive(Debug)]
 enum Seen {
-    Services(FxHashSet<ServiceKey>),
-    Slices(FxHashSet<SliceKey>),
+    Services(FxHashSet<ObjectKey>),
+    Slices(FxHashSet<ObjectKey>),
     Node(bool),
 }
 
@@ -152,7 +152,7 @@ impl Applier {
         let mut removed = 0usize;
         match seen {
             Seen::Services(seen) => {
-                let gone: Vec<ServiceKey> =
+                let gone: Vec<ObjectKey> =
                     self.index.services().map(|s| s.key.clone()).filter(|k| !seen.contains(k)).collect();
                 for k in &gone {
                     self.index.remove_service(k);
@@ -160,7 +160,7 @@ impl Applier {
                 removed = gone.len();
             }
             Seen::Slices(seen) => {
-                let gone: Vec<SliceKey> =
+                let gone: Vec<ObjectKey> =
                     self.index.slices().map(|s| s.key.clone()).filter(|k| !seen.contains(k)).collect();
                 for k in &gone {
                     self.index.remove_slice(k);
@@ -269,3 +269,6 @@ impl Applier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

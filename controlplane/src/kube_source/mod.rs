@@ -5,7 +5,7 @@
 //!
 //! - [`watch`]: the three watchers; each object is converted to the compact model at receipt.
 //! - `apply` (private): events → index, with the first-list and relist rules.
-//! - [`stats`]: counters and latency histograms (plain data; the daemon exports them).
+//! - [`stats`]: counters and latency histograms (unregistered; the daemon exports them).
 //! - [`client`]: building the API client (in-cluster, or `--kubeconfig`).
 //!
 //! # Guarantees
@@ -31,11 +31,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::compile::CompileOptions;
 use crate::index::ClusterIndex;
-use crate::publish::Publisher;
+use crate::publish::{PublishLog, Publisher, build_and_publish};
 use apply::Applier;
 pub use client::{KubeSourceError, kube_client};
 pub use stats::{DurationHistogram, KubeSourceStats};
@@ -161,11 +161,11 @@ impl KubeSource {
 
     fn publish(&self, applier: &mut Applier, started: Instant) {
         let build_started = Instant::now();
-        let (table, conflicts) = applier.index.build();
-        for c in conflicts {
-            warn!(error = %c, "frontend conflict");
-        }
-        let table = self.publisher.publish(table, build_started);
+        // Only this loop sets the flag, so it still tells whether this is the first publish. The
+        // first one gets the initial-sync line below instead of the routine one.
+        let first = !self.synced();
+        let log = if first { PublishLog::Caller } else { PublishLog::Debug };
+        let table = build_and_publish(&mut applier.index, &self.publisher, build_started, log);
         let live = Instant::now();
         let live_wall = SystemTime::now();
         applier.published();
@@ -179,7 +179,8 @@ impl KubeSource {
                 self.stats.network_programming.observe(d);
             }
         }
-        if !self.synced.swap(true, Ordering::AcqRel) {
+        self.synced.store(true, Ordering::Release);
+        if first {
             let took = started.elapsed();
             self.stats.initial_sync_nanos.store(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1), Ordering::Relaxed);
             info!(
@@ -187,13 +188,6 @@ impl KubeSource {
                 frontends = table.len(),
                 took_ms = took.as_millis() as u64,
                 "initial sync complete; routing table published"
-            );
-        } else {
-            debug!(
-                generation = table.generation,
-                frontends = table.len(),
-                build_us = build_started.elapsed().as_micros() as u64,
-                "routing table published"
             );
         }
     }
@@ -210,7 +204,8 @@ impl KubeSource {
         config: KubeSourceConfig,
     ) -> Result<KubeSourceHandle, KubeSourceError> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
+        // The thread runs for the life of the process and nothing joins it: its handle is not kept.
+        std::thread::Builder::new()
             .name("tpvs-kube".into())
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -240,7 +235,7 @@ impl KubeSource {
             })
             .map_err(|e| KubeSourceError::Thread(e.to_string()))?;
         match ready_rx.recv() {
-            Ok(Ok((synced, stats))) => Ok(KubeSourceHandle { synced, stats, thread }),
+            Ok(Ok((synced, stats))) => Ok(KubeSourceHandle { synced, stats }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(KubeSourceError::Thread("the API source thread exited while starting".into())),
         }
@@ -252,7 +247,6 @@ impl KubeSource {
 pub struct KubeSourceHandle {
     synced: Arc<AtomicBool>,
     stats: Arc<KubeSourceStats>,
-    thread: std::thread::JoinHandle<()>,
 }
 
 impl KubeSourceHandle {
@@ -267,11 +261,6 @@ impl KubeSourceHandle {
 
     pub fn stats(&self) -> Arc<KubeSourceStats> {
         Arc::clone(&self.stats)
-    }
-
-    /// Whether the source thread is still running (it only ends if its runtime failed).
-    pub fn is_running(&self) -> bool {
-        !self.thread.is_finished()
     }
 }
 

@@ -1,13 +1,16 @@
-//! What the API source measures, in plain data types (the daemon exports them as metrics).
+//! What the API source measures (the daemon exports it as metrics).
 //!
-//! Histograms use fixed buckets so that a Prometheus exporter can read them as they are;
-//! a bounded window of recent samples is kept beside them for quantiles in benchmarks and
-//! logs, without the memory growing with uptime.
+//! Histograms are `prometheus` histograms on fixed buckets, so an exporter can read them as
+//! they are; a bounded window of recent samples is kept beside them for quantiles in
+//! benchmarks and logs, without the memory growing with uptime.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus::core::Metric;
+use prometheus::{Histogram, HistogramOpts};
 
 /// Upper bounds, in seconds, of the latency buckets: fine below 100 ms, where a healthy proxy
 /// lives, then coarse up to the minutes a stuck watch can cost.
@@ -17,14 +20,12 @@ pub const LATENCY_BUCKETS: &[f64] =
 /// How many recent samples a histogram keeps for quantiles.
 const RECENT: usize = 4096;
 
-/// A latency histogram with cumulative-ready buckets, a sum, and a window of recent samples.
+/// A latency histogram: cumulative buckets and a sum, plus a window of recent samples.
 #[derive(Debug)]
 pub struct DurationHistogram {
-    bounds: &'static [f64],
-    /// One counter per bound, plus the `+Inf` overflow at the end (not cumulative).
-    counts: Box<[AtomicU64]>,
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
+    /// Not registered anywhere: the owner of the stats exports it under the metric name it
+    /// chooses, so the name and help given here never appear.
+    histogram: Histogram,
     recent: Mutex<VecDeque<Duration>>,
 }
 
@@ -35,24 +36,23 @@ impl Default for DurationHistogram {
 }
 
 impl DurationHistogram {
+    /// `bounds` are bucket upper bounds in seconds, strictly increasing (a trailing `+Inf` is
+    /// implied). They are a constant of the program, never input: bounds out of order are a
+    /// bug, and panic here rather than yield a histogram that lies.
     pub fn new(bounds: &'static [f64]) -> Self {
-        DurationHistogram {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_nanos: AtomicU64::new(0),
-            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+        // `+Inf` made explicit: given no bounds at all, prometheus would substitute its defaults.
+        let mut buckets = bounds.to_vec();
+        if buckets.last() != Some(&f64::INFINITY) {
+            buckets.push(f64::INFINITY);
         }
+        let opts = HistogramOpts::new("tpvs_duration_seconds", "A latency, in seconds.").buckets(buckets);
+        let histogram =
+            Histogram::with_opts(opts).unwrap_or_else(|e| panic!("latency buckets {bounds:?} are not increasing: {e}"));
+        DurationHistogram { histogram, recent: Mutex::new(VecDeque::with_capacity(RECENT)) }
     }
 
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let slot = self.bounds.iter().position(|b| secs <= *b).unwrap_or(self.bounds.len());
-        if let Some(c) = self.counts.get(slot) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.histogram.observe(d.as_secs_f64());
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         if recent.len() == RECENT {
             recent.pop_front();
@@ -61,26 +61,26 @@ impl DurationHistogram {
     }
 
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.histogram.get_sample_count()
     }
 
+    /// The sum of all samples (the histogram keeps it in `f64` seconds, the form Prometheus
+    /// exports).
     pub fn sum(&self) -> Duration {
-        Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed))
+        Duration::try_from_secs_f64(self.histogram.get_sample_sum()).unwrap_or(Duration::MAX)
     }
 
     /// `(upper bound in seconds, cumulative count)` per bucket, ending with `+Inf`, as
     /// Prometheus exposes them.
     pub fn buckets(&self) -> Vec<(f64, u64)> {
-        let mut total = 0;
-        self.bounds
+        let metric = self.histogram.metric();
+        let snapshot = metric.get_histogram();
+        snapshot
+            .get_bucket()
             .iter()
-            .copied()
-            .chain(std::iter::once(f64::INFINITY))
-            .zip(self.counts.iter())
-            .map(|(b, c)| {
-                total += c.load(Ordering::Relaxed);
-                (b, total)
-            })
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            // The `+Inf` bucket is implicit in the snapshot: it holds every sample.
+            .chain(std::iter::once((f64::INFINITY, snapshot.get_sample_count())))
             .collect()
     }
 
@@ -146,7 +146,8 @@ mod tests {
             h.observe(Duration::from_millis(ms));
         }
         assert_eq!(h.count(), 5);
-        assert_eq!(h.sum(), Duration::from_millis(746));
+        // The sum is kept in f64 seconds: equal up to float rounding.
+        assert!(h.sum().abs_diff(Duration::from_millis(746)) < Duration::from_micros(1), "{:?}", h.sum());
         let b = h.buckets();
         assert_eq!(b.first(), Some(&(0.001, 1)));
         assert_eq!(b.iter().find(|(le, _)| *le == 0.005).map(|x| x.1), Some(3));
@@ -164,5 +165,23 @@ mod tests {
         let recent = h.recent();
         assert_eq!(recent.len(), RECENT);
         assert_eq!(recent.first(), Some(&Duration::from_micros(10)));
+        assert_eq!(h.count(), RECENT as u64 + 10, "the buckets count every sample, not the window");
+    }
+
+    #[test]
+    fn a_sample_on_a_bound_lands_in_that_bucket() {
+        let h = DurationHistogram::default();
+        h.observe(Duration::from_millis(5));
+        let b = h.buckets();
+        assert_eq!(b.len(), LATENCY_BUCKETS.len() + 1);
+        assert_eq!(b.iter().find(|(le, _)| *le == 0.0025).map(|x| x.1), Some(0));
+        assert_eq!(b.iter().find(|(le, _)| *le == 0.005).map(|x| x.1), Some(1));
+    }
+
+    #[test]
+    fn no_bounds_means_one_inf_bucket() {
+        let h = DurationHistogram::new(&[]);
+        h.observe(Duration::from_secs(1));
+        assert_eq!(h.buckets(), vec![(f64::INFINITY, 1)]);
     }
 }

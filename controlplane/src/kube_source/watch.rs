@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::error::ObjectError;
-use crate::model::{NodeInfo, ServiceInfo, ServiceKey, Skipped, SliceInfo, SliceKey};
+use crate::model::{NodeInfo, ObjectKey, ServiceInfo, Skipped, SliceInfo};
 
 /// The annotation the EndpointSlice controller stamps with the time of the change that
 /// triggered the slice's update (what kube-proxy's network programming latency starts from).
@@ -51,8 +51,8 @@ impl Watched {
 /// One object as received, already converted.
 #[derive(Debug)]
 pub(crate) enum Object {
-    Service { key: ServiceKey, converted: Result<Result<ServiceInfo, Skipped>, ObjectError> },
-    Slice { key: SliceKey, converted: Result<Option<SliceInfo>, ObjectError>, trigger: Option<SystemTime> },
+    Service { key: ObjectKey, converted: Result<Result<ServiceInfo, Skipped>, ObjectError> },
+    Slice { key: ObjectKey, converted: Result<Option<SliceInfo>, ObjectError>, trigger: Option<SystemTime> },
     Node(NodeInfo),
     /// An object without a name: it cannot be keyed, so it can only be counted.
     Unnamed(Watched),
@@ -61,8 +61,8 @@ pub(crate) enum Object {
 /// An object's identity, enough to delete it.
 #[derive(Debug)]
 pub(crate) enum Gone {
-    Service(ServiceKey),
-    Slice(SliceKey),
+    Service(ObjectKey),
+    Slice(ObjectKey),
     Node,
     Unnamed,
 }
@@ -93,12 +93,12 @@ fn names(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> O
 
 pub(crate) fn service_object(svc: Service) -> Object {
     let Some((ns, name)) = names(&svc.metadata) else { return Object::Unnamed(Watched::Services) };
-    Object::Service { key: ServiceKey::new(ns, name), converted: ServiceInfo::from_service(&svc) }
+    Object::Service { key: ObjectKey::new(ns, name), converted: ServiceInfo::from_service(&svc) }
 }
 
 pub(crate) fn slice_object(slice: EndpointSlice) -> Object {
     let Some((ns, name)) = names(&slice.metadata) else { return Object::Unnamed(Watched::EndpointSlices) };
-    let key = SliceKey { namespace: ns.into(), name: name.into() };
+    let key = ObjectKey::new(ns, name);
     let trigger = slice
         .metadata
         .annotations
@@ -115,12 +115,11 @@ pub(crate) fn node_object(node: Node) -> Object {
 }
 
 fn service_gone(svc: Service) -> Gone {
-    names(&svc.metadata).map_or(Gone::Unnamed, |(ns, n)| Gone::Service(ServiceKey::new(ns, n)))
+    names(&svc.metadata).map_or(Gone::Unnamed, |(ns, n)| Gone::Service(ObjectKey::new(ns, n)))
 }
 
 fn slice_gone(slice: EndpointSlice) -> Gone {
-    names(&slice.metadata)
-        .map_or(Gone::Unnamed, |(ns, n)| Gone::Slice(SliceKey { namespace: ns.into(), name: n.into() }))
+    names(&slice.metadata).map_or(Gone::Unnamed, |(ns, n)| Gone::Slice(ObjectKey::new(ns, n)))
 }
 
 fn node_gone(_: Node) -> Gone {
