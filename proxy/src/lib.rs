@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod commands;
 pub mod list;
 pub mod list_live;
 pub mod logging;
@@ -34,3 +35,4 @@ pub mod run;
 pub mod sockopt;
 pub mod udp;
 pub mod units;
+pub mod view;

@@ -1,7 +1,8 @@
 //! The admin side of `tpvs run`, at kube-proxy's addresses:
 //!
 //! - `--metrics-bind-address` (127.0.0.1:10249): `/metrics` ([`metrics`]), `/proxyMode`
-//!   ("tpvs"), and `/api/table` (the live table with counters, read by `tpvs list`; [`api`]).
+//!   ("tpvs"), and `/api/table` (the live table with counters, read by `tpvs list`; its
+//!   schema is [`crate::view`]).
 //! - `--healthz-bind-address` (0.0.0.0:10256): `/healthz` and `/livez` ([`healthz`]).
 //! - one server per `healthCheckNodePort` ([`healthcheck`]), opened and closed with the table.
 //!
@@ -9,7 +10,6 @@
 //! per-core single-threaded loops that must never run admin work, and a slow scrape must never
 //! delay a connection. [`http`] is the shared bare-bones HTTP/1 server.
 
-pub mod api;
 pub mod healthcheck;
 pub mod healthz;
 pub mod http;
@@ -17,50 +17,23 @@ pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context as _;
-use clap::Args;
 use controlplane::{KubeSourceStats, Publisher, RoutingTable, SourceStats};
 use hyper::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::cli::AdminArgs;
 use crate::forward::Shared;
 use crate::netfilter::{Interception, SyncStats};
-use crate::units::parse_duration;
 use healthz::ProxyHealth;
 use http::{Exec, Handler, Req, not_found, respond};
 
 /// What `/proxyMode` answers (kube-proxy answers "iptables", "ipvs" or "nftables").
 pub const PROXY_MODE: &str = "tpvs";
-
-/// The admin flags (kube-proxy's names).
-#[derive(Debug, Clone, Args)]
-pub struct AdminArgs {
-    /// Address of the metrics server (`/metrics`, `/proxyMode`, `/api/table`); empty disables it.
-    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:10249", value_parser = parse_bind)]
-    pub metrics_bind_address: BindAddress,
-    /// Address of the health server (`/healthz`, `/livez`); empty disables it.
-    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10256", value_parser = parse_bind)]
-    pub healthz_bind_address: BindAddress,
-    /// `/healthz` fails when a published table has waited this long for its rules (kube-proxy
-    /// uses twice its sync period).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub healthz_pending_timeout: Duration,
-}
-
-/// A server address, or none (the flag set to "") to turn that server off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BindAddress(pub Option<SocketAddr>);
-
-fn parse_bind(s: &str) -> Result<BindAddress, String> {
-    if s.is_empty() {
-        return Ok(BindAddress(None));
-    }
-    s.parse().map(|a| BindAddress(Some(a))).map_err(|e| format!("{s:?}: expected IP:PORT ({e})"))
-}
 
 /// Everything the admin endpoints read.
 #[derive(Clone)]
@@ -145,7 +118,7 @@ fn metrics_routes(m: &metrics::Metrics, publisher: &Publisher, req: &Req) -> hyp
         "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", m.render()),
         "/proxyMode" => respond(StatusCode::OK, "text/plain; charset=utf-8", PROXY_MODE),
         "/api/table" => {
-            let view = api::live_view(&publisher.current());
+            let view = crate::view::json_view(&publisher.current());
             respond(StatusCode::OK, "application/json", serde_json::to_string(&view).unwrap_or_default())
         }
         _ => not_found(),
@@ -181,43 +154,4 @@ fn register_listener(
         }
         tables.send_replace(Arc::clone(table));
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser as _;
-
-    use crate::cli::{Cli, Command};
-
-    fn run_args(extra: &[&str]) -> crate::run::RunArgs {
-        let mut argv = vec!["tpvs", "run", "--manifests", "m.yaml"];
-        argv.extend_from_slice(extra);
-        match Cli::try_parse_from(argv).map(|c| c.command) {
-            Ok(Command::Run(a)) => a,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn admin_flags_default_to_kube_proxys_addresses_and_empty_turns_a_server_off() {
-        let a = run_args(&[]).admin;
-        assert_eq!(a.metrics_bind_address.0.map(|s| s.to_string()).as_deref(), Some("127.0.0.1:10249"));
-        assert_eq!(a.healthz_bind_address.0.map(|s| s.to_string()).as_deref(), Some("0.0.0.0:10256"));
-        let a = run_args(&["--metrics-bind-address", "", "--healthz-bind-address", "[::1]:1"]).admin;
-        assert_eq!(a.metrics_bind_address.0, None);
-        assert_eq!(a.healthz_bind_address.0.map(|s| s.to_string()).as_deref(), Some("[::1]:1"));
-        let mut argv = vec!["tpvs", "run", "--metrics-bind-address", "nonsense"];
-        argv.push("--manifests");
-        argv.push("m.yaml");
-        assert!(Cli::try_parse_from(argv).is_err());
-    }
-
-    #[test]
-    fn list_flags_parse() {
-        match Cli::try_parse_from(["tpvs", "list", "--rate", "--server", "127.0.0.1:1"]).map(|c| c.command) {
-            Ok(Command::List(a)) => assert!(a.rate && !a.stats && a.table.manifests.is_none()),
-            other => panic!("{other:?}"),
-        }
-        assert!(Cli::try_parse_from(["tpvs", "list", "--rate", "--manifests", "x"]).is_err(), "rates need the daemon");
-    }
 }
