@@ -8,27 +8,28 @@
 //!
 //! All of it runs on one thread with its own small runtime: the data path's workers are
 //! per-core single-threaded loops that must never run admin work, and a slow scrape must never
-//! delay a connection. [`http`] is the shared bare-bones HTTP/1 server.
+//! delay a connection. [`http`] is the shared bare-bones HTTP/1 server; [`on_publish`] moves
+//! health and metrics along with every published table.
 
 pub mod healthcheck;
 pub mod healthz;
 pub mod http;
 pub mod metrics;
+pub mod on_publish;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use controlplane::{KubeSourceStats, Publisher, RoutingTable, SourceStats};
+use controlplane::{KubeSourceStats, Publisher, SourceStats};
 use hyper::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::cli::AdminArgs;
 use crate::forward::Shared;
-use crate::netfilter::{Interception, SyncStats};
+use crate::netfilter::Interception;
 use healthz::ProxyHealth;
 use http::{Exec, Handler, Req, not_found, respond};
 
@@ -46,23 +47,16 @@ pub struct Sources {
     pub udp: Option<Arc<crate::udp::UdpShared>>,
 }
 
-/// The running admin thread.
-#[derive(Debug)]
-pub struct Admin {
-    pub metrics_addr: Option<SocketAddr>,
-    pub healthz_addr: Option<SocketAddr>,
-    pub health: Arc<ProxyHealth>,
-}
-
 /// Binds the admin servers (failing start-up when an address is taken), registers the
 /// publish listener that drives health and sync metrics (call before the first publish), and
-/// starts the admin thread.
-pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Admin> {
+/// starts the admin thread. The servers live as long as the process: nothing is returned to
+/// stop them, and the bound addresses are logged here.
+pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<()> {
     let health = Arc::new(ProxyHealth::new(args.healthz_pending_timeout));
     let metrics = Arc::new(metrics::Metrics::new(sources.clone()).context("registering metrics")?);
     let (tables_tx, tables_rx) = watch::channel(sources.publisher.current());
 
-    register_listener(&sources, Arc::clone(&health), Arc::clone(&metrics), tables_tx);
+    on_publish::register(&sources, Arc::clone(&health), Arc::clone(&metrics), tables_tx);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -83,7 +77,7 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Admin> {
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let healthz_addr = healthz_listener.as_ref().and_then(|l| l.local_addr().ok());
 
-    let (health2, publisher) = (Arc::clone(&health), Arc::clone(&sources.publisher));
+    let publisher = Arc::clone(&sources.publisher);
     std::thread::Builder::new()
         .name("tpvs-admin".into())
         .spawn(move || {
@@ -96,11 +90,11 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Admin> {
                     tokio::spawn(http::serve(l, handler, Exec::Blocking, stop.clone()));
                 }
                 if let Some(l) = healthz_listener {
-                    let h = Arc::clone(&health2);
+                    let h = Arc::clone(&health);
                     let handler: Handler = Arc::new(move |req: &Req| healthz::handle(&h, req));
                     tokio::spawn(http::serve(l, handler, Exec::Inline, stop.clone()));
                 }
-                healthcheck::run(tables_rx, health2).await;
+                healthcheck::run(tables_rx, health).await;
             });
         })
         .context("starting the admin thread")?;
@@ -110,7 +104,7 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Admin> {
     if let Some(a) = healthz_addr {
         info!(addr = %a, "health server listening (/healthz, /livez)");
     }
-    Ok(Admin { metrics_addr, healthz_addr, health })
+    Ok(())
 }
 
 fn metrics_routes(m: &metrics::Metrics, publisher: &Publisher, req: &Req) -> hyper::Response<http::Body> {
@@ -123,35 +117,4 @@ fn metrics_routes(m: &metrics::Metrics, publisher: &Publisher, req: &Req) -> hyp
         }
         _ => not_found(),
     }
-}
-
-/// After every publish (and after the netfilter listener, registered earlier): health, sync
-/// and publish metrics, and the health-check servers' view of the table.
-fn register_listener(
-    sources: &Sources,
-    health: Arc<ProxyHealth>,
-    metrics: Arc<metrics::Metrics>,
-    tables: watch::Sender<Arc<RoutingTable>>,
-) {
-    let weak = Arc::downgrade(&sources.publisher);
-    let interception = sources.interception.clone();
-    let seen: Mutex<SyncStats> = Mutex::new(interception.as_ref().map(|i| i.stats()).unwrap_or_default());
-    sources.publisher.on_publish(move |table| {
-        // Weak: the publisher owns this listener, a strong reference would be a cycle.
-        let Some(publisher) = weak.upgrade() else { return };
-        let sync = interception.as_ref().map(|i| {
-            let after = i.stats();
-            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-            let before = std::mem::replace(&mut *seen, after);
-            (before, after)
-        });
-        let now = SystemTime::now();
-        if metrics::after_publish(&metrics.publish, &publisher, table, sync) {
-            health.updated(now);
-        } else {
-            warn!(generation = table.generation, "table published but its rules are not live; /healthz fails if this lasts");
-            health.queued(now);
-        }
-        tables.send_replace(Arc::clone(table));
-    });
 }
