@@ -26,10 +26,9 @@
 
 //! # Files
 //!
-//! [`spec`] names every scrape-time family; [`exposition`] builds families for the text
-//! format; the collector ([`collector`]) reads the routing table ([`table`]), the data path
-//! ([`data_path`]) and the table sources ([`control_plane`]); [`publish`] holds what is
-//! observed once per publish.
+//! `spec` names every scrape-time family; `exposition` builds families for the text format;
+//! the `collector` reads the routing table (`table`), the data path (`data_path`) and the table
+//! sources (`control_plane`); `publish` holds what is observed once per publish.
 
 mod collector;
 mod control_plane;

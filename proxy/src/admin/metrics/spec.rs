@@ -1,6 +1,6 @@
 //! Every family the scrape-time collectors emit: name, help, type and label names, in one
 //! table so the names (an interface: dashboards and alerts use them) are reviewed in one place.
-//! The event-observed families are registered in [`super::publish`].
+//! The event-observed families are registered in `publish`.
 
 use prometheus::proto::MetricType;
 
