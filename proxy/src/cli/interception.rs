@@ -20,6 +20,7 @@ pub struct InterceptionArgs {
 }
 
 impl InterceptionArgs {
+    /// The policy-routing half of what these flags name (the rule and its table).
     pub fn routing(&self) -> RoutingConfig {
         RoutingConfig { mark: self.fwmark, table: self.route_table }
     }

@@ -12,7 +12,7 @@ use crate::admin::Sources;
 use crate::netfilter::VerdictCounts;
 
 /// Reads every live counter when scraped.
-pub(super) struct TableCollector {
+pub(super) struct ScrapeCollector {
     sources: Sources,
     descs: Vec<Desc>,
     /// Last kernel refusal counts read, reported again when a read fails (counters must not
@@ -20,17 +20,17 @@ pub(super) struct TableCollector {
     last_verdicts: Mutex<VerdictCounts>,
 }
 
-impl TableCollector {
+impl ScrapeCollector {
     pub(super) fn new(sources: Sources) -> prometheus::Result<Self> {
         let descs = spec::ALL
             .iter()
             .map(|s| Desc::new(s.name.to_string(), s.help.to_string(), s.labels.iter().map(|l| l.to_string()).collect(), HashMap::new()))
             .collect::<prometheus::Result<Vec<_>>>()?;
-        Ok(TableCollector { sources, descs, last_verdicts: Mutex::default() })
+        Ok(ScrapeCollector { sources, descs, last_verdicts: Mutex::default() })
     }
 }
 
-impl Collector for TableCollector {
+impl Collector for ScrapeCollector {
     fn desc(&self) -> Vec<&Desc> {
         self.descs.iter().collect()
     }

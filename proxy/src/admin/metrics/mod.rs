@@ -54,7 +54,7 @@ impl Metrics {
     pub fn new(sources: Sources) -> prometheus::Result<Self> {
         let registry = Registry::new();
         let publish = PublishMetrics::new(&registry)?;
-        registry.register(Box::new(collector::TableCollector::new(sources)?))?;
+        registry.register(Box::new(collector::ScrapeCollector::new(sources)?))?;
         Ok(Metrics { registry, publish })
     }
 
