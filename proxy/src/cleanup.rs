@@ -5,15 +5,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Args;
-
-use crate::run::InterceptionArgs;
-
-#[derive(Debug, Clone, Args)]
-pub struct CleanupArgs {
-    #[command(flatten)]
-    pub interception: InterceptionArgs,
-}
+use crate::cli::CleanupArgs;
 
 pub fn run(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
     crate::netfilter::remove_all(&args.interception.nft_table, args.interception.routing())

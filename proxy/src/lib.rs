@@ -2,10 +2,17 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line (`tpvs run`, `tpvs list`, `tpvs cleanup`) and its dispatch.
-//! - [`list`]: `tpvs list`, the routing table printed in the spirit of `ipvsadm -Ln`;
-//!   [`list_live`]: the same for the running daemon, with counters and rates.
-//! - [`admin`]: metrics, health and health-check node-port servers (kube-proxy's contracts).
+//! - [`cli`]: the command line's flag definitions (`tpvs run`, `tpvs list`, `tpvs cleanup`),
+//!   one file per subcommand plus the shared table, interception and admin flags; it depends
+//!   on no command. [`commands`]: runs the subcommand the command line chose.
+//! - [`list`]: `tpvs list --manifests`, the routing table printed in the spirit of
+//!   `ipvsadm -Ln`; [`list_live`]: the same for the running daemon, with counters and rates.
+//! - [`view`]: the table as data, the schema of `tpvs list --json` and of the daemon's
+//!   `/api/table`.
+//! - [`admin`]: kube-proxy's admin contracts: the metrics server (`admin::metrics`: spec,
+//!   exposition, one collector per source of counters, publish metrics), health (`healthz`,
+//!   and `on_publish`, which applies the health policy after every publish) and the
+//!   health-check node-port servers, over a small HTTP/1 server (`admin::http`).
 //! - [`logging`]: tracing setup shared by every subcommand.
 //! - [`run`]: `tpvs run`, the daemon: wires the control plane's table to the data path and
 //!   the interception; [`cleanup`]: `tpvs cleanup`, removes the interception.
@@ -29,6 +36,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod commands;
 pub mod list;
 pub mod list_live;
 pub mod logging;
@@ -43,4 +51,5 @@ pub mod slots;
 pub mod sockopt;
 pub mod udp;
 pub mod units;
+pub mod view;
 pub mod workers;

@@ -16,7 +16,8 @@ use hyper::StatusCode;
 
 use crate::admin::http;
 use crate::cli::ListArgs;
-use crate::list::{JsonBackend, JsonFrontend, JsonTable, render_json};
+use crate::list::render_view;
+use crate::view::{JsonBackend, JsonFrontend, JsonTable};
 
 /// How long the two `--rate` samples are apart (ipvsadm's rates are per second too).
 const RATE_INTERVAL: Duration = Duration::from_secs(1);
@@ -41,7 +42,7 @@ pub fn run(args: &ListArgs) -> anyhow::Result<ExitCode> {
         } else if args.stats {
             render_stats(&first)
         } else {
-            render_json(&first)
+            render_view(&first)
         };
         print!("{text}");
         Ok(ExitCode::SUCCESS)

@@ -7,7 +7,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = tpvs::cli::Cli::parse();
     tpvs::logging::init(cli.verbose, cli.command.default_log_level());
-    match tpvs::cli::dispatch(cli) {
+    match tpvs::commands::dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("tpvs: {err:#}");

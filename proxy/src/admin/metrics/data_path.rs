@@ -1,0 +1,93 @@
+//! The data path's own counters, read at scrape time: the TCP listeners' accept/reject
+//! counters, the rules' refusals and drops (read from the kernel through `nft`), the netfilter
+//! syncs, and the UDP flow table.
+
+use std::sync::Mutex;
+
+use prometheus::proto::MetricFamily;
+use tracing::debug;
+
+use super::exposition::Fam;
+use super::spec;
+use crate::admin::Sources;
+use crate::netfilter::VerdictCounts;
+
+/// Appends the data path's families; `last_verdicts` keeps the kernel counters last read.
+pub(super) fn collect(sources: &Sources, last_verdicts: &Mutex<VerdictCounts>, out: &mut Vec<MetricFamily>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if let Some(fwd) = &sources.forward {
+        let st = &fwd.stats;
+        let mut f = Fam::new(&spec::accepted);
+        f.value(&[], st.accepted.load(Relaxed) as f64);
+        out.push(f.mf);
+        let mut f = Fam::new(&spec::open);
+        f.value(&[], fwd.open_connections() as f64);
+        out.push(f.mf);
+        let mut f = Fam::new(&spec::rejected);
+        for (reason, c) in [("no_frontend", &st.no_frontend), ("connect_failed", &st.connect_failed), ("over_limit", &st.over_limit)] {
+            f.value(&[("reason", reason)], c.load(Relaxed) as f64);
+        }
+        out.push(f.mf);
+        let mut f = Fam::new(&spec::idle);
+        f.value(&[], st.idle_closed.load(Relaxed) as f64);
+        out.push(f.mf);
+    }
+    if let Some(ic) = &sources.interception {
+        let counts = {
+            let mut last = last_verdicts.lock().unwrap_or_else(|p| p.into_inner());
+            match ic.verdict_counts() {
+                Ok(c) => *last = c,
+                Err(e) => debug!(error = %e, "reading the rules' counters"),
+            }
+            *last
+        };
+        for (spec, v) in [(&spec::refused, counts.refused), (&spec::dropped, counts.dropped)] {
+            let mut f = Fam::new(spec);
+            f.value(&[], v as f64);
+            out.push(f.mf);
+        }
+        let s = ic.stats();
+        for (spec, v) in [(&spec::syncs, s.syncs), (&spec::sync_failures, s.failures)] {
+            let mut f = Fam::new(spec);
+            f.value(&[], v as f64);
+            out.push(f.mf);
+        }
+    }
+    // Zeros when the UDP data path is off, so dashboards and alerts see zeros rather
+    // than "no data".
+    let u = sources.udp.as_ref().map(|u| u.snapshot()).unwrap_or_default();
+    let mut f = Fam::new(&spec::udp_active);
+    f.value(&[], u.flows_active as f64);
+    out.push(f.mf);
+    let mut f = Fam::new(&spec::udp_created);
+    f.value(&[], u.flows_created as f64);
+    out.push(f.mf);
+    let mut f = Fam::new(&spec::udp_evicted);
+    f.value(&[("reason", "idle")], u.flows_expired as f64);
+    f.value(&[("reason", "table_change")], u.flows_evicted as f64);
+    out.push(f.mf);
+    let mut f = Fam::new(&spec::udp_datagrams);
+    for (dir, v) in [
+        ("from_clients", u.datagrams_from_clients),
+        ("to_backends", u.datagrams_to_backends),
+        ("from_backends", u.datagrams_from_backends),
+        ("to_clients", u.datagrams_to_clients),
+    ] {
+        f.value(&[("direction", dir)], v as f64);
+    }
+    out.push(f.mf);
+    let mut f = Fam::new(&spec::udp_drops);
+    for (reason, v) in [
+        ("no_frontend", u.drop_no_frontend),
+        ("no_backend", u.drop_no_backend),
+        ("max_flows", u.drop_max_flows),
+        ("socket", u.drop_socket),
+        ("backend_refused", u.drop_backend_refused),
+        ("send_to_backend", u.drop_send_to_backend),
+        ("send_to_client", u.drop_send_to_client),
+        ("malformed", u.drop_malformed),
+    ] {
+        f.value(&[("reason", reason)], v as f64);
+    }
+    out.push(f.mf);
+}

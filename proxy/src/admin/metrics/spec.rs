@@ -1,0 +1,85 @@
+//! Every family the scrape-time collectors emit: name, help, type and label names, in one
+//! table so the names (an interface: dashboards and alerts use them) are reviewed in one place.
+//! The event-observed families are registered in `publish`.
+
+use prometheus::proto::MetricType;
+
+/// Name, help, type and label names of a family the collector emits.
+pub(super) struct Spec {
+    pub(super) name: &'static str,
+    pub(super) help: &'static str,
+    pub(super) kind: MetricType,
+    pub(super) labels: &'static [&'static str],
+}
+
+const C: MetricType = MetricType::COUNTER;
+const G: MetricType = MetricType::GAUGE;
+const H: MetricType = MetricType::HISTOGRAM;
+const SVC: &[&str] = &["namespace", "service", "port"];
+const BE: &[&str] = &["namespace", "service", "port", "backend"];
+
+/// One constant per family (named like the collectors' variables, hence lower case), and
+/// `ALL` for the collector's descriptors.
+macro_rules! specs {
+    ($($id:ident = $name:literal, $kind:ident, $labels:expr, $help:literal;)*) => {
+        $(
+            #[allow(non_upper_case_globals)]
+            pub(super) const $id: Spec = Spec { name: $name, help: $help, kind: $kind, labels: $labels };
+        )*
+        pub(super) const ALL: &[&Spec] = &[$(&$id),*];
+    };
+}
+
+specs! {
+    be_conns = "tpvs_backend_connections_total", C, BE,
+        "Connections opened to the backend (counted from the connect attempt, like IPVS).";
+    be_active = "tpvs_backend_connections_active", G, BE, "Connections open to the backend now.";
+    be_closed = "tpvs_backend_connections_closed_total", C, BE, "Connections to the backend that have ended.";
+    be_bytes = "tpvs_backend_bytes_total", C, &["namespace", "service", "port", "backend", "direction"],
+        "Bytes relayed, by direction (to_backend, from_backend).";
+    be_picks = "tpvs_backend_picks_total", C, &["namespace", "service", "port", "backend", "scheduler"],
+        "Times the Service's scheduler chose the backend.";
+    be_failures = "tpvs_backend_connect_failures_total", C, &["namespace", "service", "port", "backend", "reason"],
+        "Failed connect attempts to the backend, by reason (refused, timeout, unreachable, other).";
+    be_retries = "tpvs_backend_connect_retries_total", C, BE,
+        "Connect attempts to the backend that retried a connection another backend had failed.";
+    be_latency = "tpvs_backend_connect_duration_seconds", H, BE,
+        "Time to establish the upstream TCP connection to the backend.";
+    svc_backends = "tpvs_service_endpoints", G, SVC,
+        "Endpoints the Service port's frontends may pick (most over its frontends).";
+    svc_local = "tpvs_service_local_endpoints", G, SVC, "Ready endpoints of the Service port on this node.";
+    svc_none = "tpvs_service_no_endpoints", G, SVC,
+        "1 when a frontend of the Service port has no endpoint anywhere (connections are refused).";
+    svc_no_local = "tpvs_service_no_local_endpoints", G, &["namespace", "service", "port", "traffic_policy"],
+        "1 when a Local-policy frontend of the Service port has no endpoint on this node (traffic is dropped).";
+    kp_no_local = "kubeproxy_sync_proxy_rules_no_local_endpoints_total", G, &["traffic_policy"],
+        "Service ports with a Local traffic policy and no local endpoints (internal or external policy).";
+    kp_programming = "kubeproxy_network_programming_duration_seconds", H, &[],
+        "From a change of the Service's endpoints (EndpointSlice trigger time, or the manifest's modification) to its rules being live.";
+    frontends = "tpvs_table_frontends", G, &["protocol"], "Frontends in the live routing table.";
+    accepted = "tpvs_connections_accepted_total", C, &[], "TCP connections accepted by the transparent listeners.";
+    open = "tpvs_connections_open", G, &[], "TCP connections open through the proxy now.";
+    rejected = "tpvs_connections_rejected_total", C, &["reason"],
+        "Accepted connections reset by the proxy (no_frontend, connect_failed: every candidate failed, over_limit).";
+    idle = "tpvs_connections_idle_closed_total", C, &[], "Connections reset after the idle timeout.";
+    refused = "tpvs_refused_packets_total", C, &[],
+        "Packets refused by the rules because their Service has no endpoints (reset / ICMP unreachable).";
+    dropped = "tpvs_dropped_packets_total", C, &[],
+        "Packets dropped by the rules because their Local-policy Service has no endpoint on this node.";
+    syncs = "tpvs_netfilter_syncs_total", C, &[], "nft transactions run to follow the table.";
+    sync_failures = "tpvs_netfilter_sync_failures_total", C, &[],
+        "nft transactions that failed (the previous rules stayed in force).";
+    reloads = "tpvs_manifest_reloads_total", C, &[], "Reloads of the manifests source.";
+    config_errors = "tpvs_config_errors_total", C, &["source"],
+        "Rejected input: manifest errors, or Kubernetes objects the model refused.";
+    manifest_ok = "tpvs_manifest_last_reload_success", G, &[], "1 when the last manifests reload had no error.";
+    kube_events = "tpvs_kube_events_total", C, &[], "Watch events received from the Kubernetes API.";
+    kube_watch_errors = "tpvs_kube_watch_errors_total", C, &[], "List/watch failures (each followed by a retry).";
+    udp_active = "tpvs_udp_flows_active", G, &[], "UDP flows open now.";
+    udp_created = "tpvs_udp_flows_created_total", C, &[], "UDP flows created.";
+    udp_evicted = "tpvs_udp_flows_evicted_total", C, &["reason"],
+        "UDP flows closed: idle (their timeout passed) or table_change (backend removed or drained).";
+    udp_datagrams = "tpvs_udp_datagrams_total", C, &["direction"],
+        "UDP datagrams relayed (from_clients, to_backends, from_backends, to_clients).";
+    udp_drops = "tpvs_udp_drops_total", C, &["reason"], "UDP datagrams dropped, by reason.";
+}

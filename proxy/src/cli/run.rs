@@ -1,0 +1,85 @@
+//! `tpvs run` flags: the data path, the table sources, the interception and the admin servers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{AdminArgs, InterceptionArgs, TableArgs};
+use crate::addrs::{CidrError, NodePortAddrs};
+use crate::forward::RelayMode;
+use crate::units::parse_duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub table: TableArgs,
+    /// Addresses NodePorts answer on: comma-separated CIDRs; empty means every local address
+    /// except loopback.
+    #[arg(long, value_name = "CIDR,...", default_value = "", value_parser = parse_nodeport_addrs)]
+    pub nodeport_addresses: NodePortAddrs,
+    /// Port of the transparent TCP listener (the TPROXY target; not reachable as a Service).
+    #[arg(long, default_value_t = 15001)]
+    pub proxy_port: u16,
+    /// Event-loop threads, each with its own listener (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Connections open at once; beyond it new ones are reset.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_connections: usize,
+    /// Time allowed for one backend connect before trying the next candidate.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Further backends tried after a refused or timed-out connect (at most 7).
+    #[arg(long, default_value_t = 3)]
+    pub connect_retries: usize,
+    /// Reset a connection after this long without traffic either way (0: never).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Kubeconfig for the API source (used when --manifests is not given); without it, the
+    /// in-cluster service account, then KUBECONFIG / ~/.kube/config.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Shortest interval between two table publishes from the API source: changes arriving
+    /// sooner are coalesced into one (kube-proxy's --min-sync-period).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub min_sync_period: Duration,
+    /// Proxy only Services labelled service.kubernetes.io/service-proxy-name=tpvs, leaving the
+    /// rest to kube-proxy running beside tpvs.
+    #[arg(long)]
+    pub beside_kube_proxy: bool,
+    /// How often the manifests are checked for changes.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub manifests_poll_interval: Duration,
+    /// How bytes are moved: zero-copy splice, or user-space copy.
+    #[arg(long, value_enum, default_value = "splice")]
+    pub forward_mode: RelayMode,
+    /// Accept queue per listener (the kernel caps it at net.core.somaxconn).
+    #[arg(long, default_value_t = 65535)]
+    pub backlog: i32,
+    /// Port of the transparent UDP listener (the TPROXY target for UDP frontends); 0 turns
+    /// the UDP data path off (UDP frontends then only get their refusals and drops).
+    #[arg(long, default_value_t = 15002)]
+    pub udp_proxy_port: u16,
+    /// Close a UDP flow after this long without a datagram either way (conntrack's
+    /// nf_conntrack_udp_timeout). Must outlast the slowest reply a client waits for (a
+    /// recursive DNS lookup takes seconds); each open flow holds one socket.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub udp_timeout: Duration,
+    /// Idle timeout of UDP streams: flows that got a reply and are still active 2 s after they
+    /// began (conntrack's nf_conntrack_udp_timeout_stream).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub udp_stream_timeout: Duration,
+    /// UDP flows open at once (one socket each); a datagram that would open one more is
+    /// dropped and counted.
+    #[arg(long, default_value_t = 131_072)]
+    pub udp_max_flows: usize,
+    #[command(flatten)]
+    pub interception: InterceptionArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+fn parse_nodeport_addrs(s: &str) -> Result<NodePortAddrs, CidrError> {
+    NodePortAddrs::parse(s)
+}
