@@ -255,10 +255,6 @@ impl KubeSourceHandle {
         self.synced.load(Ordering::Acquire)
     }
 
-    pub fn synced_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.synced)
-    }
-
     pub fn stats(&self) -> Arc<KubeSourceStats> {
         Arc::clone(&self.stats)
     }
