@@ -64,10 +64,6 @@ impl FrontendKey {
     pub fn is_node_port(&self) -> bool {
         self.addr.is_unspecified()
     }
-
-    pub fn socket_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.addr, self.port)
-    }
 }
 
 impl fmt::Display for FrontendKey {

@@ -1,5 +1,6 @@
 //! The TCP data path: transparent listeners, one event loop per core, backend choice, relay.
 //!
+//! - `accept`: accept and admit under `--max-connections`, shared by both kinds of worker.
 //! - [`worker`]: one thread per core, each with its own single-threaded runtime and its own
 //!   `SO_REUSEPORT` listeners; a connection is accepted, connected upstream and relayed on the
 //!   same thread, with no cross-thread hand-off or work stealing.
@@ -28,6 +29,7 @@
 //!   listener, one setsockopt on the upstream socket and no `SO_ERROR` query after a
 //!   successful connect; per small request, one `recv` and one `send` per direction.
 
+mod accept;
 pub mod connect;
 pub mod plain;
 pub mod relay;

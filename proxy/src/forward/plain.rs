@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::connect::forward_to;
 use super::splice::PipePool;
-use super::worker::{PIPE_POOL, accept_admitted};
+use super::accept::{PIPE_POOL, accept_admitted};
 use super::{ForwardConfig, Shared};
 use crate::addrs::{ClientAddr, OrigDstAddr, canonical};
 use crate::dispatch::telemetry::MetricsRegistry;

@@ -7,22 +7,19 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use controlplane::Protocol;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::Shared;
+use super::accept::{PIPE_POOL, accept_admitted};
 use super::connect::forward_to;
 use super::splice::PipePool;
 use crate::addrs::{ClientAddr, OrigDstAddr, canonical, wildcard_listen_addrs};
 use crate::slots::Slot;
 use crate::sockopt::{self, reset_on_close};
 use crate::workers::{self, Ready, StartError};
-
-/// Pipes a worker keeps for reuse (two per connection in flight; beyond this they are closed).
-pub(super) const PIPE_POOL: usize = 1024;
 
 /// The running workers.
 #[derive(Debug)]
@@ -94,30 +91,6 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, pool: Rc<PipePo
     loop {
         let (stream, peer, slot) = accept_admitted(&listener, &shared).await;
         tokio::task::spawn_local(serve(stream, ClientAddr(canonical(peer)), Arc::clone(&shared), Rc::clone(&pool), slot));
-    }
-}
-
-/// The next accepted connection that fits under `--max-connections`, with its slot; the ones
-/// over the limit are counted and reset. Shared by the transparent and the plain listeners.
-pub(super) async fn accept_admitted(listener: &TcpListener, shared: &Arc<Shared>) -> (TcpStream, SocketAddr, Slot) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                let Some(slot) = shared.connections.try_take() else {
-                    shared.stats.over_limit.fetch_add(1, Ordering::Relaxed);
-                    reset_on_close(&stream);
-                    continue;
-                };
-                return (stream, peer, slot);
-            }
-            Err(e) => {
-                // Out of fds or memory: back off briefly instead of spinning; the kernel keeps
-                // the queued SYNs meanwhile.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
     }
 }
 
