@@ -8,6 +8,7 @@ use std::time::Duration;
 use controlplane::{Frontend, FrontendKey, FrontendKind, Protocol, ServicePortName, TrafficPolicy, WhenEmpty};
 use schedulers::{Backend, BackendSet, BackendStats, Scheduler, SchedulerKind, SchedulerOptions};
 use tpvs::addrs::NodePortAddrs;
+use tpvs::dispatch::outlier::OutlierPolicy;
 use tpvs::forward::{ForwardConfig, PlainServer, RelayMode, serve_plain};
 
 /// Fresh stats for every backend: each scheduler starts from the same blank state.
@@ -56,6 +57,9 @@ pub fn start_proxy(scheduler: Arc<dyn Scheduler>, name: &str, settings: ProxySet
         idle_timeout: None,
         nodeport_addrs: NodePortAddrs::default(),
         mode: RelayMode::Splice,
+        // The scheduler comparison measures the schedulers alone: no backend is taken out of
+        // their hands.
+        outliers: OutlierPolicy { consecutive_failures: 0, ..OutlierPolicy::default() },
     };
     Ok(serve_plain(listen, Arc::new(frontend), config)?)
 }

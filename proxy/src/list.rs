@@ -66,12 +66,18 @@ pub fn render_view(table: &JsonTable) -> String {
             continue;
         }
         for b in &f.backends {
+            // An ejected backend says so where its state goes: that is what the operator
+            // looks for when one backend stops getting traffic.
+            let state = match b.ejected_for_seconds {
+                Some(s) => format!("Ejected:{s}s"),
+                None => b.state.clone(),
+            };
             let _ = writeln!(
                 out,
                 "  -> {:<25} {:<6} {:<11} {:<16} {:<12} {:<10} {}",
                 b.address,
                 b.weight,
-                b.state,
+                state,
                 b.node.as_deref().unwrap_or("-"),
                 b.zone.as_deref().unwrap_or("-"),
                 b.active,

@@ -185,6 +185,7 @@ mod tests {
                         failures: 0,
                         bytes_to_backend: bytes,
                         bytes_from_backend: 2 * bytes,
+                        ejected_for_seconds: None,
                     })
                     .collect(),
             }],

@@ -80,6 +80,7 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception
         idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
         nodeport_addrs: args.nodeport_addresses.clone(),
         mode: args.forward_mode,
+        outliers: args.outlier.policy(),
     };
     if let Some(limit) = crate::sockopt::backlog_limit().filter(|l| *l < args.backlog) {
         info!(somaxconn = limit, "accept queue capped by net.core.somaxconn; raise it for connection bursts");

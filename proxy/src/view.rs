@@ -6,6 +6,8 @@
 use controlplane::RoutingTable;
 use serde::{Deserialize, Serialize};
 
+use schedulers::stats::now_nanos;
+
 use crate::dispatch::telemetry::MetricsRegistry;
 
 /// The whole table, sorted as the listing prints it.
@@ -50,6 +52,10 @@ pub struct JsonBackend {
     pub bytes_to_backend: u64,
     #[serde(default)]
     pub bytes_from_backend: u64,
+    /// Seconds of outlier ejection left (the backend is skipped by new picks); `None` when it
+    /// is not ejected.
+    #[serde(default)]
+    pub ejected_for_seconds: Option<u64>,
 }
 
 /// Reads `table` and its live counters into the data form.
@@ -88,6 +94,11 @@ pub fn json_view(table: &RoutingTable, metrics: Option<&MetricsRegistry>) -> Jso
                         failures: b.stats.failures(),
                         bytes_to_backend: m.as_ref().map_or(0, |m| m.bytes_to_backend()),
                         bytes_from_backend: m.as_ref().map_or(0, |m| m.bytes_from_backend()),
+                        ejected_for_seconds: m.as_ref().and_then(|m| {
+                            // Rounded up: a backend ejected for 0.3 s more still says 1 s.
+                            let left = m.outlier.ejected_for_ns(now_nanos());
+                            (left > 0).then(|| left.div_ceil(1_000_000_000))
+                        }),
                     }
                     })
                     .collect(),

@@ -9,6 +9,7 @@ mod admin;
 mod cleanup;
 mod interception;
 mod list;
+mod outlier;
 mod run;
 mod table;
 
@@ -18,6 +19,7 @@ pub use admin::{AdminArgs, BindAddress};
 pub use cleanup::CleanupArgs;
 pub use interception::InterceptionArgs;
 pub use list::ListArgs;
+pub use outlier::OutlierArgs;
 pub use run::RunArgs;
 pub use table::TableArgs;
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{AdminArgs, InterceptionArgs, TableArgs};
+use super::{AdminArgs, InterceptionArgs, OutlierArgs, TableArgs};
 use crate::addrs::{CidrError, NodePortAddrs};
 use crate::forward::RelayMode;
 use crate::units::parse_duration;
@@ -74,6 +74,8 @@ pub struct RunArgs {
     /// dropped and counted.
     #[arg(long, default_value_t = 131_072)]
     pub udp_max_flows: usize,
+    #[command(flatten)]
+    pub outlier: OutlierArgs,
     #[command(flatten)]
     pub interception: InterceptionArgs,
     #[command(flatten)]

@@ -13,18 +13,24 @@
 //! - [`affinity`]: the ClientIP session-affinity map.
 //! - [`telemetry`]: per-backend metrics (connect latency histogram, failures by reason,
 //!   retries, bytes), keyed by backend address.
+//! - [`outlier`]: passive outlier detection: backends whose connects keep failing are
+//!   skipped for a backoff period.
 
 pub mod affinity;
+pub mod outlier;
 pub mod telemetry;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use controlplane::{Frontend, Protocol, RoutingTable, TableHandle, TrafficPolicy};
+use schedulers::stats::now_nanos;
 use schedulers::{ActiveGuard, Backend, BackendAddr, ClientAddr, OrigDstAddr, PickContext, Tried};
+use tracing::warn;
 
 use crate::addrs::NodePortAddrs;
 use affinity::AffinityTable;
+use outlier::OutlierPolicy;
 use telemetry::{BackendMetrics, ConnectFailure, MetricsRegistry};
 
 /// Turns longer than this are not latency samples: a long poll or a server that pushes after
@@ -39,11 +45,12 @@ pub struct Dispatcher {
     nodeport_addrs: NodePortAddrs,
     affinity: AffinityTable,
     metrics: Arc<MetricsRegistry>,
+    outliers: OutlierPolicy,
 }
 
 impl Dispatcher {
-    pub fn new(table: TableHandle, nodeport_addrs: NodePortAddrs, metrics: Arc<MetricsRegistry>) -> Self {
-        Dispatcher { table, nodeport_addrs, affinity: AffinityTable::new(), metrics }
+    pub fn new(table: TableHandle, nodeport_addrs: NodePortAddrs, metrics: Arc<MetricsRegistry>, outliers: OutlierPolicy) -> Self {
+        Dispatcher { table, nodeport_addrs, affinity: AffinityTable::new(), metrics, outliers }
     }
 
     pub fn table(&self) -> &TableHandle {
@@ -86,6 +93,7 @@ impl Dispatcher {
             attempts: 0,
             max_attempts: max_attempts.clamp(1, Tried::CAPACITY),
             exhausted: false,
+            skipped_ejected: None,
         }
     }
 }
@@ -102,6 +110,8 @@ pub struct Choice<'a> {
     max_attempts: usize,
     /// `Tried` is full: no further candidate can be told apart from the ones already tried.
     exhausted: bool,
+    /// The first ejected backend passed over, taken when every other candidate is used up.
+    skipped_ejected: Option<usize>,
 }
 
 impl<'a> Choice<'a> {
@@ -112,16 +122,38 @@ impl<'a> Choice<'a> {
         if self.exhausted || self.attempts >= self.max_attempts {
             return None;
         }
-        let index = self.sticky.take().or_else(|| self.fe.scheduler.pick(&self.ctx, &self.tried))?;
-        let backend = self.fe.backends().get(index)?;
+        let (index, backend, metrics) = self.next_candidate()?;
         self.attempts += 1;
         backend.stats.record_pick();
-        let metrics = self.dispatcher.metrics.get(backend.addr);
         if self.attempts > 1 {
             metrics.record_retry();
         }
         let guard = backend.stats.open();
         Some(Attempt { choice: self, index, backend, guard, metrics, started: Instant::now() })
+    }
+
+    /// Affinity, else the scheduler, passing over ejected backends (they count as tried, not
+    /// as attempts); when only ejected ones are left, the first of them.
+    fn next_candidate(&mut self) -> Option<(usize, &'a Backend, Arc<BackendMetrics>)> {
+        let set = self.fe.backends();
+        let now = self.dispatcher.outliers.enabled().then(now_nanos);
+        loop {
+            let picked = self.sticky.take().or_else(|| self.fe.scheduler.pick(&self.ctx, &self.tried));
+            let Some(index) = picked.or_else(|| self.skipped_ejected.take()) else { return None };
+            let backend = set.get(index)?;
+            let metrics = self.dispatcher.metrics.get(backend.addr);
+            let ejected = now.is_some_and(|now| metrics.outlier.is_ejected(now));
+            if !ejected || picked.is_none() {
+                return Some((index, backend, metrics));
+            }
+            self.skipped_ejected.get_or_insert(index);
+            if !self.tried.push(index) {
+                // No room to remember more: settle for the first ejected one.
+                let first = self.skipped_ejected.take().unwrap_or(index);
+                let backend = set.get(first)?;
+                return Some((first, backend, self.dispatcher.metrics.get(backend.addr)));
+            }
+        }
     }
 
     /// Backends tried so far.
@@ -156,11 +188,13 @@ impl Attempt<'_, '_> {
         }
     }
 
-    /// A TCP connect succeeded: its duration feeds peak-EWMA and the connect histogram.
+    /// A TCP connect succeeded: its duration feeds peak-EWMA and the connect histogram, and
+    /// the backend's outlier record is cleared.
     pub fn connected(self) -> Lease {
         let took = self.started.elapsed();
         self.backend.stats.observe_latency_ns(nanos(took));
         self.metrics.observe_connect(took);
+        self.metrics.outlier.on_success();
         self.established()
     }
 
@@ -182,6 +216,9 @@ impl Attempt<'_, '_> {
     pub fn failed(self, why: ConnectFailure) {
         self.backend.stats.record_failure();
         self.metrics.record_failure(why);
+        if why.blames_backend() {
+            self.count_toward_ejection();
+        }
         self.skip();
     }
 
@@ -190,7 +227,29 @@ impl Attempt<'_, '_> {
         self.backend.stats.observe_latency_ns(nanos(timeout));
         self.backend.stats.record_failure();
         self.metrics.record_failure(ConnectFailure::Timeout);
+        self.count_toward_ejection();
         self.skip();
+    }
+
+    fn count_toward_ejection(&self) {
+        let dispatcher = self.choice.dispatcher;
+        let policy = &dispatcher.outliers;
+        let set = self.choice.fe.backends();
+        let now = now_nanos();
+        let share_allows = || {
+            let ejected = set.iter().filter(|b| dispatcher.metrics.peek(b.addr).is_some_and(|m| m.outlier.is_ejected(now))).count();
+            policy.may_eject_another(ejected, set.len())
+        };
+        if self.metrics.outlier.on_failure(now, policy, share_allows) {
+            let secs = Duration::from_nanos(self.metrics.outlier.ejected_for_ns(now)).as_secs_f64();
+            warn!(
+                service = %self.choice.fe.service,
+                backend = %self.backend.addr,
+                ejected_for_s = secs,
+                "backend ejected after {} consecutive connect failures",
+                policy.consecutive_failures
+            );
+        }
     }
 
     fn skip(self) {

@@ -1,5 +1,5 @@
 //! Per-backend data-path metrics: connect latency, connect failures by reason, retries and
-//! bytes each way.
+//! bytes each way (and, in the same record, the outlier detector's state).
 //!
 //! These are metric shapes (a Prometheus histogram, byte counters), so they live here in the
 //! data plane rather than beside the schedulers' own state. Like that state they are keyed by
@@ -15,6 +15,8 @@ use controlplane::RoutingTable;
 use prometheus::{Histogram, HistogramOpts};
 use rustc_hash::FxHashMap;
 use schedulers::BackendAddr;
+
+use super::outlier::OutlierState;
 
 /// Upper bounds of the connect-latency buckets, in seconds: fine from 50 µs (a connect to a
 /// pod on the same node) to 10 ms (another zone), coarse up to the connect timeout.
@@ -56,6 +58,12 @@ impl ConnectFailure {
         }
     }
 
+    /// Whether the failure says something about the backend (rather than about this node:
+    /// out of fds or local ports), and so counts toward ejecting it.
+    pub fn blames_backend(self) -> bool {
+        !matches!(self, ConnectFailure::Other)
+    }
+
     /// The reason a failed connect or socket operation is counted under.
     pub fn of(e: &std::io::Error) -> ConnectFailure {
         match e.kind() {
@@ -67,9 +75,11 @@ impl ConnectFailure {
     }
 }
 
-/// One backend address's data-path metrics.
+/// One backend address's data-path record: its metrics, and the outlier detector's state
+/// (which is kept here because it has the same key and lifetime).
 #[derive(Debug)]
 pub struct BackendMetrics {
+    pub outlier: OutlierState,
     connect_latency: Histogram,
     failures: [AtomicU64; 4],
     retries: AtomicU64,
@@ -86,6 +96,7 @@ impl Default for BackendMetrics {
         #[allow(clippy::expect_used)]
         let connect_latency = Histogram::with_opts(opts).expect("constant histogram options are valid");
         BackendMetrics {
+            outlier: OutlierState::default(),
             connect_latency,
             failures: Default::default(),
             retries: AtomicU64::new(0),

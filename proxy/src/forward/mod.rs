@@ -44,6 +44,7 @@ use controlplane::TableHandle;
 
 use crate::addrs::NodePortAddrs;
 use crate::dispatch::Dispatcher;
+use crate::dispatch::outlier::OutlierPolicy;
 use crate::dispatch::telemetry::MetricsRegistry;
 use crate::slots::SlotPool;
 pub use relay::RelayMode;
@@ -65,6 +66,8 @@ pub struct ForwardConfig {
     pub idle_timeout: Option<Duration>,
     pub nodeport_addrs: NodePortAddrs,
     pub mode: RelayMode,
+    /// Passive outlier detection on connect failures.
+    pub outliers: OutlierPolicy,
 }
 
 /// Counters of the data path (exported by the admin endpoint).
@@ -93,7 +96,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(table: TableHandle, config: ForwardConfig, metrics: Arc<MetricsRegistry>) -> Arc<Self> {
         Arc::new(Shared {
-            dispatch: Dispatcher::new(table, config.nodeport_addrs.clone(), metrics),
+            dispatch: Dispatcher::new(table, config.nodeport_addrs.clone(), metrics, config.outliers),
             connections: SlotPool::new(config.max_connections),
             config,
             stats: ForwardStats::default(),

@@ -27,6 +27,7 @@ use controlplane::{RoutingTable, TableHandle};
 
 use crate::addrs::NodePortAddrs;
 use crate::dispatch::Dispatcher;
+use crate::dispatch::outlier::OutlierPolicy;
 use crate::dispatch::telemetry::MetricsRegistry;
 use crate::slots::SlotPool;
 pub use flows::Timeouts;
@@ -60,7 +61,9 @@ pub struct UdpShared {
 impl UdpShared {
     pub fn new(table: TableHandle, config: UdpConfig, metrics: Arc<MetricsRegistry>) -> Arc<Self> {
         Arc::new(UdpShared {
-            dispatch: Dispatcher::new(table, config.nodeport_addrs.clone(), metrics),
+            // No outlier detection: a datagram path has no connect to fail and no success to
+            // clear a record with (a refusal closes the flow and is counted instead).
+            dispatch: Dispatcher::new(table, config.nodeport_addrs.clone(), metrics, OutlierPolicy { consecutive_failures: 0, ..OutlierPolicy::default() }),
             flows: SlotPool::new(config.max_flows),
             config,
             stats: UdpStats::default(),

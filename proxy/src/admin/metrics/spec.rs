@@ -43,6 +43,9 @@ specs! {
         "Failed connect attempts to the backend, by reason (refused, timeout, unreachable, other).";
     be_retries = "tpvs_backend_connect_retries_total", C, BE,
         "Connect attempts to the backend that retried a connection another backend had failed.";
+    be_ejections = "tpvs_backend_ejections_total", C, BE,
+        "Times outlier detection ejected the backend after consecutive connect failures.";
+    be_ejected = "tpvs_backend_ejected", G, BE, "1 while the backend is ejected (new connections skip it).";
     be_latency = "tpvs_backend_connect_duration_seconds", H, BE,
         "Time to establish the upstream TCP connection to the backend.";
     svc_backends = "tpvs_service_endpoints", G, SVC,

@@ -72,6 +72,9 @@ pub(super) fn collect(table: &RoutingTable, metrics: Option<&MetricsRegistry>, o
     let mut picks = Fam::new(&spec::be_picks);
     let mut failures = Fam::new(&spec::be_failures);
     let mut retries = Fam::new(&spec::be_retries);
+    let mut ejections = Fam::new(&spec::be_ejections);
+    let mut ejected = Fam::new(&spec::be_ejected);
+    let now = schedulers::stats::now_nanos();
     let mut latency = Fam::new(&spec::be_latency);
     for (((ns, svc, port), addr), row) in &backends {
         let l: [(&str, &str); 4] = [("namespace", ns), ("service", svc), ("port", port), ("backend", addr)];
@@ -90,6 +93,8 @@ pub(super) fn collect(table: &RoutingTable, metrics: Option<&MetricsRegistry>, o
             failures.value(&[l[0], l[1], l[2], l[3], ("reason", why.as_str())], m.failures(why) as f64);
         }
         retries.value(&l, m.retries() as f64);
+        ejections.value(&l, m.outlier.ejections() as f64);
+        ejected.value(&l, if m.outlier.is_ejected(now) { 1.0 } else { 0.0 });
         latency.histogram(&l, &HistogramSnapshot::of(m.connect_latency()));
     }
 
@@ -121,7 +126,7 @@ pub(super) fn collect(table: &RoutingTable, metrics: Option<&MetricsRegistry>, o
     for proto in ["TCP", "UDP", "SCTP"] {
         fams.value(&[("protocol", proto)], frontends.get(proto).copied().unwrap_or(0) as f64);
     }
-    for f in [conns, active, closed, bytes, picks, failures, retries, latency, endpoints, local, none, no_local, kp, fams] {
+    for f in [conns, active, closed, bytes, picks, failures, retries, ejections, ejected, latency, endpoints, local, none, no_local, kp, fams] {
         // An empty family (no backend yet) is left out rather than exposed without samples.
         if !f.mf.get_metric().is_empty() {
             out.push(f.mf);
