@@ -128,14 +128,15 @@ fn daemonset_runs_on_every_node_in_the_host_network() {
 }
 
 #[test]
-fn container_has_net_admin_only_and_health_probes() {
+fn container_has_exactly_the_needed_capabilities_and_health_probes() {
     let ds: DaemonSet = parse("daemonset.yaml");
     let c = tpvs_container(&ds);
     let sc = c.security_context.as_ref().unwrap_or_else(|| panic!("no securityContext"));
     assert_ne!(sc.privileged, Some(true), "must not be privileged");
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     let caps = sc.capabilities.as_ref().unwrap_or_else(|| panic!("no capabilities"));
-    assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_string()][..]), "exactly NET_ADMIN is added");
+    // The set `tpvs run` checks at start (proxy/src/capabilities.rs), no more.
+    assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_string(), "NET_BIND_SERVICE".to_string()][..]), "exactly NET_ADMIN and NET_BIND_SERVICE");
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
 
     assert_eq!(http_probe(c.liveness_probe.as_ref(), "liveness"), ("/livez".to_string(), HEALTH_PORT));

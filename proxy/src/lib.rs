@@ -26,7 +26,8 @@
 //!   listeners, a sans-io flow table, batched `recvmmsg`/`sendmmsg`, eviction on table change.
 //! - [`workers`]: the one way data-path threads start (bound, then ready, then serving).
 //! - [`slots`]: budgets of open connections and flows.
-//! - [`limits`]: the process's file-descriptor limit.
+//! - [`limits`]: the process's file-descriptor limit; [`capabilities`]: the Linux
+//!   capabilities each feature needs, checked at start.
 //! - [`sockopt`]: TCP listener and upstream socket construction, raw socket options.
 //! - [`addrs`]: the address roles, wildcard listen addresses and the node-port filter.
 //! - [`units`]: duration and mark flag parsing.
@@ -41,6 +42,7 @@ pub mod list;
 pub mod list_live;
 pub mod logging;
 pub mod addrs;
+pub mod capabilities;
 pub mod cleanup;
 pub mod dispatch;
 pub mod forward;

@@ -22,6 +22,7 @@ use crate::netfilter::{Interception, RulesetConfig};
 use crate::udp;
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    check_capabilities()?;
     let source = match args.table.manifests.clone() {
         Some(path) => TableSource::Manifests(path),
         None => TableSource::Kube,
@@ -216,4 +217,24 @@ fn hostname() -> Option<String> {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
     (!name.is_empty()).then_some(name)
+}
+
+/// Refuses to start without the capabilities the interception needs, and says which
+/// features a missing optional one breaks (before anything is installed).
+fn check_capabilities() -> anyhow::Result<()> {
+    let effective = match crate::capabilities::effective() {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(error = %e, "cannot read this process's capabilities; not checking them");
+            return Ok(());
+        }
+    };
+    let assessment = crate::capabilities::assess(effective, crate::capabilities::unprivileged_port_start());
+    if let Some(error) = assessment.error() {
+        anyhow::bail!(error);
+    }
+    for need in &assessment.missing_optional {
+        warn!(capability = need.name, "without CAP_{}: {}", need.name, need.features);
+    }
+    Ok(())
 }

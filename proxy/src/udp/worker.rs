@@ -42,7 +42,8 @@ const WAKER: u64 = u64::MAX - 2;
 /// backends' replies are not starved behind a flood of new client datagrams.
 const LISTENER_ROUNDS: usize = 8;
 
-/// Log "max flows reached" at most this often per worker (it is counted every time).
+/// Log "max flows reached" or "cannot bind a reply socket" at most this often per worker (each
+/// is counted every time).
 const FULL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// What a flow owns besides its table entry. Dropping it closes the upstream socket (which
@@ -114,6 +115,7 @@ struct Worker {
     next_sweep: Instant,
     now: Instant,
     last_full_warn: Option<Instant>,
+    last_socket_warn: Option<Instant>,
 }
 
 impl Worker {
@@ -166,6 +168,7 @@ impl Worker {
                 next_sweep: now + sweep_every,
                 now,
                 last_full_warn: None,
+                last_socket_warn: None,
                 shared,
             },
             has_v6,
@@ -336,7 +339,13 @@ impl Worker {
             Ok(r) => r,
             Err(e) => {
                 add(&stats.drops.socket, 1);
-                debug!(dst = %key.dst, error = %e, "cannot bind a reply socket to the frontend address");
+                // Every datagram to this Service goes unanswered: say so (not at debug level),
+                // but not once per datagram.
+                if self.last_socket_warn.is_none_or(|t| now.duration_since(t) >= FULL_WARN_EVERY) {
+                    self.last_socket_warn = Some(now);
+                    let hint = if e.kind() == io::ErrorKind::PermissionDenied { " (a port below 1024 needs CAP_NET_BIND_SERVICE)" } else { "" };
+                    warn!(dst = %key.dst, error = %e, "cannot bind a reply socket to the UDP Service address; its datagrams are dropped{hint}");
+                }
                 return None;
             }
         };

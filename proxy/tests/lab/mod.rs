@@ -15,6 +15,8 @@
 
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -229,6 +231,50 @@ pub struct Lab {
     servers: Vec<Server>,
     tpvs: Option<Child>,
     namespaces: Vec<String>,
+    /// Who `tpvs run` runs as (root with every capability unless a test says otherwise).
+    pub privileges: Privileges,
+}
+
+/// Who `tpvs run` runs as in the lab.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Privileges {
+    #[default]
+    Root,
+    /// uid 0 holding only the capabilities `deploy/daemonset.yaml` adds, with no_new_privs:
+    /// exactly how the DaemonSet's container runs it.
+    DaemonSet,
+    /// A non-root uid (nobody) holding the DaemonSet's capabilities as ambient ones.
+    DaemonSetNonRoot,
+}
+
+/// The capabilities `deploy/daemonset.yaml` adds to the tpvs container, as named there.
+pub fn daemonset_capabilities() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let ds: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let containers = ds["spec"]["template"]["spec"]["containers"].as_sequence().cloned().unwrap_or_default();
+    let tpvs = containers.iter().find(|c| c["name"].as_str() == Some("tpvs")).unwrap_or_else(|| panic!("no tpvs container in {}", path.display()));
+    let add = tpvs["securityContext"]["capabilities"]["add"].as_sequence().cloned().unwrap_or_default();
+    add.iter().filter_map(|c| c.as_str().map(str::to_string)).collect()
+}
+
+/// The `setpriv` prefix that runs a command with `privileges`.
+fn setpriv(privileges: Privileges) -> Vec<String> {
+    if privileges == Privileges::Root {
+        return Vec::new();
+    }
+    let caps: String = daemonset_capabilities().iter().map(|c| format!(",+{}", c.to_lowercase())).collect();
+    let mut args = vec![
+        "setpriv".to_string(),
+        format!("--inh-caps=-all{caps}"),
+        format!("--bounding-set=-all{caps}"),
+        "--no-new-privs".to_string(),
+    ];
+    if privileges == Privileges::DaemonSetNonRoot {
+        args.extend(["--reuid=65534".to_string(), "--regid=65534".to_string(), "--clear-groups".to_string(), format!("--ambient-caps=-all{caps}")]);
+    }
+    args.push("--".to_string());
+    args
 }
 
 impl Lab {
@@ -251,6 +297,7 @@ impl Lab {
             servers: Vec::new(),
             tpvs: None,
             namespaces: Vec::new(),
+            privileges: Privileges::Root,
         };
         lab.build();
         lab
@@ -355,10 +402,10 @@ impl Lab {
     pub fn start_tpvs_with(&mut self, source: &[&str]) {
         let log = File::create(self.log_path()).unwrap_or_else(|e| panic!("log file: {e}"));
         let log2 = log.try_clone().unwrap_or_else(|e| panic!("log file: {e}"));
-        let mut args = vec![
-            "netns",
-            "exec",
-            &self.node,
+        let prefix = setpriv(self.privileges);
+        let mut args = vec!["netns", "exec", &self.node];
+        args.extend(prefix.iter().map(String::as_str));
+        args.extend([
             env!("CARGO_BIN_EXE_tpvs"),
             "-v",
             "run",
@@ -366,7 +413,7 @@ impl Lab {
             "2",
             "--connect-timeout",
             "500ms",
-        ];
+        ]);
         args.extend_from_slice(source);
         let child = Command::new("ip")
             .args(&args)
