@@ -20,7 +20,7 @@ const BLACKHOLE: &str = "10.1.2.2:8080";
 fn blackhole(lab: &Lab, k: usize, on: bool) {
     let ns = &lab.backends[k];
     if on {
-        sh(&["ip", "netns", "exec", ns, "nft", "add table inet blackhole; add chain inet blackhole input { type filter hook input priority 0; tcp dport 8080 drop; }"]);
+        sh(&["ip", "netns", "exec", ns, "nft", "add table inet blackhole; add chain inet blackhole input { type filter hook input priority 0; tcp dport 8080 tcp flags & (syn | ack) == syn drop; }"]);
     } else {
         sh(&["ip", "netns", "exec", ns, "nft", "delete table inet blackhole"]);
     }

@@ -445,6 +445,11 @@ impl Lab {
         }
     }
 
+    /// The running daemon's pid (`ip netns exec` execs it in place, so the child is tpvs).
+    pub fn tpvs_pid(&self) -> Option<u32> {
+        self.tpvs.as_ref().map(Child::id)
+    }
+
     pub fn tpvs_log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
