@@ -71,7 +71,7 @@ fn key_paths_work_as_non_root_with_the_daemonsets_capabilities() {
 
 #[test]
 fn a_missing_required_capability_is_named_at_start() {
-    let Some(mut lab) = lab(1, &[0]) else { return };
+    let Some(lab) = lab(1, &[0]) else { return };
     lab.write_manifests(&manifests(&[Svc::new("web", "10.96.0.10").endpoint("10.1.0.2", "node1")]));
     // Without NET_ADMIN nothing can be installed: tpvs says so and exits before trying.
     let node = lab.node.clone();

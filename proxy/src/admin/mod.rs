@@ -53,7 +53,7 @@ pub struct Sources {
 /// stop them, and the bound addresses are logged here.
 pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<()> {
     let health = Arc::new(ProxyHealth::new(args.healthz_pending_timeout));
-    let metrics = Arc::new(metrics::Metrics::new(sources.clone()).context("registering metrics")?);
+    let metrics = Arc::new(metrics::Metrics::new(sources.clone(), args.metrics_max_backends).context("registering metrics")?);
     let (tables_tx, tables_rx) = watch::channel(sources.publisher.current());
 
     on_publish::register(&sources, Arc::clone(&health), Arc::clone(&metrics), tables_tx);

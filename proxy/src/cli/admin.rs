@@ -19,6 +19,11 @@ pub struct AdminArgs {
     /// uses twice its sync period).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub healthz_pending_timeout: Duration,
+    /// Per-backend series on /metrics for at most this many backends, the busiest (most
+    /// connections); every backend still counts in the per-Service-port `tpvs_service_*`
+    /// families. About 30 series a backend: raise it with care on large clusters.
+    #[arg(long, default_value_t = 1000)]
+    pub metrics_max_backends: usize,
 }
 
 /// A server address, or none (the flag set to "") to turn that server off.

@@ -1,5 +1,6 @@
-//! The one registered collector: everything read at scrape time, delegated to the table, data
-//! path and control plane readers in the order their families were always gathered.
+//! The one registered collector: the data path's and the control plane's counters, read at
+//! scrape time (a fixed number of series; the table's families, which grow with the cluster,
+//! are written as text by `table`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,7 +8,7 @@ use std::sync::Mutex;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
-use super::{control_plane, data_path, spec, table};
+use super::{control_plane, data_path, spec};
 use crate::admin::Sources;
 use crate::netfilter::VerdictCounts;
 
@@ -36,10 +37,7 @@ impl Collector for ScrapeCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let table = self.sources.publisher.current();
         let mut out = Vec::with_capacity(spec::ALL.len());
-        let metrics = self.sources.forward.as_ref().map(|f| f.dispatch.metrics().as_ref());
-        table::collect(&table, metrics, &mut out);
         data_path::collect(&self.sources, &self.last_verdicts, &mut out);
         control_plane::collect(&self.sources, &mut out);
         out

@@ -20,9 +20,10 @@
 //! - per Service port (`namespace`, `service`, `port`, `traffic_policy`): a few series each.
 //! - everything else has fixed labels.
 //!
-//! Each endpoint costs 28 series (17 of them the connect histogram): on a cluster with 10 000
-//! endpoints a node exports about 280 000; `deploy/prometheus/README.md` shows how to drop the
-//! per-backend histogram at scrape time when that is too many.
+//! Each endpoint costs about 30 series (17 of them the connect histogram), so per-backend
+//! series are kept only for the `--metrics-max-backends` busiest backends (1000 by default);
+//! the per-Service-port families (`tpvs_service_*`) sum every backend. The table's families are
+//! written as text in bounded chunks (`text`), never built whole.
 
 //! # Files
 //!
@@ -37,6 +38,7 @@ mod exposition;
 mod publish;
 mod spec;
 mod table;
+mod text;
 
 use prometheus::{Encoder as _, Registry, TextEncoder};
 use tracing::debug;
@@ -44,27 +46,42 @@ use tracing::debug;
 use super::Sources;
 pub use publish::PublishMetrics;
 
-/// The registry behind `/metrics`.
+/// Everything behind `/metrics`: the registry (fixed-size families) and the table's families,
+/// written as text.
 pub struct Metrics {
     registry: Registry,
+    sources: Sources,
+    max_backends: usize,
     pub publish: PublishMetrics,
 }
 
 impl Metrics {
-    pub fn new(sources: Sources) -> prometheus::Result<Self> {
+    pub fn new(sources: Sources, max_backends: usize) -> prometheus::Result<Self> {
         let registry = Registry::new();
         let publish = PublishMetrics::new(&registry)?;
-        registry.register(Box::new(collector::ScrapeCollector::new(sources)?))?;
-        Ok(Metrics { registry, publish })
+        registry.register(Box::new(collector::ScrapeCollector::new(sources.clone())?))?;
+        Ok(Metrics { registry, sources, max_backends, publish })
     }
 
-    /// The text exposition format.
-    pub fn render(&self) -> String {
+    /// The text exposition format, handed to `sink` in chunks of about 64 KiB as it is
+    /// written: a scrape holds one chunk at a time, however large the table.
+    pub fn render_to(&self, sink: &mut dyn FnMut(String)) {
+        let mut w = text::TextWriter::new(sink);
+        let table = self.sources.publisher.current();
+        let backend_metrics = self.sources.forward.as_ref().map(|f| f.dispatch.metrics().as_ref());
+        table::write(&table, backend_metrics, self.max_backends, &mut w);
         let families = self.registry.gather();
-        let mut out = Vec::with_capacity(64 * 1024);
+        let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             debug!(error = %e, "encoding metrics");
         }
-        String::from_utf8(out).unwrap_or_default()
+        w.raw(&String::from_utf8_lossy(&out));
+    }
+
+    /// The whole exposition as one string (tests, and callers that want it whole).
+    pub fn render(&self) -> String {
+        let mut all = String::new();
+        self.render_to(&mut |chunk| all.push_str(&chunk));
+        all
     }
 }

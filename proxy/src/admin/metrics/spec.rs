@@ -48,6 +48,13 @@ specs! {
     be_ejected = "tpvs_backend_ejected", G, BE, "1 while the backend is ejected (new connections skip it).";
     be_latency = "tpvs_backend_connect_duration_seconds", H, BE,
         "Time to establish the upstream TCP connection to the backend.";
+    be_omitted = "tpvs_metrics_backends_omitted", G, &[],
+        "Backends left out of the per-backend series of this scrape (--metrics-max-backends keeps the busiest).";
+    svc_conns = "tpvs_service_connections_total", C, SVC, "Connections opened to the Service port's backends (summed over them).";
+    svc_active = "tpvs_service_connections_active", G, SVC, "Connections open to the Service port's backends now.";
+    svc_bytes = "tpvs_service_bytes_total", C, &["namespace", "service", "port", "direction"],
+        "Bytes relayed to and from the Service port's backends, by direction.";
+    svc_failures = "tpvs_service_connect_failures_total", C, SVC, "Failed connect attempts to the Service port's backends.";
     svc_backends = "tpvs_service_endpoints", G, SVC,
         "Endpoints the Service port's frontends may pick (most over its frontends).";
     svc_local = "tpvs_service_local_endpoints", G, SVC, "Ready endpoints of the Service port on this node.";
