@@ -107,7 +107,7 @@ pub(crate) enum PublishLog {
     Caller,
 }
 
-/// What both sources do once their index holds a change: build the table, report conflicts,
+/// What both sources do once their index holds a change: build the table, report what it refused,
 /// publish it, and log one summary line. `build_started` is when the change began being
 /// processed; the publisher's duration metric and the line's `took_us` both count from it.
 pub(crate) fn build_and_publish(
@@ -116,9 +116,9 @@ pub(crate) fn build_and_publish(
     build_started: Instant,
     log: PublishLog,
 ) -> Arc<RoutingTable> {
-    let (table, conflicts) = index.build();
-    for c in conflicts {
-        warn!(error = %c, "frontend conflict");
+    let (table, refused) = index.build();
+    for r in refused {
+        warn!(error = %r, reason = r.reason(), "frontend refused");
     }
     let table = publisher.publish(table, build_started);
     let took_us = build_started.elapsed().as_micros() as u64;
