@@ -111,11 +111,41 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every value [`Self::reason`] can take, for exporting each (zero included).
+    pub const REASONS: [&'static str; 8] =
+        ["unspecified", "loopback", "link_local", "multicast", "broadcast", "not_allowed", "cluster_ip_taken", "conflict"];
+
     /// The metric label.
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::Address(a) => a.problem.label(),
             Refusal::Conflict(_) => "conflict",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_listed() {
+        let problems = [
+            AddressProblem::Unspecified,
+            AddressProblem::Loopback,
+            AddressProblem::LinkLocal,
+            AddressProblem::Multicast,
+            AddressProblem::Broadcast,
+            AddressProblem::NotAllowed,
+            AddressProblem::ClusterIpOf("a/b".into()),
+        ];
+        let addr = std::net::IpAddr::from([0, 0, 0, 0]);
+        let mut refusals: Vec<Refusal> = problems
+            .into_iter()
+            .map(|problem| AddressRefused { service: "t/s".into(), field: "spec.externalIPs", addr, problem }.into())
+            .collect();
+        refusals.push(FrontendConflict { frontend: "TCP 1.2.3.4:80".into(), winner: "a/b".into(), loser: "c/d".into() }.into());
+        let reasons: Vec<&str> = refusals.iter().map(Refusal::reason).collect();
+        assert_eq!(reasons, Refusal::REASONS);
     }
 }
