@@ -31,7 +31,7 @@ pub enum ManifestError {
 
 /// Two Services claiming the same frontend: a ClusterIP keeps it against any other kind, and
 /// otherwise the first in namespace/name order does.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 #[error("frontend {frontend} of {loser} is already served by {winner}; ignoring it for {loser}")]
 pub struct FrontendConflict {
     pub frontend: String,
@@ -40,7 +40,7 @@ pub struct FrontendConflict {
 }
 
 /// Why a Service may not have a frontend address it names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AddressProblem {
     /// `0.0.0.0` / `::`: the data plane keys NodePorts there, so it would answer on every
     /// node address (the node's own health and metrics ports included).
@@ -89,7 +89,7 @@ impl std::fmt::Display for AddressProblem {
 }
 
 /// One address of a Service left out of the table; the Service's other frontends are served.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 #[error("{service}: {field} {addr} refused: {problem}")]
 pub struct AddressRefused {
     /// namespace/name.
@@ -102,7 +102,7 @@ pub struct AddressRefused {
 
 /// A frontend the table leaves out, and why: carried by the table itself, so every reader
 /// (the listing, metrics) sees the same set as the data plane.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum Refusal {
     #[error(transparent)]
     Address(#[from] AddressRefused),
