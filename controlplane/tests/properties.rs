@@ -20,7 +20,7 @@ use controlplane::addresses::class_problem;
 use controlplane::compile::compile_service;
 use controlplane::model::{NodeInfo, ServiceInfo, SliceInfo};
 use controlplane::{
-    ClusterIndex, CompileOptions, FrontendKind, ManifestError, ManifestSource, ObjectKey, Publisher, Refusal, RoutingTable,
+    ClusterIndex, CompileOptions, FrontendKind, IpNet, ManifestError, ManifestSource, ObjectKey, Publisher, Refusal, RoutingTable,
     TrafficPolicy,
 };
 use k8s_openapi::api::core::v1::Service;
@@ -201,6 +201,16 @@ fn build(services: &[ServiceInfo], slices: &[SliceInfo]) -> RoutingTable {
 
 /// The table's contract with the data plane and with the operator.
 fn check_invariants(table: &RoutingTable, services: &[ServiceInfo], slices: &[SliceInfo]) -> Result<(), TestCaseError> {
+    check_invariants_with(table, services, slices, &[])
+}
+
+/// [`check_invariants`] for a table compiled with `--external-ip-cidrs` set to `allowed`.
+fn check_invariants_with(
+    table: &RoutingTable,
+    services: &[ServiceInfo],
+    slices: &[SliceInfo],
+    allowed: &[IpNet],
+) -> Result<(), TestCaseError> {
     let by_key: BTreeMap<ObjectKey, &ServiceInfo> = services.iter().map(|s| (s.key.clone(), s)).collect();
     let cluster_ips: BTreeSet<IpAddr> =
         services.iter().flat_map(|s| s.cluster_ips.iter().copied()).filter(|ip| class_problem(*ip).is_none()).collect();
@@ -215,7 +225,15 @@ fn check_invariants(table: &RoutingTable, services: &[ServiceInfo], slices: &[Sl
         match f.kind {
             FrontendKind::ClusterIp => prop_assert!(svc.cluster_ips.contains(&f.key.addr), "{} is not {owner}'s ClusterIP", f.key),
             FrontendKind::NodePort => {}
-            _ => prop_assert!(!cluster_ips.contains(&f.key.addr), "{} {} of {owner} takes a ClusterIP", f.kind, f.key),
+            _ => {
+                prop_assert!(!cluster_ips.contains(&f.key.addr), "{} {} of {owner} takes a ClusterIP", f.kind, f.key);
+                prop_assert!(
+                    allowed.is_empty() || allowed.iter().any(|n| n.contains(&f.key.addr)),
+                    "{} {} of {owner} is outside --external-ip-cidrs",
+                    f.kind,
+                    f.key
+                );
+            }
         }
         let local = if f.kind.is_external() { svc.external_policy_local } else { svc.internal_policy_local };
         prop_assert_eq!(f.policy == TrafficPolicy::Local, local, "{} policy", f.key);
@@ -293,10 +311,11 @@ impl Drop for TempManifest {
     }
 }
 
-fn load(text: &str) -> (controlplane::ReloadReport, Arc<RoutingTable>, PathBuf) {
+fn load(text: &str, allowed: &[IpNet]) -> (controlplane::ReloadReport, Arc<RoutingTable>, PathBuf) {
     let file = TempManifest::new(text);
     let publisher = Arc::new(Publisher::new());
-    let mut source = ManifestSource::new(file.path().to_path_buf(), opts(), Arc::clone(&publisher));
+    let opts = CompileOptions { external_ip_cidrs: allowed.to_vec(), ..opts() };
+    let mut source = ManifestSource::new(file.path().to_path_buf(), opts, Arc::clone(&publisher));
     let report = source.reload();
     (report, publisher.current(), file.path().to_path_buf())
 }
@@ -307,9 +326,16 @@ proptest! {
     /// Generated objects through the whole offline path: every error names the file, the
     /// document and the object in it, and the table keeps its invariants.
     #[test]
-    fn manifests_compile_to_a_table_that_keeps_its_invariants(objects in objects()) {
+    fn manifests_compile_to_a_table_that_keeps_its_invariants(
+        objects in objects(),
+        allowed in prop_oneof![
+            2 => Just(Vec::new()),
+            1 => prop::sample::subsequence(vec!["10.96.0.0/31", "192.0.2.0/24", "fd00::/127"], 1..3),
+        ],
+    ) {
+        let allowed: Vec<IpNet> = allowed.iter().filter_map(|c| c.parse().ok()).collect();
         let text: String = objects.iter().map(|v| format!("{v}\n---\n")).collect();
-        let (report, table, path) = load(&text);
+        let (report, table, path) = load(&text, &allowed);
         for e in &report.errors {
             match e {
                 ManifestError::Object { path: p, document, name, .. } => {
@@ -323,7 +349,7 @@ proptest! {
         }
         let (services, slices) = convert(&objects);
         prop_assert_eq!(report.services, services.len());
-        check_invariants(&table, &services, &slices)?;
+        check_invariants_with(&table, &services, &slices, &allowed)?;
     }
 
     /// Fed change by change (upserts, removals, a build between each batch), the index ends
@@ -377,7 +403,7 @@ proptest! {
             "!!binary ", "\"", "'", "\t", "\n", "null\n", "endpoints: [{addresses: []}]\n", "addressType: IPv6\n",
         ]), 0..40).prop_map(|parts| parts.concat()),
     ]) {
-        let (report, _, path) = load(&text);
+        let (report, _, path) = load(&text, &[]);
         for e in &report.errors {
             let named = match e {
                 ManifestError::Read { path: p, .. } | ManifestError::Yaml { path: p, .. } | ManifestError::Object { path: p, .. } => p,
