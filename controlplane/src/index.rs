@@ -149,7 +149,8 @@ impl ClusterIndex {
 
     /// Recompiles the Services touched since the last build and returns the new table (its
     /// generation is stamped by the publisher, and it carries every refusal in force), plus
-    /// what this build newly refused (for the log).
+    /// what this build's compiles refused (a Service retried after losing a conflict reports
+    /// it again: compare tables' [`RoutingTable::refused`] to see what changed).
     pub fn build(&mut self) -> (RoutingTable, Vec<Refusal>) {
         let mut found = Vec::new();
         if !self.dirty.is_empty() {
