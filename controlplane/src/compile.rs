@@ -22,6 +22,9 @@ pub struct CompileOptions {
     pub scheduler_options: SchedulerOptions,
     /// Shared per-backend counters, so rebuilt sets keep their connection counts.
     pub registry: Arc<StatsRegistry>,
+    /// The only ranges externalIPs and load-balancer IPs may come from
+    /// (`--external-ip-cidrs`); empty allows all, as kube-proxy does.
+    pub external_ip_cidrs: Vec<ipnet::IpNet>,
 }
 
 impl Default for CompileOptions {
@@ -31,6 +34,7 @@ impl Default for CompileOptions {
             default_scheduler: SchedulerKind::Rr,
             scheduler_options: SchedulerOptions::default(),
             registry: Arc::new(StatsRegistry::new()),
+            external_ip_cidrs: Vec::new(),
         }
     }
 }
@@ -193,7 +197,8 @@ impl SchedulerCache<'_> {
     }
 }
 
-/// Every frontend of one Service.
+/// Every frontend of one Service, taking its addresses as given: the index vets them first
+/// (see [`crate::addresses`]).
 pub fn compile_service(
     svc: &ServiceInfo,
     slices: &[&SliceInfo],

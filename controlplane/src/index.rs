@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::addresses::{AddressBook, vet};
 use crate::compile::{CompileOptions, compile_service};
-use crate::error::FrontendConflict;
+use crate::error::{FrontendConflict, Refusal};
 use crate::model::{NodeInfo, ObjectKey, ServiceInfo, SliceInfo};
-use crate::table::{Frontend, FrontendKey, RoutingTable};
+use crate::table::{Frontend, FrontendKey, FrontendKind, RoutingTable};
 
 #[derive(Debug)]
 pub struct ClusterIndex {
@@ -33,6 +34,11 @@ pub struct ClusterIndex {
     /// Services that lost a frontend to another; retried whenever anything changes, so the
     /// loser takes over when the winner goes away.
     conflicted: FxHashSet<ObjectKey>,
+    /// ClusterIP owners and external claims, for vetting each Service's addresses.
+    addresses: AddressBook,
+    /// What each Service asked for and was refused, as of its last compile (or its loss of a
+    /// frontend to another Service since).
+    refused: FxHashMap<ObjectKey, Vec<Refusal>>,
 }
 
 impl ClusterIndex {
@@ -48,6 +54,8 @@ impl ClusterIndex {
             frontends: FxHashMap::default(),
             dirty: FxHashSet::default(),
             conflicted: FxHashSet::default(),
+            addresses: AddressBook::default(),
+            refused: FxHashMap::default(),
         }
     }
 
@@ -92,13 +100,19 @@ impl ClusterIndex {
         if self.services.get(&info.key) == Some(&info) {
             return;
         }
-        self.dirty.insert(info.key.clone());
-        self.services.insert(info.key.clone(), info);
+        let key = info.key.clone();
+        self.dirty.insert(key.clone());
+        // A ClusterIP appearing or leaving changes which addresses other Services may claim.
+        let touched = self.addresses.update(self.services.get(&key), Some(&info));
+        self.dirty.extend(touched);
+        self.services.insert(key, info);
     }
 
     pub fn remove_service(&mut self, key: &ObjectKey) {
-        if self.services.remove(key).is_some() {
+        if let Some(old) = self.services.remove(key) {
             self.dirty.insert(key.clone());
+            let touched = self.addresses.update(Some(&old), None);
+            self.dirty.extend(touched);
         }
     }
 
@@ -134,9 +148,11 @@ impl ClusterIndex {
     }
 
     /// Recompiles the Services touched since the last build and returns the new table (its
-    /// generation is stamped by the publisher), plus any frontend conflicts found.
-    pub fn build(&mut self) -> (RoutingTable, Vec<FrontendConflict>) {
-        let mut conflicts = Vec::new();
+    /// generation is stamped by the publisher, and it carries every refusal in force), plus
+    /// what this build's compiles refused (a Service retried after losing a conflict reports
+    /// it again: compare tables' [`RoutingTable::refused`] to see what changed).
+    pub fn build(&mut self) -> (RoutingTable, Vec<Refusal>) {
+        let mut found = Vec::new();
         if !self.dirty.is_empty() {
             self.dirty.extend(self.conflicted.drain());
         }
@@ -145,6 +161,7 @@ impl ClusterIndex {
         // on event order.
         dirty.sort();
         for key in &dirty {
+            self.refused.remove(key);
             for fk in self.owned.remove(key).unwrap_or_default() {
                 if self.frontends.get(&fk).is_some_and(|f| same_service(f, key)) {
                     self.frontends.remove(&fk);
@@ -153,6 +170,8 @@ impl ClusterIndex {
         }
         for key in &dirty {
             let Some(svc) = self.services.get(key) else { continue };
+            let (svc, bad_addresses) = vet(svc, &self.opts.external_ip_cidrs, &self.addresses);
+            let mut refused: Vec<Refusal> = bad_addresses.into_iter().map(Refusal::from).collect();
             let slices: Vec<&SliceInfo> = self
                 .slices_of
                 .get(key)
@@ -161,7 +180,7 @@ impl ClusterIndex {
                 .filter_map(|sk| self.slices.get(sk))
                 .collect();
             let mut owned = Vec::new();
-            for frontend in compile_service(svc, &slices, &self.node, &self.opts) {
+            for frontend in compile_service(&svc, &slices, &self.node, &self.opts) {
                 let fk = frontend.key;
                 if let Some(existing) = self.frontends.get(&fk) {
                     let holder = ObjectKey {
@@ -169,21 +188,20 @@ impl ClusterIndex {
                         name: Arc::clone(&existing.service.name),
                     };
                     if holder != *key {
-                        if holder < *key {
-                            conflicts.push(FrontendConflict {
-                                frontend: format!("{} {}", fk.proto, fk),
-                                winner: holder.to_string(),
-                                loser: key.to_string(),
-                            });
+                        let conflict = |winner: &ObjectKey, loser: &ObjectKey| FrontendConflict {
+                            frontend: format!("{} {}", fk.proto, fk),
+                            winner: winner.to_string(),
+                            loser: loser.to_string(),
+                        };
+                        if rank(existing.kind, &holder) < rank(frontend.kind, key) {
+                            refused.push(conflict(&holder, key).into());
                             self.conflicted.insert(key.clone());
                             continue;
                         }
-                        // The newcomer sorts first: it takes the frontend, the holder retries.
-                        conflicts.push(FrontendConflict {
-                            frontend: format!("{} {}", fk.proto, fk),
-                            winner: key.to_string(),
-                            loser: holder.to_string(),
-                        });
+                        // The newcomer ranks first: it takes the frontend, the holder retries.
+                        let lost = Refusal::from(conflict(key, &holder));
+                        found.push(lost.clone());
+                        self.refused.entry(holder.clone()).or_default().push(lost);
                         if let Some(keys) = self.owned.get_mut(&holder) {
                             keys.retain(|k| *k != fk);
                         }
@@ -194,9 +212,22 @@ impl ClusterIndex {
                 owned.push(fk);
             }
             self.owned.insert(key.clone(), owned);
+            if !refused.is_empty() {
+                found.extend(refused.iter().cloned());
+                self.refused.insert(key.clone(), refused);
+            }
         }
-        (RoutingTable::new(0, self.frontends.clone()), conflicts)
+        let mut all: Vec<(&ObjectKey, &Vec<Refusal>)> = self.refused.iter().collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        let all: Arc<[Refusal]> = all.into_iter().flat_map(|(_, r)| r.iter().cloned()).collect();
+        (RoutingTable::new(0, self.frontends.clone()).with_refused(all), found)
     }
+}
+
+/// Who keeps a frontend two Services claim: a ClusterIP against any other kind (an address
+/// handed out by the cluster beats one written into a Service), then namespace/name order.
+fn rank(kind: FrontendKind, service: &ObjectKey) -> (bool, &ObjectKey) {
+    (kind != FrontendKind::ClusterIp, service)
 }
 
 fn same_service(f: &Frontend, key: &ObjectKey) -> bool {

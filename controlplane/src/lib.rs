@@ -6,6 +6,8 @@
 //!   address:port/protocol, each with its policy, affinity and scheduler).
 //! - [`model`]: Services, EndpointSlices and the Node converted once, at ingestion, into the
 //!   small validated structs the compiler needs; malformed objects are rejected here.
+//! - [`addresses`]: which frontend addresses a Service may claim (no node, multicast or
+//!   disallowed address, never another Service's ClusterIP).
 //! - [`compile`]: one Service + its slices → its frontends, with kube-proxy's endpoint
 //!   selection (ready, else serving-terminating; Local vs Cluster; topology hints).
 //! - [`index`]: the live set of objects, recompiling only the Services an event touched.
@@ -22,6 +24,7 @@
 //! the data plane's sockets or rules: the `tpvs` binary owns all of that mechanism, and learns
 //! of each new table through [`Publisher::on_publish`].
 
+pub mod addresses;
 pub mod compile;
 pub mod error;
 pub mod index;
@@ -32,7 +35,8 @@ pub mod publish;
 pub mod table;
 
 pub use compile::CompileOptions;
-pub use error::{FrontendConflict, ManifestError, ObjectError};
+pub use error::{AddressProblem, AddressRefused, FrontendConflict, ManifestError, ObjectError, Refusal};
+pub use ipnet::IpNet;
 pub use index::ClusterIndex;
 pub use kube_source::{BESIDE_KUBE_PROXY, KubeSource, KubeSourceConfig, KubeSourceError, KubeSourceHandle, KubeSourceStats};
 pub use manifests::{ManifestSource, ReloadReport, SourceStats};

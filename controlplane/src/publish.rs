@@ -1,5 +1,6 @@
 //! Publishing: one atomic store per table change; readers never block.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tracing::{debug, info, warn};
 
+use crate::error::Refusal;
 use crate::index::ClusterIndex;
 use crate::table::RoutingTable;
 
@@ -107,7 +109,7 @@ pub(crate) enum PublishLog {
     Caller,
 }
 
-/// What both sources do once their index holds a change: build the table, report conflicts,
+/// What both sources do once their index holds a change: build the table, report what it refused,
 /// publish it, and log one summary line. `build_started` is when the change began being
 /// processed; the publisher's duration metric and the line's `took_us` both count from it.
 pub(crate) fn build_and_publish(
@@ -116,9 +118,17 @@ pub(crate) fn build_and_publish(
     build_started: Instant,
     log: PublishLog,
 ) -> Arc<RoutingTable> {
-    let (table, conflicts) = index.build();
-    for c in conflicts {
-        warn!(error = %c, "frontend conflict");
+    let (table, _) = index.build();
+    // Logged when a refusal appears and when it clears, not on every rebuild it persists
+    // through: a Service that lost a conflict is retried on every change, which in a busy
+    // cluster is several times a second.
+    let before = publisher.current();
+    let (appeared, cleared) = refusal_changes(before.refused(), table.refused());
+    for r in appeared {
+        warn!(error = %r, reason = r.reason(), "frontend refused");
+    }
+    for r in cleared {
+        info!(was = %r, "frontend no longer refused");
     }
     let table = publisher.publish(table, build_started);
     let took_us = build_started.elapsed().as_micros() as u64;
@@ -132,4 +142,29 @@ pub(crate) fn build_and_publish(
         PublishLog::Caller => {}
     }
     table
+}
+
+/// The refusals in `now` that `before` did not have, and those of `before` that are gone.
+fn refusal_changes<'a>(before: &'a [Refusal], now: &'a [Refusal]) -> (Vec<&'a Refusal>, Vec<&'a Refusal>) {
+    let (was, is): (HashSet<&Refusal>, HashSet<&Refusal>) = (before.iter().collect(), now.iter().collect());
+    (now.iter().filter(|r| !was.contains(r)).collect(), before.iter().filter(|r| !is.contains(r)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::FrontendConflict;
+
+    fn conflict(loser: &str) -> Refusal {
+        FrontendConflict { frontend: "TCP 10.96.0.1:80".into(), winner: "t/a".into(), loser: loser.into() }.into()
+    }
+
+    #[test]
+    fn a_refusal_is_reported_when_it_appears_and_when_it_clears_not_while_it_lasts() {
+        let (b, c, d) = (conflict("t/b"), conflict("t/c"), conflict("t/d"));
+        let before = [b.clone(), c.clone()];
+        let now = [c.clone(), d.clone()];
+        assert_eq!(refusal_changes(&before, &now), (vec![&d], vec![&b]));
+        assert_eq!(refusal_changes(&now, &now), (vec![], vec![]), "a lasting refusal is not logged again");
+    }
 }

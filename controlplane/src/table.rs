@@ -11,6 +11,8 @@ use std::time::Duration;
 use rustc_hash::FxHashMap;
 use schedulers::{BackendSet, Scheduler, SchedulerKind};
 
+use crate::error::Refusal;
+
 /// Transport protocol of a frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -208,11 +210,25 @@ pub struct RoutingTable {
     /// Bumps on every publish.
     pub generation: u64,
     frontends: FxHashMap<FrontendKey, Arc<Frontend>>,
+    /// What the input asked for and the table left out, sorted by Service.
+    refused: Arc<[Refusal]>,
 }
 
 impl RoutingTable {
     pub fn new(generation: u64, frontends: FxHashMap<FrontendKey, Arc<Frontend>>) -> Self {
-        RoutingTable { generation, frontends }
+        RoutingTable { generation, frontends, refused: Arc::new([]) }
+    }
+
+    /// The table with the frontends its inputs named but it refused.
+    pub fn with_refused(mut self, refused: Arc<[Refusal]>) -> Self {
+        self.refused = refused;
+        self
+    }
+
+    /// Every frontend refused (bad address, another Service's ClusterIP, a conflict), as of
+    /// this table: an operator's to-do list, empty when the input is clean.
+    pub fn refused(&self) -> &[Refusal] {
+        &self.refused
     }
 
     /// The frontend for an exact address:port/protocol.

@@ -7,10 +7,22 @@ use std::sync::Arc;
 
 use common::{service, slice};
 use controlplane::model::{ServiceInfo, SliceInfo};
-use controlplane::{ClusterIndex, CompileOptions, FrontendKey, ObjectKey, Protocol, WhenEmpty};
+use controlplane::{AddressProblem, ClusterIndex, CompileOptions, FrontendKey, FrontendKind, ObjectKey, Protocol, Refusal, WhenEmpty};
 
 fn svc_info(ns: &str, name: &str, ip: &str) -> ServiceInfo {
     match ServiceInfo::from_service(&service(ns, name, ip, 80)) {
+        Ok(Ok(info)) => info,
+        other => panic!("fixture service did not convert: {other:?}"),
+    }
+}
+
+/// A Service at `ip` that also names `external` as its externalIPs.
+fn svc_with_external(ns: &str, name: &str, ip: &str, external: &[&str]) -> ServiceInfo {
+    let mut svc = service(ns, name, ip, 80);
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.external_ips = Some(external.iter().map(|s| s.to_string()).collect());
+    }
+    match ServiceInfo::from_service(&svc) {
         Ok(Ok(info)) => info,
         other => panic!("fixture service did not convert: {other:?}"),
     }
@@ -114,8 +126,11 @@ fn conflicting_services_first_name_wins_and_loser_takes_over_later() {
     index.upsert_service(svc_info("ns", "alpha", "10.96.0.1"));
     index.upsert_slice(slice_info("ns", "alpha-1", "alpha", &["10.1.0.1"]));
     let (t, conflicts) = index.build();
-    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
-    assert_eq!(conflicts[0].winner, "ns/alpha");
+    assert!(
+        matches!(conflicts.as_slice(), [Refusal::Conflict(c)] if c.winner == "ns/alpha" && c.loser == "ns/zeta"),
+        "{conflicts:?}"
+    );
+    assert_eq!(t.refused(), conflicts.as_slice(), "the table carries the refusal in force");
     assert_eq!(addrs(&t, "10.96.0.1"), vec![sa("10.1.0.1:8080")]);
 
     index.remove_service(&ObjectKey::new("ns", "alpha"));
@@ -134,4 +149,70 @@ fn a_slice_relabelled_to_another_service_moves() {
     let (t, _) = index.build();
     assert!(addrs(&t, "10.96.0.1").is_empty());
     assert_eq!(addrs(&t, "10.96.0.2"), vec![sa("10.1.0.1:8080")]);
+}
+
+#[test]
+fn a_cluster_ip_is_never_taken_by_another_services_external_ip_whatever_the_order() {
+    // `aaa` sorts first, so by name alone it would win; it arrives first, too.
+    let mut index = ClusterIndex::new(CompileOptions::default());
+    index.upsert_service(svc_with_external("ns", "aaa", "10.96.0.50", &["10.96.0.10"]));
+    index.upsert_slice(slice_info("ns", "aaa-1", "aaa", &["10.1.0.66"]));
+    let (t, _) = index.build();
+    assert_eq!(addrs(&t, "10.96.0.10"), vec![sa("10.1.0.66:8080")], "no ClusterIP there yet: an externalIP like any");
+
+    index.upsert_service(svc_info("ns", "zzz-dns", "10.96.0.10"));
+    index.upsert_slice(slice_info("ns", "zzz-dns-1", "zzz-dns", &["10.1.0.53"]));
+    let (t, found) = index.build();
+    let f = t.get(&key("10.96.0.10")).unwrap_or_else(|| panic!("the ClusterIP must be served"));
+    assert_eq!((f.kind, &*f.service.name), (FrontendKind::ClusterIp, "zzz-dns"));
+    assert_eq!(addrs(&t, "10.96.0.10"), vec![sa("10.1.0.53:8080")]);
+    assert_eq!(addrs(&t, "10.96.0.50"), vec![sa("10.1.0.66:8080")], "the claimer keeps its own ClusterIP");
+    let want = |r: &Refusal| {
+        matches!(r, Refusal::Address(a) if a.service == "ns/aaa" && a.field == "spec.externalIPs"
+            && a.problem == AddressProblem::ClusterIpOf("ns/zzz-dns".into()))
+    };
+    assert!(matches!(found.as_slice(), [r] if want(r)), "{found:?}");
+    assert!(matches!(t.refused(), [r] if want(r)), "{:?}", t.refused());
+    let msg = t.refused()[0].to_string();
+    assert!(msg.contains("ns/aaa") && msg.contains("ns/zzz-dns") && msg.contains("10.96.0.10"), "{msg}");
+
+    // An unrelated change keeps it that way, and the refusal stays on record.
+    index.upsert_service(svc_info("ns", "other", "10.96.0.77"));
+    let (t, _) = index.build();
+    assert_eq!(addrs(&t, "10.96.0.10"), vec![sa("10.1.0.53:8080")]);
+    assert_eq!(t.refused().len(), 1);
+
+    // The ClusterIP gone, the address is free to claim again.
+    index.remove_service(&ObjectKey::new("ns", "zzz-dns"));
+    let (t, _) = index.build();
+    assert_eq!(addrs(&t, "10.96.0.10"), vec![sa("10.1.0.66:8080")]);
+    assert!(t.refused().is_empty(), "{:?}", t.refused());
+}
+
+#[test]
+fn an_unspecified_external_ip_is_refused_and_the_rest_of_the_service_served() {
+    let mut index = ClusterIndex::new(CompileOptions::default());
+    index.upsert_service(svc_with_external("ns", "wild", "10.96.0.1", &["0.0.0.0", "192.0.2.1"]));
+    index.upsert_slice(slice_info("ns", "wild-1", "wild", &["10.1.0.1"]));
+    let (t, _) = index.build();
+    let mut have: Vec<String> = t.frontends().map(|f| f.key.to_string()).collect();
+    have.sort();
+    assert_eq!(have, ["10.96.0.1:80", "192.0.2.1:80"]);
+    assert!(
+        matches!(t.refused(), [Refusal::Address(a)] if a.addr.is_unspecified() && a.problem == AddressProblem::Unspecified),
+        "{:?}",
+        t.refused()
+    );
+}
+
+#[test]
+fn external_ip_cidrs_restrict_external_ips_only() {
+    let opts = CompileOptions { external_ip_cidrs: vec!["192.0.2.0/24".parse().unwrap_or_else(|e| panic!("{e}"))], ..CompileOptions::default() };
+    let mut index = ClusterIndex::new(opts);
+    index.upsert_service(svc_with_external("ns", "web", "10.96.0.1", &["192.0.2.1", "203.0.113.1"]));
+    let (t, _) = index.build();
+    let mut have: Vec<String> = t.frontends().map(|f| f.key.to_string()).collect();
+    have.sort();
+    assert_eq!(have, ["10.96.0.1:80", "192.0.2.1:80"]);
+    assert!(matches!(t.refused(), [Refusal::Address(a)] if a.problem == AddressProblem::NotAllowed), "{:?}", t.refused());
 }

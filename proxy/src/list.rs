@@ -3,7 +3,12 @@
 //! One line per frontend (protocol, address, scheduler, kind, Service port, policy, affinity),
 //! then one `->` line per backend (address, weight, state, node, zone, counters). A frontend
 //! with no backend says what the data plane does with its connections (reject or drop).
+//!
+//! Names come from input (a manifest may name a Service anything), so every name the text
+//! prints is escaped: a newline or a terminal escape in a name cannot break or forge a line.
+//! The JSON output carries them exactly.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
@@ -26,9 +31,11 @@ pub fn run(manifests: &Path, args: &ListArgs) -> anyhow::Result<ExitCode> {
         print!("{}", render(&table));
         print!("{}", render_skipped(&report));
     }
-    // Errors go to stderr so `--json` output stays parseable; the exit code flags them.
-    eprint!("{}", render_errors(&report));
-    Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    // Errors go to stderr so `--json` output stays parseable; the exit code flags them, and a
+    // refused frontend (a bad address, another Service's ClusterIP) is an error like any.
+    eprint!("{}{}", render_errors(&report), render_refused(&table));
+    let clean = report.errors.is_empty() && table.refused().is_empty();
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// The table as text; pure, so golden tests pin it.
@@ -59,7 +66,13 @@ pub fn render_view(table: &JsonTable) -> String {
         let _ = writeln!(
             out,
             "{:<4} {:<25} {:<9} {:<12} {:<30} {:<7} {}",
-            f.protocol, f.address, f.scheduler, f.kind, f.service, f.policy, affinity,
+            f.protocol,
+            f.address,
+            f.scheduler,
+            f.kind,
+            printable(&f.service),
+            f.policy,
+            affinity,
         );
         if f.backends.is_empty() {
             let _ = writeln!(out, "  (no endpoints: {})", f.when_empty);
@@ -78,8 +91,8 @@ pub fn render_view(table: &JsonTable) -> String {
                 b.address,
                 b.weight,
                 state,
-                b.node.as_deref().unwrap_or("-"),
-                b.zone.as_deref().unwrap_or("-"),
+                printable(b.node.as_deref().unwrap_or("-")),
+                printable(b.zone.as_deref().unwrap_or("-")),
                 b.active,
                 b.connections,
             );
@@ -92,7 +105,7 @@ pub fn render_view(table: &JsonTable) -> String {
 pub fn render_skipped(report: &ReloadReport) -> String {
     let mut out = String::new();
     for (service, why) in &report.skipped {
-        let _ = writeln!(out, "# not proxied: {service}: {why}");
+        let _ = writeln!(out, "# not proxied: {}: {}", printable(&service.to_string()), printable(&why.to_string()));
     }
     out
 }
@@ -101,7 +114,63 @@ pub fn render_skipped(report: &ReloadReport) -> String {
 pub fn render_errors(report: &ReloadReport) -> String {
     let mut out = String::new();
     for e in &report.errors {
-        let _ = writeln!(out, "error: {e}");
+        let _ = writeln!(out, "error: {}", printable(&e.to_string()));
     }
     out
+}
+
+/// One line per frontend the table refused, naming the Service(s) and the address.
+pub fn render_refused(table: &RoutingTable) -> String {
+    let mut out = String::new();
+    for r in table.refused() {
+        let _ = writeln!(out, "error: {}", printable(&r.to_string()));
+    }
+    out
+}
+
+/// `s` with every control and invisible formatting character written as an escape (`\n`,
+/// `\u{202e}`), and `\` doubled so an escape in the output is never ambiguous. Borrows when
+/// there is nothing to escape, which for real Kubernetes names (DNS labels) is always.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(|c| c == '\\' || hidden(c)) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if hidden(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Characters a terminal does not show as themselves: C0/C1 controls (newlines, escape
+/// sequences), and the invisible format characters that reorder or hide text (bidi overrides
+/// and isolates, zero-width characters, the byte-order mark, the soft hyphen).
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_what_a_terminal_hides_and_borrows_the_rest() {
+        assert!(matches!(printable("default/web:http"), Cow::Borrowed("default/web:http")));
+        assert_eq!(printable("a\nTCP  6.6.6.6:80"), "a\\nTCP  6.6.6.6:80");
+        assert_eq!(printable("x\u{1b}[2Jy\r\t"), "x\\u{1b}[2Jy\\r\\t");
+        assert_eq!(printable("evil\u{202e}txt.exe\u{200b}"), "evil\\u{202e}txt.exe\\u{200b}");
+        assert_eq!(printable("back\\slash"), "back\\\\slash", "a literal backslash cannot forge an escape");
+        assert_eq!(printable("zone-é-ü"), "zone-é-ü", "printable non-ASCII stays as it is");
+        assert_eq!(printable("\u{85}\u{7f}"), "\\u{85}\\u{7f}");
+    }
 }

@@ -1,30 +1,41 @@
 //! Golden tests: a manifests fixture → the table `tpvs list` prints, pinned in a `.txt` file.
 //!
 //! Each `tests/golden/NAME.yaml` starts with `# node: NAME`, the node the table is compiled
-//! for. Run with `UPDATE_GOLDEN=1` to rewrite the expectations after an intended change, then
+//! for; a `# external-ip-cidrs: CIDR,...` line after it sets that flag. Run with `UPDATE_GOLDEN=1` to rewrite the expectations after an intended change, then
 //! read the diff: it is the behaviour change.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use controlplane::{CompileOptions, ManifestSource, Publisher};
+use controlplane::{CompileOptions, IpNet, ManifestSource, Publisher};
 
 fn node_of(fixture: &Path) -> Option<String> {
     let text = std::fs::read_to_string(fixture).ok()?;
     text.lines().next()?.strip_prefix("# node: ").map(|s| s.trim().to_string())
 }
 
+/// The `# external-ip-cidrs:` header line's CIDRs, if any.
+fn cidrs_of(fixture: &Path) -> Vec<IpNet> {
+    let text = std::fs::read_to_string(fixture).unwrap_or_default();
+    let Some(list) = text.lines().take_while(|l| l.starts_with('#')).find_map(|l| l.strip_prefix("# external-ip-cidrs: ")) else {
+        return Vec::new();
+    };
+    list.split(',').map(|c| c.trim().parse().unwrap_or_else(|e| panic!("{fixture:?}: {c}: {e}"))).collect()
+}
+
 fn render_fixture(fixture: &Path) -> String {
     let publisher = Arc::new(Publisher::new());
-    let opts = CompileOptions { node_name: node_of(fixture), ..CompileOptions::default() };
+    let opts =
+        CompileOptions { node_name: node_of(fixture), external_ip_cidrs: cidrs_of(fixture), ..CompileOptions::default() };
     let mut source = ManifestSource::new(fixture.to_path_buf(), opts, Arc::clone(&publisher));
     let report = source.reload();
     let table = publisher.current();
     format!(
-        "{}{}{}",
+        "{}{}{}{}",
         tpvs::list::render(&table),
         tpvs::list::render_skipped(&report),
-        tpvs::list::render_errors(&report)
+        tpvs::list::render_errors(&report),
+        tpvs::list::render_refused(&table)
     )
 }
 
@@ -71,6 +82,37 @@ fn golden_selection() {
 #[test]
 fn golden_errors() {
     check("errors");
+}
+
+#[test]
+fn golden_hijack() {
+    check("hijack");
+}
+
+#[test]
+fn golden_external_ip_cidrs() {
+    check("external_ip_cidrs");
+}
+
+#[test]
+fn golden_names() {
+    check("names");
+}
+
+/// The text listing escapes names; the JSON carries them exactly, for scripts.
+#[test]
+fn json_keeps_names_exact() {
+    let publisher = Arc::new(Publisher::new());
+    let opts = CompileOptions { node_name: Some("node-a".into()), ..CompileOptions::default() };
+    let mut source = ManifestSource::new(PathBuf::from("tests/golden/names.yaml"), opts, Arc::clone(&publisher));
+    source.reload();
+    let view = tpvs::view::json_view(&publisher.current(), None);
+    let json = serde_json::to_string(&view).unwrap_or_else(|e| panic!("{e}"));
+    let back: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+    let f = &back["frontends"][0];
+    assert_eq!(f["service"], "t/web\nTCP  6.6.6.6:80              rr        ClusterIP    forged/line:http\u{1b}[2J");
+    assert_eq!(f["backends"][0]["node"], "node-b\r\tx");
+    assert_eq!(f["backends"][0]["zone"], "zone\u{202e}a\\b");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The control plane's counters, read at scrape time: manifest reloads, Kubernetes watch
-//! events and errors, rejected input, and network-programming latency.
+//! events and errors, rejected input (objects, and frontends the live table refuses), and
+//! network-programming latency.
 
 use std::time::Duration;
 
@@ -49,6 +50,16 @@ pub(super) fn collect(sources: &Sources, out: &mut Vec<MetricFamily>) {
     if !errors.mf.get_metric().is_empty() {
         out.push(errors.mf);
     }
+    // A gauge of what is refused now (not a count of events): it falls back to zero when the
+    // input is fixed, so an alert on it clears by itself.
+    let table = sources.publisher.current();
+    let mut refused = Fam::new(&spec::refused_frontends);
+    // Every reason, zero included, so a dashboard sees the series before the first refusal.
+    for reason in controlplane::Refusal::REASONS {
+        let n = table.refused().iter().filter(|r| r.reason() == reason).count();
+        refused.value(&[("reason", reason)], n as f64);
+    }
+    out.push(refused.mf);
     if let Some((buckets, count, sum)) = programming {
         let mut f = Fam::new(&spec::kp_programming);
         f.histogram(&[], &HistogramSnapshot { buckets, count, sum_seconds: sum.as_secs_f64() });
