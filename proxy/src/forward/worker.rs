@@ -69,7 +69,7 @@ fn run_worker(index: usize, shared: Arc<Shared>, ready: Ready<bool>) {
     let has_v6 = l6.is_some();
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let pool = Rc::new(PipePool::new(PIPE_POOL));
+        let pool = Rc::new(PipePool::new(PIPE_POOL, Arc::clone(&shared.pipes)));
         let mut listeners = Vec::new();
         for (std_listener, addr) in [(Some(l4), v4), (l6, v6)] {
             let Some(std_listener) = std_listener else { continue };
@@ -78,6 +78,7 @@ fn run_worker(index: usize, shared: Arc<Shared>, ready: Ready<bool>) {
                 Err(source) => return ready.fail(StartError::Bind { what: "transparent TCP", addr, source }),
             }
         }
+        spare::reserve();
         ready.ok(has_v6);
         debug!(worker = index, "listening");
         let mut tasks = Vec::new();
@@ -98,7 +99,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, pool: Rc<PipePo
 }
 
 /// The next accepted connection that fits under `--max-connections`, with its slot; the ones
-/// over the limit are counted and reset. Shared by the transparent and the plain listeners.
+/// over the limit are counted and reset at once. Shared by the transparent and the plain
+/// listeners.
+///
+/// When the process is out of descriptors anyway (`EMFILE`: something outside the budget took
+/// them), waiting would leave every queued client hanging until its own timeout: the spare
+/// descriptor this thread keeps is closed to make room, the connection at the head of the
+/// queue is accepted and reset, and the spare is opened again.
 pub(super) async fn accept_admitted(listener: &TcpListener, shared: &Arc<Shared>) -> (TcpStream, SocketAddr, Slot) {
     loop {
         match listener.accept().await {
@@ -111,13 +118,73 @@ pub(super) async fn accept_admitted(listener: &TcpListener, shared: &Arc<Shared>
                 };
                 return (stream, peer, slot);
             }
+            Err(e) if out_of_fds(&e) => {
+                shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                shared.stats.over_limit.fetch_add(1, Ordering::Relaxed);
+                if !spare::reset_one(listener) {
+                    warn!(error = %e, "out of file descriptors and no spare one; backing off");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
             Err(e) => {
-                // Out of fds or memory: back off briefly instead of spinning; the kernel keeps
-                // the queued SYNs meanwhile.
+                // Out of memory or a transient error: back off briefly instead of spinning;
+                // the kernel keeps the queued SYNs meanwhile.
                 warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+}
+
+fn out_of_fds(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// One descriptor per worker thread, held so an accept can still be made (and reset) when the
+/// process has none left.
+pub(super) mod spare {
+    use std::cell::RefCell;
+    use std::fs::File;
+    use std::task::{Context, Poll, Waker};
+
+    use tokio::net::TcpListener;
+
+    use crate::sockopt::reset_on_close;
+
+    thread_local! {
+        static SPARE: RefCell<Option<File>> = const { RefCell::new(None) };
+    }
+
+    /// Opens this thread's spare (at worker start, while descriptors are plentiful).
+    pub(in crate::forward) fn reserve() {
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.is_none() {
+                *s = File::open("/dev/null").ok();
+            }
+        });
+    }
+
+    /// Frees the spare, accepts one queued connection and resets it, then takes the spare
+    /// back. False when there was no spare to free or nothing could be accepted.
+    pub(super) fn reset_one(listener: &TcpListener) -> bool {
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.take().is_none() {
+                return false;
+            }
+            // The accept that failed found the queue non-empty: one attempt, without waiting.
+            let mut cx = Context::from_waker(Waker::noop());
+            let reset = match listener.poll_accept(&mut cx) {
+                Poll::Ready(Ok((stream, _))) => {
+                    reset_on_close(&stream);
+                    true
+                }
+                _ => false,
+            };
+            *s = File::open("/dev/null").ok();
+            reset
+        })
     }
 }
 

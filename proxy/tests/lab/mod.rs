@@ -229,6 +229,9 @@ pub struct Lab {
     servers: Vec<Server>,
     tpvs: Option<Child>,
     namespaces: Vec<String>,
+    /// A command `tpvs run` is started under inside the node namespace (e.g. `prlimit
+    /// --nofile=256:256`); empty for none.
+    pub wrapper: Vec<String>,
 }
 
 impl Lab {
@@ -251,6 +254,7 @@ impl Lab {
             servers: Vec::new(),
             tpvs: None,
             namespaces: Vec::new(),
+            wrapper: Vec::new(),
         };
         lab.build();
         lab
@@ -355,18 +359,9 @@ impl Lab {
     pub fn start_tpvs_with(&mut self, source: &[&str]) {
         let log = File::create(self.log_path()).unwrap_or_else(|e| panic!("log file: {e}"));
         let log2 = log.try_clone().unwrap_or_else(|e| panic!("log file: {e}"));
-        let mut args = vec![
-            "netns",
-            "exec",
-            &self.node,
-            env!("CARGO_BIN_EXE_tpvs"),
-            "-v",
-            "run",
-            "--workers",
-            "2",
-            "--connect-timeout",
-            "500ms",
-        ];
+        let mut args = vec!["netns", "exec", &self.node];
+        args.extend(self.wrapper.iter().map(String::as_str));
+        args.extend([env!("CARGO_BIN_EXE_tpvs"), "-v", "run", "--workers", "2", "--connect-timeout", "500ms"]);
         args.extend_from_slice(source);
         let child = Command::new("ip")
             .args(&args)
