@@ -85,7 +85,8 @@ impl<K: Hash + Eq + Copy> SharedPool<K> {
         let mut held = self.shard(&key);
         let n = held.entry(key).or_insert(0);
         if *n >= self.per_key {
-            return Err(Refused::Share);
+            // A full pool is the news when both hold (a share of 100 % is the whole pool).
+            return Err(if self.pool.taken() >= self.pool.max() { Refused::Full } else { Refused::Share });
         }
         let Some(slot) = self.pool.try_take() else {
             if *n == 0 {
@@ -158,6 +159,9 @@ mod tests {
         assert!(pool.try_take("c").is_ok(), "a released slot is free for anyone");
         drop((a2, b1, b2));
         assert_eq!(pool.held_by(&"a"), 0);
+        let whole = SharedPool::new(1, 1);
+        let _x = whole.try_take("x");
+        assert_eq!(whole.try_take("x").err(), Some(Refused::Full), "a full pool is reported as full");
     }
 
     #[test]
