@@ -12,8 +12,8 @@
 //! - **TCP connections**: two sockets each;
 //! - **pipes** for zero-copy relaying: two descriptors each, in use or pooled; without a free
 //!   pipe a connection copies instead (slower, never refused);
-//! - **UDP flows**: one socket each (the per-frontend reply sockets a flow shares come from the
-//!   reserve's UDP part).
+//! - **UDP flows**: one socket each, plus the reply socket bound to its frontend address, which
+//!   flows to the same frontend share (one per frontend and worker) — so at worst two each.
 //!
 //! The budget is decided once per process, like the limit it splits, so it is kept in a
 //! process-wide cell that the metrics read.
@@ -105,19 +105,19 @@ pub struct TooFew {
 }
 
 impl FdBudget {
-    /// Splits `input.limit` (pure). Of what the reserve leaves, UDP flows get a quarter when
-    /// the UDP path is on, pipes a quarter in splice mode, TCP connections the rest; an
+    /// Splits `input.limit` (pure). Of the descriptors the reserve leaves, UDP flows get a
+    /// quarter when the UDP path is on, pipes a quarter in splice mode, TCP connections the
+    /// rest; the caps are those descriptors divided by what one flow, pipe or connection
+    /// costs at worst (two each). An
     /// explicit cap lower than its share is kept (the share's remainder stays unused), a
     /// higher one is lowered to it and reported in `clamped`.
     pub fn plan(input: BudgetInput) -> Result<FdBudget, TooFew> {
         let workers = input.workers.max(1) as u64;
-        let udp_reply_sockets = if input.udp { 4 * workers } else { 0 };
         let reserve = BASE
             + PER_WORKER * workers
             + 3 * PER_ADMIN_SERVER
             + (METRICS_CONNECTIONS + HEALTH_CONNECTIONS + NODE_PORT_CONNECTIONS) as u64
-            + NODE_PORT_LISTENERS
-            + udp_reply_sockets;
+            + NODE_PORT_LISTENERS;
         let free = input.limit.saturating_sub(reserve);
         // At least one connection's worth, or the daemon could only refuse.
         if free < 4 {
@@ -137,7 +137,7 @@ impl FdBudget {
             None => share,
         };
         let tcp_connections = cap(as_usize(tcp_fds / 2), input.max_connections, "--max-connections", 0);
-        let udp_flows = if input.udp { cap(as_usize(udp_fds), input.udp_max_flows, "--udp-max-flows", 1) } else { 0 };
+        let udp_flows = if input.udp { cap(as_usize(udp_fds / 2), input.udp_max_flows, "--udp-max-flows", 1) } else { 0 };
         let share = usize::from(input.udp_source_share.clamp(1, 100));
         let udp_flows_per_source = (udp_flows.saturating_mul(share) / 100).max(1).min(udp_flows.max(1));
         Ok(FdBudget {
@@ -213,7 +213,7 @@ mod tests {
         for limit in [256, 512, 1024, 20_000, 1 << 20] {
             for (splice, udp) in [(true, true), (false, true), (true, false), (false, false)] {
                 let b = FdBudget::plan(BudgetInput { splice, udp, ..input(limit) }).unwrap_or_else(|e| panic!("{e}"));
-                let used = b.reserve + 2 * b.tcp_connections as u64 + 2 * b.pipes as u64 + b.udp_flows as u64;
+                let used = b.reserve + 2 * b.tcp_connections as u64 + 2 * b.pipes as u64 + 2 * b.udp_flows as u64;
                 assert!(used <= limit, "{limit} {splice} {udp}: {b:?} uses {used}");
                 assert!(b.tcp_connections > 0, "{b:?}");
                 assert_eq!(b.udp_flows > 0, udp);
@@ -226,7 +226,7 @@ mod tests {
     fn a_common_limit_splits_as_documented() {
         let b = FdBudget::plan(input(20_000)).unwrap_or_else(|e| panic!("{e}"));
         let free = 20_000 - b.reserve;
-        assert_eq!(b.udp_flows as u64, free / 4);
+        assert_eq!(b.udp_flows as u64, free / 4 / 2);
         assert_eq!(b.pipes as u64, free / 4 / 2);
         assert_eq!(b.tcp_connections as u64, (free - 2 * (free / 4)) / 2);
         assert_eq!(b.udp_flows_per_source, b.udp_flows / 4);
