@@ -104,8 +104,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, pool: Rc<PipePo
 ///
 /// When the process is out of descriptors anyway (`EMFILE`: something outside the budget took
 /// them), waiting would leave every queued client hanging until its own timeout: the spare
-/// descriptor this thread keeps is closed to make room, the connection at the head of the
-/// queue is accepted and reset, and the spare is opened again.
+/// descriptor this thread keeps is closed to make room, the next connection is accepted and
+/// reset, and the spare is opened again.
 pub(super) async fn accept_admitted(listener: &TcpListener, shared: &Arc<Shared>) -> (TcpStream, SocketAddr, Slot) {
     loop {
         match listener.accept().await {
@@ -119,12 +119,25 @@ pub(super) async fn accept_admitted(listener: &TcpListener, shared: &Arc<Shared>
                 return (stream, peer, slot);
             }
             Err(e) if out_of_fds(&e) => {
-                shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                shared.stats.over_limit.fetch_add(1, Ordering::Relaxed);
-                if !spare::reset_one(listener) {
-                    warn!(error = %e, "out of file descriptors and no spare one; backing off");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                // Free the spare and wait for the connection it makes room for: the queued
+                // client at once, or the next one (the kernel reports EMFILE before it looks
+                // at the queue, so an empty queue looks the same).
+                spare::release();
+                let next = listener.accept().await;
+                match next {
+                    Ok((stream, _)) => {
+                        shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        shared.stats.over_limit.fetch_add(1, Ordering::Relaxed);
+                        reset_on_close(&stream);
+                        drop(stream);
+                    }
+                    Err(_) => {
+                        // The freed descriptor went elsewhere meanwhile.
+                        warn!(error = %e, "out of file descriptors; backing off");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                 }
+                spare::reserve();
             }
             Err(e) => {
                 // Out of memory or a transient error: back off briefly instead of spinning;
@@ -145,11 +158,6 @@ fn out_of_fds(e: &std::io::Error) -> bool {
 pub(super) mod spare {
     use std::cell::RefCell;
     use std::fs::File;
-    use std::task::{Context, Poll, Waker};
-
-    use tokio::net::TcpListener;
-
-    use crate::sockopt::reset_on_close;
 
     thread_local! {
         static SPARE: RefCell<Option<File>> = const { RefCell::new(None) };
@@ -165,26 +173,9 @@ pub(super) mod spare {
         });
     }
 
-    /// Frees the spare, accepts one queued connection and resets it, then takes the spare
-    /// back. False when there was no spare to free or nothing could be accepted.
-    pub(super) fn reset_one(listener: &TcpListener) -> bool {
-        SPARE.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.take().is_none() {
-                return false;
-            }
-            // The accept that failed found the queue non-empty: one attempt, without waiting.
-            let mut cx = Context::from_waker(Waker::noop());
-            let reset = match listener.poll_accept(&mut cx) {
-                Poll::Ready(Ok((stream, _))) => {
-                    reset_on_close(&stream);
-                    true
-                }
-                _ => false,
-            };
-            *s = File::open("/dev/null").ok();
-            reset
-        })
+    /// Closes this thread's spare, making room for one accept.
+    pub(super) fn release() {
+        SPARE.with(|s| drop(s.borrow_mut().take()));
     }
 }
 
