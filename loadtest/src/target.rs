@@ -52,6 +52,7 @@ pub fn start_proxy(scheduler: Arc<dyn Scheduler>, name: &str, settings: ProxySet
         workers: settings.workers,
         backlog: 4096,
         max_connections: 1_000_000,
+        max_pipes: 1_000_000,
         connect_timeout: settings.connect_timeout,
         connect_attempts: settings.connect_attempts,
         idle_timeout: None,

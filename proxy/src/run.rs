@@ -27,9 +27,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(path) => TableSource::Manifests(path),
         None => TableSource::Kube,
     };
-    if let Err(e) = crate::limits::raise_fd_limit() {
-        warn!(error = %e, "cannot raise the open-file limit");
-    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("signal runtime")?;
     runtime.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -71,11 +68,21 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
+    let budget = crate::limits::plan_and_install(crate::limits::BudgetInput {
+        limit: crate::limits::raise_fd_limit().context("reading the open-file limit")?,
+        workers,
+        splice: args.forward_mode == forward::RelayMode::Splice,
+        udp: args.udp_proxy_port != 0,
+        max_connections: args.max_connections,
+        udp_max_flows: args.udp_max_flows,
+        udp_source_share: args.udp_source_share,
+    })?;
     let config = ForwardConfig {
         port: args.proxy_port,
         workers,
         backlog: args.backlog,
-        max_connections: args.max_connections,
+        max_connections: budget.tcp_connections,
+        max_pipes: budget.pipes,
         connect_timeout: args.connect_timeout,
         connect_attempts: args.connect_retries.saturating_add(1),
         idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
@@ -96,7 +103,7 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception
     let shared = Shared::new(publisher.handle(), config, Arc::clone(&backend_metrics));
     let running = forward::start(Arc::clone(&shared))?;
     info!(workers, port = args.proxy_port, ipv6 = running.ipv6, "transparent listeners ready");
-    let udp = start_udp(args, &publisher, workers, backend_metrics)?;
+    let udp = start_udp(args, &publisher, workers, backend_metrics, budget)?;
 
     let interception = Interception::new(
         RulesetConfig {
@@ -184,6 +191,7 @@ fn start_udp(
     publisher: &Arc<Publisher>,
     workers: usize,
     metrics: Arc<MetricsRegistry>,
+    budget: &crate::limits::FdBudget,
 ) -> anyhow::Result<Option<Arc<udp::UdpShared>>> {
     if args.udp_proxy_port == 0 {
         info!("UDP data path off (--udp-proxy-port 0)");
@@ -193,7 +201,8 @@ fn start_udp(
     let config = udp::UdpConfig {
         port: args.udp_proxy_port,
         workers,
-        max_flows: args.udp_max_flows,
+        max_flows: budget.udp_flows,
+        max_flows_per_source: budget.udp_flows_per_source,
         timeouts: udp::Timeouts { idle: args.udp_timeout.max(Duration::from_millis(100)), stream: args.udp_stream_timeout.max(args.udp_timeout) },
         nodeport_addrs: args.nodeport_addresses.clone(),
     };

@@ -333,7 +333,8 @@ fn max_flows_cap_drops_new_flows_until_one_closes() {
     let Some(mut lab) = lab(1) else { return };
     let _echo = echoes(&lab, &[0]);
     lab.write_manifests(&manifests(&[echo_svc("echo", "10.96.0.58", &[0])]));
-    lab.start_tpvs(&["--udp-max-flows", "2", "--udp-timeout", "1s"]);
+    // One client address here: its share is the whole table, so the global cap is what bites.
+    lab.start_tpvs(&["--udp-max-flows", "2", "--udp-source-share", "100", "--udp-timeout", "1s"]);
     wait_udp(&lab, "10.96.0.58:53");
     // The probes' flows expire first.
     std::thread::sleep(Duration::from_millis(1500));

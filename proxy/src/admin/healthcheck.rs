@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::conns::ConnLimit;
 use super::healthz::ProxyHealth;
 use super::http::{self, Body, Exec, Req, respond};
 
@@ -82,6 +83,8 @@ type Shared = Arc<RwLock<Arc<BTreeMap<u16, ServiceHealth>>>>;
 /// Follows the published tables and keeps one listener per wanted port.
 pub async fn run(mut tables: watch::Receiver<Arc<RoutingTable>>, health: Arc<ProxyHealth>) {
     let shared: Shared = Arc::default();
+    // One cap for all the ports together: their number follows the table, the budget not.
+    let limit = ConnLimit::new(crate::limits::NODE_PORT_CONNECTIONS, http::IDLE_TIMEOUT);
     let mut running: HashMap<u16, watch::Sender<bool>> = HashMap::new();
     let mut retry = tokio::time::interval(RETRY);
     loop {
@@ -109,7 +112,7 @@ pub async fn run(mut tables: watch::Receiver<Arc<RoutingTable>>, health: Arc<Pro
                         let map = Arc::clone(&shared.read().unwrap_or_else(|p| p.into_inner()));
                         answer(map.get(&port), health.is_healthy())
                     });
-                    tokio::spawn(http::serve(listener, handler, Exec::Inline, stopped));
+                    tokio::spawn(http::serve(listener, handler, Exec::Inline, Arc::clone(&limit), stopped));
                 }
                 Err(e) => warn!(port, error = %e, "cannot open health-check node port; retrying"),
             }

@@ -2,13 +2,14 @@
 //! request line to a complete response, so handlers stay testable without sockets.
 //!
 //! Bounded on purpose: the health ports are reachable from outside the node (load balancers
-//! probe them), so each server caps its open connections and the time a client may take to
-//! send its request head.
+//! probe them), so each server caps its open connections and closes idle ones ([`ConnLimit`]):
+//! a client that sends nothing, trickles its request head or keeps an idle connection open is
+//! dropped after [`IDLE_TIMEOUT`], and at the cap a new connection evicts the longest-idle one.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -18,14 +19,14 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tracing::debug;
 
-/// Connections one admin server keeps open at once; more wait in the accept queue.
-const MAX_CONNECTIONS: usize = 256;
+use super::conns::{ConnGuard, ConnLimit};
 
-/// Time allowed for a request head (slow-loris protection on the public health ports).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may go without a request in progress: a probe sends its request at
+/// once, so 5 s is generous for a client and short for one holding a slot on purpose.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub type Body = Full<Bytes>;
 
@@ -66,12 +67,10 @@ pub fn not_found() -> Response<Body> {
     respond(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "404 page not found\n")
 }
 
-/// Serves `listener` until `stop` changes or its sender is dropped. Connections already open
-/// are left to finish on their own.
-pub async fn serve(listener: TcpListener, handler: Handler, exec: Exec, mut stop: watch::Receiver<bool>) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// Serves `listener` until `stop` changes or its sender is dropped, within `limit` (which
+/// several listeners may share). Connections already open are left to finish on their own.
+pub async fn serve(listener: TcpListener, handler: Handler, exec: Exec, limit: Arc<ConnLimit>, mut stop: watch::Receiver<bool>) {
     loop {
-        let Ok(permit) = Arc::clone(&limit).acquire_owned().await else { return };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.changed() => return,
@@ -85,18 +84,24 @@ pub async fn serve(listener: TcpListener, handler: Handler, exec: Exec, mut stop
                 continue;
             }
         };
+        let Some(guard) = limit.admit(Instant::now()) else {
+            // Every connection is mid-request: refusing is quicker for the client than a wait.
+            debug!(%peer, "admin server busy; connection refused");
+            crate::sockopt::reset_on_close(&stream);
+            continue;
+        };
         let handler = Arc::clone(&handler);
-        tokio::spawn(async move {
-            let _permit = permit;
-            serve_connection(stream, peer, handler, exec).await;
-        });
+        tokio::spawn(serve_connection(stream, peer, handler, exec, Arc::new(guard)));
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, handler: Handler, exec: Exec) {
+async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, handler: Handler, exec: Exec, guard: Arc<ConnGuard>) {
+    let in_service = Arc::clone(&guard);
     let service = service_fn(move |req: Request<Incoming>| {
         let handler = Arc::clone(&handler);
+        let guard = Arc::clone(&in_service);
         async move {
+            guard.begin();
             let req = Req { method: req.method().clone(), uri: req.uri().clone() };
             let resp = match exec {
                 Exec::Inline => handler(&req),
@@ -105,15 +110,20 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, handl
                     Err(_) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", "handler failed\n"),
                 },
             };
+            guard.end(Instant::now());
             Ok::<_, Infallible>(resp)
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(IDLE_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service);
-    if let Err(e) = conn.await {
-        debug!(%peer, error = %e, "admin connection ended with an error");
+    // Dropping the connection future closes the socket.
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            debug!(%peer, error = %e, "admin connection ended with an error");
+        },
+        () = guard.closing() => debug!(%peer, "admin connection idle or evicted; closed"),
     }
 }
 

@@ -6,11 +6,15 @@
 //! - `--healthz-bind-address` (0.0.0.0:10256): `/healthz` and `/livez` ([`healthz`]).
 //! - one server per `healthCheckNodePort` ([`healthcheck`]), opened and closed with the table.
 //!
-//! All of it runs on one thread with its own small runtime: the data path's workers are
-//! per-core single-threaded loops that must never run admin work, and a slow scrape must never
-//! delay a connection. [`http`] is the shared bare-bones HTTP/1 server; [`on_publish`] moves
-//! health and metrics along with every published table.
+//! Two threads, each with its own small runtime, neither shared with the data path (per-core
+//! single-threaded loops that must never run admin work): `tpvs-health` serves the health
+//! server and the health-check node ports, `tpvs-metrics` the metrics server. A slow scrape,
+//! a flood of scrapes or a loaded data path never delays a probe. [`http`] is the shared
+//! bare-bones HTTP/1 server, [`conns`] its connection caps (idle clients are closed, and
+//! evicted first at a cap); [`on_publish`] moves health and metrics along with every
+//! published table.
 
+pub mod conns;
 pub mod healthcheck;
 pub mod healthz;
 pub mod http;
@@ -29,7 +33,9 @@ use tracing::info;
 
 use crate::cli::AdminArgs;
 use crate::forward::Shared;
+use crate::limits;
 use crate::netfilter::Interception;
+use conns::ConnLimit;
 use healthz::ProxyHealth;
 use http::{Exec, Handler, Req, not_found, respond};
 
@@ -58,47 +64,58 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<()> {
 
     on_publish::register(&sources, Arc::clone(&health), Arc::clone(&metrics), tables_tx);
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let metrics_runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         // Scrapes read the rules' counters through `nft`: a few blocking threads at most.
         .max_blocking_threads(4)
-        .thread_name("tpvs-admin-blocking")
+        .thread_name("tpvs-metrics-blocking")
         .build()
-        .context("admin runtime")?;
-    let bind = |addr: Option<SocketAddr>, what: &str| -> anyhow::Result<Option<TcpListener>> {
+        .context("metrics runtime")?;
+    let health_runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("health runtime")?;
+    let bind = |addr: Option<SocketAddr>, what: &str, runtime: &tokio::runtime::Runtime| -> anyhow::Result<Option<TcpListener>> {
         let Some(addr) = addr else { return Ok(None) };
         let std = std::net::TcpListener::bind(addr).with_context(|| format!("binding the {what} server on {addr}"))?;
         std.set_nonblocking(true).context("non-blocking listener")?;
         let _guard = runtime.enter();
         Ok(Some(TcpListener::from_std(std).context("registering the listener")?))
     };
-    let metrics_listener = bind(args.metrics_bind_address.0, "metrics")?;
-    let healthz_listener = bind(args.healthz_bind_address.0, "healthz")?;
+    let metrics_listener = bind(args.metrics_bind_address.0, "metrics", &metrics_runtime)?;
+    let healthz_listener = bind(args.healthz_bind_address.0, "healthz", &health_runtime)?;
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let healthz_addr = healthz_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let (publisher, forward) = (Arc::clone(&sources.publisher), sources.forward.clone());
     std::thread::Builder::new()
-        .name("tpvs-admin".into())
+        .name("tpvs-health".into())
         .spawn(move || {
-            runtime.block_on(async move {
+            health_runtime.block_on(async move {
                 // Never signalled: the servers live as long as the process.
                 let (_keep, stop) = watch::channel(false);
-                if let Some(l) = metrics_listener {
-                    let (m, p) = (Arc::clone(&metrics), Arc::clone(&publisher));
-                    let backend_metrics = forward.as_ref().map(|f| Arc::clone(f.dispatch.metrics()));
-                    let handler: Handler = Arc::new(move |req: &Req| metrics_routes(&m, &p, backend_metrics.as_deref(), req));
-                    tokio::spawn(http::serve(l, handler, Exec::Blocking, stop.clone()));
-                }
                 if let Some(l) = healthz_listener {
                     let h = Arc::clone(&health);
                     let handler: Handler = Arc::new(move |req: &Req| healthz::handle(&h, req));
-                    tokio::spawn(http::serve(l, handler, Exec::Inline, stop.clone()));
+                    let limit = ConnLimit::new(limits::HEALTH_CONNECTIONS, http::IDLE_TIMEOUT);
+                    tokio::spawn(http::serve(l, handler, Exec::Inline, limit, stop.clone()));
                 }
                 healthcheck::run(tables_rx, health).await;
             });
         })
-        .context("starting the admin thread")?;
+        .context("starting the health thread")?;
+    if let Some(l) = metrics_listener {
+        std::thread::Builder::new()
+            .name("tpvs-metrics".into())
+            .spawn(move || {
+                metrics_runtime.block_on(async move {
+                    let (_keep, stop) = watch::channel(false);
+                    let (m, p) = (Arc::clone(&metrics), Arc::clone(&publisher));
+                    let backend_metrics = forward.as_ref().map(|f| Arc::clone(f.dispatch.metrics()));
+                    let handler: Handler = Arc::new(move |req: &Req| metrics_routes(&m, &p, backend_metrics.as_deref(), req));
+                    let limit = ConnLimit::new(limits::METRICS_CONNECTIONS, http::IDLE_TIMEOUT);
+                    http::serve(l, handler, Exec::Blocking, limit, stop).await;
+                });
+            })
+            .context("starting the metrics thread")?;
+    }
     if let Some(a) = metrics_addr {
         info!(addr = %a, "metrics server listening (/metrics, /proxyMode, /api/table)");
     }

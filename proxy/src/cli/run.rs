@@ -24,9 +24,11 @@ pub struct RunArgs {
     /// Event-loop threads, each with its own listener (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
-    /// Connections open at once; beyond it new ones are reset.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub max_connections: usize,
+    /// Connections open at once; beyond it new ones are reset at once. Default: the TCP share
+    /// of the open-file budget (two descriptors per connection); a larger value is lowered to
+    /// it with a warning.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
     /// Time allowed for one backend connect before trying the next candidate.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -71,9 +73,15 @@ pub struct RunArgs {
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub udp_stream_timeout: Duration,
     /// UDP flows open at once (one socket each); a datagram that would open one more is
-    /// dropped and counted.
-    #[arg(long, default_value_t = 131_072)]
-    pub udp_max_flows: usize,
+    /// dropped and counted. Default: the UDP share of the open-file budget (a quarter of what
+    /// the reserve leaves), separate from TCP's so a UDP flood cannot take TCP's descriptors;
+    /// a larger value is lowered to it with a warning.
+    #[arg(long, value_name = "N")]
+    pub udp_max_flows: Option<usize>,
+    /// Percent of the UDP flows one client address may hold at once; its further new flows
+    /// are dropped and counted, so one client cannot take every flow.
+    #[arg(long, value_name = "PERCENT", default_value_t = 25, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub udp_source_share: u8,
     #[command(flatten)]
     pub outlier: OutlierArgs,
     #[command(flatten)]

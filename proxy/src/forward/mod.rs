@@ -59,6 +59,8 @@ pub struct ForwardConfig {
     pub backlog: i32,
     /// Connections open at once; beyond it a new connection is reset at once.
     pub max_connections: usize,
+    /// Pipes (in use or pooled, all workers) for splicing; beyond it directions copy.
+    pub max_pipes: usize,
     pub connect_timeout: Duration,
     /// Backends tried per connection (first pick included).
     pub connect_attempts: usize,
@@ -91,6 +93,8 @@ pub struct Shared {
     pub stats: ForwardStats,
     /// One slot per open connection (`max_connections`).
     pub connections: Arc<SlotPool>,
+    /// One slot per pipe (`max_pipes`).
+    pub pipes: Arc<SlotPool>,
 }
 
 impl Shared {
@@ -98,6 +102,7 @@ impl Shared {
         Arc::new(Shared {
             dispatch: Dispatcher::new(table, config.nodeport_addrs.clone(), metrics, config.outliers),
             connections: SlotPool::new(config.max_connections),
+            pipes: SlotPool::new(config.max_pipes),
             config,
             stats: ForwardStats::default(),
         })

@@ -106,8 +106,9 @@ fn run_plain_worker(
             Ok(l) => l,
             Err(source) => return ready.fail(StartError::Bind { what: "plain TCP", addr, source }),
         };
+        super::accept::spare::reserve();
         ready.ok(());
-        let pool = Rc::new(PipePool::new(PIPE_POOL));
+        let pool = Rc::new(PipePool::new(PIPE_POOL, Arc::clone(&shared.pipes)));
         tokio::select! {
             () = accept_plain(&listener, &fe, &shared, &pool) => {}
             // Err: the sender is gone, which is the stop signal.

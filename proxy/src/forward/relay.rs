@@ -364,7 +364,7 @@ mod tests {
     async fn relay_both(mode: RelayMode) {
         let (mut client, accepted, upstream, mut backend) = pairs().await;
         let (lease, _stats) = Lease::detached();
-        let pool = PipePool::new(4);
+        let pool = PipePool::new(4, crate::slots::SlotPool::new(8));
         let proxy = relay(accepted, upstream, &lease, &pool, mode, Some(Duration::from_secs(30)));
         let request = pattern(3 << 20, 1);
         let response = pattern(2 << 20, 7);
@@ -421,7 +421,7 @@ mod tests {
     async fn idle_connection_is_reset() {
         let (_client, accepted, upstream, _backend) = pairs().await;
         let (lease, _stats) = Lease::detached();
-        let pool = PipePool::new(4);
+        let pool = PipePool::new(4, crate::slots::SlotPool::new(8));
         let ended = relay(accepted, upstream, &lease, &pool, RelayMode::Splice, Some(Duration::from_millis(100))).await;
         assert!(matches!(ended, Ended::Idle), "{ended:?}");
     }

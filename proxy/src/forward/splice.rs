@@ -5,10 +5,17 @@
 //! no per-connection buffer. A pipe is two fds; creating and closing them per connection would
 //! cost four syscalls, so each worker keeps a pool of empty pipes and lends them to the
 //! directions that need one, for as long as they need it.
+//!
+//! Pipes, pooled or lent, count against the descriptor budget's pipe share (shared by all
+//! workers): when it is spent a direction keeps copying instead, so pipes never take the
+//! descriptors that connections, flows or the admin servers were promised.
 
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use crate::slots::{Slot, SlotPool};
 
 /// Bytes asked per splice call: the default pipe capacity (16 pages), so one call can fill it.
 pub const CHUNK: usize = 64 * 1024;
@@ -18,6 +25,8 @@ pub const CHUNK: usize = 64 * 1024;
 pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// Its place in the pipe budget, given back when the pipe is closed.
+    _budget: Option<Slot>,
 }
 
 impl Pipe {
@@ -30,7 +39,7 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        Ok(Pipe { read, write })
+        Ok(Pipe { read, write, _budget: None })
     }
 
     /// Moves up to `len` bytes from the socket `from` into the pipe.
@@ -49,18 +58,25 @@ impl Pipe {
 pub struct PipePool {
     free: RefCell<Vec<Pipe>>,
     cap: usize,
+    budget: Arc<SlotPool>,
 }
 
 impl PipePool {
-    pub fn new(cap: usize) -> Self {
-        PipePool { free: RefCell::new(Vec::new()), cap }
+    /// A pool keeping at most `cap` idle pipes, creating new ones only while `budget` has room.
+    pub fn new(cap: usize, budget: Arc<SlotPool>) -> Self {
+        PipePool { free: RefCell::new(Vec::new()), cap, budget }
     }
 
+    /// A pipe from the pool, or a new one; an error when the budget is spent or the kernel
+    /// refuses (the caller copies instead).
     pub fn take(&self) -> io::Result<Pipe> {
-        match self.free.borrow_mut().pop() {
-            Some(p) => Ok(p),
-            None => Pipe::new(),
+        if let Some(p) = self.free.borrow_mut().pop() {
+            return Ok(p);
         }
+        let slot = self.budget.try_take().ok_or_else(|| io::Error::other("pipe budget spent"))?;
+        let mut pipe = Pipe::new()?;
+        pipe._budget = Some(slot);
+        Ok(pipe)
     }
 
     /// Pipes waiting in the pool.
@@ -85,4 +101,23 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
         libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK)
     };
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipes_beyond_the_budget_are_refused_and_closed_ones_free_it() {
+        let pool = PipePool::new(0, SlotPool::new(2));
+        let a = pool.take();
+        let b = pool.take();
+        assert!(a.is_ok() && b.is_ok());
+        assert!(pool.take().is_err(), "the budget holds two pipes");
+        // A pool with no room closes what it is given back, which frees the budget.
+        if let Ok(a) = a {
+            pool.give(a);
+        }
+        assert!(pool.take().is_ok());
+    }
 }

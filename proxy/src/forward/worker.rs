@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::Shared;
-use super::accept::{PIPE_POOL, accept_admitted};
+use super::accept::{PIPE_POOL, accept_admitted, spare};
 use super::connect::forward_to;
 use super::splice::PipePool;
 use crate::addrs::{ClientAddr, OrigDstAddr, canonical, wildcard_listen_addrs};
@@ -66,7 +66,7 @@ fn run_worker(index: usize, shared: Arc<Shared>, ready: Ready<bool>) {
     let has_v6 = l6.is_some();
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let pool = Rc::new(PipePool::new(PIPE_POOL));
+        let pool = Rc::new(PipePool::new(PIPE_POOL, Arc::clone(&shared.pipes)));
         let mut listeners = Vec::new();
         for (std_listener, addr) in [(Some(l4), v4), (l6, v6)] {
             let Some(std_listener) = std_listener else { continue };
@@ -75,6 +75,7 @@ fn run_worker(index: usize, shared: Arc<Shared>, ready: Ready<bool>) {
                 Err(source) => return ready.fail(StartError::Bind { what: "transparent TCP", addr, source }),
             }
         }
+        spare::reserve();
         ready.ok(has_v6);
         debug!(worker = index, "listening");
         let mut tasks = Vec::new();

@@ -20,6 +20,7 @@ pub mod socket;
 pub mod stats;
 pub mod worker;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -29,7 +30,7 @@ use crate::addrs::NodePortAddrs;
 use crate::dispatch::Dispatcher;
 use crate::dispatch::outlier::OutlierPolicy;
 use crate::dispatch::telemetry::MetricsRegistry;
-use crate::slots::SlotPool;
+use crate::slots::SharedPool;
 pub use flows::Timeouts;
 pub use stats::{UdpStats, UdpStatsSnapshot};
 
@@ -42,6 +43,9 @@ pub struct UdpConfig {
     /// Flows open at once over all workers; a datagram that would open one more is dropped
     /// and counted (`drops.max_flows`).
     pub max_flows: usize,
+    /// Flows one client address may hold at once, so one client (or one spoofing flood from
+    /// many source ports) cannot take every flow; beyond it, `drops.source_share`.
+    pub max_flows_per_source: usize,
     pub timeouts: Timeouts,
     pub nodeport_addrs: NodePortAddrs,
 }
@@ -54,8 +58,8 @@ pub struct UdpShared {
     pub dispatch: Dispatcher,
     pub config: UdpConfig,
     pub stats: UdpStats,
-    /// One slot per open flow (`max_flows`).
-    pub flows: Arc<SlotPool>,
+    /// One slot per open flow (`max_flows`), shared out by client address.
+    pub flows: Arc<SharedPool<IpAddr>>,
 }
 
 impl UdpShared {
@@ -64,7 +68,7 @@ impl UdpShared {
             // No outlier detection: a datagram path has no connect to fail and no success to
             // clear a record with (a refusal closes the flow and is counted instead).
             dispatch: Dispatcher::new(table, config.nodeport_addrs.clone(), metrics, OutlierPolicy { consecutive_failures: 0, ..OutlierPolicy::default() }),
-            flows: SlotPool::new(config.max_flows),
+            flows: SharedPool::new(config.max_flows, config.max_flows_per_source),
             config,
             stats: UdpStats::default(),
         })
@@ -115,14 +119,22 @@ mod tests {
     #[test]
     fn max_flows_caps_and_slots_release() {
         let table: TableHandle = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
-        let cfg = UdpConfig { port: 0, workers: 1, max_flows: 2, timeouts: Timeouts::default(), nodeport_addrs: NodePortAddrs::AllLocal };
+        let cfg = UdpConfig {
+            port: 0,
+            workers: 1,
+            max_flows: 2,
+            max_flows_per_source: 2,
+            timeouts: Timeouts::default(),
+            nodeport_addrs: NodePortAddrs::AllLocal,
+        };
         let shared = UdpShared::new(table, cfg, Arc::default());
-        let a = shared.flows.try_take();
-        let b = shared.flows.try_take();
-        assert!(a.is_some() && b.is_some());
-        assert!(shared.flows.try_take().is_none(), "the third flow is over the cap");
+        let client = IpAddr::from([10, 0, 0, 2]);
+        let a = shared.flows.try_take(client);
+        let b = shared.flows.try_take(client);
+        assert!(a.is_ok() && b.is_ok());
+        assert!(shared.flows.try_take(client).is_err(), "the third flow is over the cap");
         assert_eq!(shared.snapshot().flows_active, 2);
         drop(a);
-        assert!(shared.flows.try_take().is_some(), "a closed flow frees its slot");
+        assert!(shared.flows.try_take(client).is_ok(), "a closed flow frees its slot");
     }
 }

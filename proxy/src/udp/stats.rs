@@ -12,6 +12,8 @@ pub struct UdpDrops {
     pub no_backend: AtomicU64,
     /// `--udp-max-flows` flows were open: the datagram would have started one more.
     pub max_flows: AtomicU64,
+    /// The client's address held its share of the flows (`--udp-source-share`).
+    pub source_share: AtomicU64,
     /// A socket for the flow could not be made (out of fds, bind or connect refused).
     pub socket: AtomicU64,
     /// The backend's port was closed (ICMP port unreachable): the flow is closed with it.
@@ -53,6 +55,7 @@ pub struct UdpStatsSnapshot {
     pub drop_no_frontend: u64,
     pub drop_no_backend: u64,
     pub drop_max_flows: u64,
+    pub drop_source_share: u64,
     pub drop_socket: u64,
     pub drop_backend_refused: u64,
     pub drop_send_to_backend: u64,
@@ -83,6 +86,7 @@ impl UdpStats {
             drop_no_frontend: g(&self.drops.no_frontend),
             drop_no_backend: g(&self.drops.no_backend),
             drop_max_flows: g(&self.drops.max_flows),
+            drop_source_share: g(&self.drops.source_share),
             drop_socket: g(&self.drops.socket),
             drop_backend_refused: g(&self.drops.backend_refused),
             drop_send_to_backend: g(&self.drops.send_to_backend),
@@ -97,7 +101,7 @@ impl std::fmt::Display for UdpStatsSnapshot {
         write!(
             f,
             "flows active={} created={} expired={} evicted={}; datagrams client→backend {}/{} backend→client {}/{}; \
-             drops no_frontend={} no_backend={} max_flows={} socket={} backend_refused={} send_to_backend={} send_to_client={} malformed={}",
+             drops no_frontend={} no_backend={} max_flows={} source_share={} socket={} backend_refused={} send_to_backend={} send_to_client={} malformed={}",
             self.flows_active,
             self.flows_created,
             self.flows_expired,
@@ -109,6 +113,7 @@ impl std::fmt::Display for UdpStatsSnapshot {
             self.drop_no_frontend,
             self.drop_no_backend,
             self.drop_max_flows,
+            self.drop_source_share,
             self.drop_socket,
             self.drop_backend_refused,
             self.drop_send_to_backend,

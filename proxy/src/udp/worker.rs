@@ -29,7 +29,7 @@ use super::{UdpShared, UdpWorkers};
 use crate::addrs::{ClientAddr, OrigDstAddr, canonical, wildcard_listen_addrs};
 use crate::dispatch::Lease;
 use crate::dispatch::telemetry::ConnectFailure;
-use crate::slots::Slot;
+use crate::slots::{Refused, SharedSlot};
 use crate::workers::{self, Ready, StartError};
 
 // Epoll tokens above any flow token (a flow token is generation << 32 | slot index, and a
@@ -56,7 +56,7 @@ struct FlowIo {
     /// Made for a `Local` frontend (spoofed source); a policy change invalidates it.
     local: bool,
     lease: Lease,
-    _slot: Slot,
+    _slot: SharedSlot<std::net::IpAddr>,
 }
 
 /// A backend's datagram waiting in the shared batch for its send to the client.
@@ -321,13 +321,28 @@ impl Worker {
             debug!(client = %key.client, dst = %key.dst, "no UDP frontend; dropped");
             return None;
         };
-        let Some(slot) = shared.flows.try_take() else {
-            add(&stats.drops.max_flows, 1);
-            if self.last_full_warn.is_none_or(|t| now.duration_since(t) >= FULL_WARN_EVERY) {
-                self.last_full_warn = Some(now);
-                warn!(max_flows = shared.config.max_flows, "UDP flow table full (--udp-max-flows); new flows are dropped");
+        let slot = match shared.flows.try_take(key.client.0.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                let (counter, what) = match refused {
+                    Refused::Full => (&stats.drops.max_flows, "UDP flow table full (--udp-max-flows); new flows are dropped"),
+                    Refused::Share => (
+                        &stats.drops.source_share,
+                        "a UDP client holds its share of the flows (--udp-source-share); its new flows are dropped",
+                    ),
+                };
+                add(counter, 1);
+                if self.last_full_warn.is_none_or(|t| now.duration_since(t) >= FULL_WARN_EVERY) {
+                    self.last_full_warn = Some(now);
+                    warn!(
+                        client = %key.client.0.ip(),
+                        max_flows = shared.config.max_flows,
+                        per_source = shared.config.max_flows_per_source,
+                        "{what}"
+                    );
+                }
+                return None;
             }
-            return None;
         };
         // One attempt: a datagram has no handshake to fail, so there is nothing to retry on.
         let mut choice = shared.dispatch.choose(&fe, key.client, key.dst, 1);

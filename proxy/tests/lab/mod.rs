@@ -233,6 +233,9 @@ pub struct Lab {
     namespaces: Vec<String>,
     /// Who `tpvs run` runs as (root with every capability unless a test says otherwise).
     pub privileges: Privileges,
+    /// A command `tpvs run` is started under inside the node namespace (e.g. `prlimit
+    /// --nofile=256:256`); empty for none.
+    pub wrapper: Vec<String>,
 }
 
 /// Who `tpvs run` runs as in the lab.
@@ -298,6 +301,7 @@ impl Lab {
             tpvs: None,
             namespaces: Vec::new(),
             privileges: Privileges::Root,
+            wrapper: Vec::new(),
         };
         lab.build();
         lab
@@ -404,16 +408,9 @@ impl Lab {
         let log2 = log.try_clone().unwrap_or_else(|e| panic!("log file: {e}"));
         let prefix = setpriv(self.privileges);
         let mut args = vec!["netns", "exec", &self.node];
+        args.extend(self.wrapper.iter().map(String::as_str));
         args.extend(prefix.iter().map(String::as_str));
-        args.extend([
-            env!("CARGO_BIN_EXE_tpvs"),
-            "-v",
-            "run",
-            "--workers",
-            "2",
-            "--connect-timeout",
-            "500ms",
-        ]);
+        args.extend([env!("CARGO_BIN_EXE_tpvs"), "-v", "run", "--workers", "2", "--connect-timeout", "500ms"]);
         args.extend_from_slice(source);
         let child = Command::new("ip")
             .args(&args)

@@ -81,6 +81,7 @@ pub(super) fn collect(sources: &Sources, last_verdicts: &Mutex<VerdictCounts>, o
         ("no_frontend", u.drop_no_frontend),
         ("no_backend", u.drop_no_backend),
         ("max_flows", u.drop_max_flows),
+        ("source_share", u.drop_source_share),
         ("socket", u.drop_socket),
         ("backend_refused", u.drop_backend_refused),
         ("send_to_backend", u.drop_send_to_backend),
@@ -90,4 +91,27 @@ pub(super) fn collect(sources: &Sources, last_verdicts: &Mutex<VerdictCounts>, o
         f.value(&[("reason", reason)], v as f64);
     }
     out.push(f.mf);
+    let mut f = Fam::new(&spec::udp_per_source);
+    f.value(&[], sources.udp.as_ref().map_or(0, |u| u.flows.per_key()) as f64);
+    out.push(f.mf);
+    descriptors(out);
+}
+
+/// The descriptor budget (when `tpvs run` planned one) and the descriptors open now.
+fn descriptors(out: &mut Vec<MetricFamily>) {
+    if let Some(b) = crate::limits::installed() {
+        let mut f = Fam::new(&spec::fd_limit);
+        f.value(&[], b.limit as f64);
+        out.push(f.mf);
+        let mut f = Fam::new(&spec::fd_budget);
+        for (part, n) in b.parts() {
+            f.value(&[("use", part)], n as f64);
+        }
+        out.push(f.mf);
+    }
+    if let Some(n) = crate::limits::open_fds() {
+        let mut f = Fam::new(&spec::fds_open);
+        f.value(&[], n as f64);
+        out.push(f.mf);
+    }
 }

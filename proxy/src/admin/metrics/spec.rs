@@ -94,4 +94,10 @@ specs! {
     udp_datagrams = "tpvs_udp_datagrams_total", C, &["direction"],
         "UDP datagrams relayed (from_clients, to_backends, from_backends, to_clients).";
     udp_drops = "tpvs_udp_drops_total", C, &["reason"], "UDP datagrams dropped, by reason.";
+    udp_per_source = "tpvs_udp_flows_per_source_max", G, &[],
+        "UDP flows one client address may hold at once (--udp-source-share of the flow cap).";
+    fd_limit = "tpvs_fd_limit", G, &[], "The process's open-file limit (RLIMIT_NOFILE) the budget was split from.";
+    fd_budget = "tpvs_fd_budget", G, &["use"],
+        "The open-file limit's split: reserve (admin, health, children, listeners; descriptors), tcp_connections, pipes and udp_flows (caps).";
+    fds_open = "tpvs_fds_open", G, &[], "Descriptors open in the process now.";
 }
