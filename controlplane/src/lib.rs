@@ -35,7 +35,7 @@ pub use compile::CompileOptions;
 pub use error::{FrontendConflict, ManifestError, ObjectError};
 pub use index::ClusterIndex;
 pub use kube_source::{BESIDE_KUBE_PROXY, KubeSource, KubeSourceConfig, KubeSourceError, KubeSourceHandle, KubeSourceStats};
-pub use manifests::{ManifestSource, ReloadReport, SourceStats};
+pub use manifests::{DEFAULT_SETTLE, ManifestLimits, ManifestSource, ReloadReport, SourceStats};
 pub use model::ObjectKey;
 pub use publish::{Publisher, TableHandle};
 pub use table::{Affinity, Frontend, FrontendKey, FrontendKind, Protocol, RoutingTable, ServicePortName, TrafficPolicy, WhenEmpty};
