@@ -276,7 +276,8 @@ fn files_over_the_limits_fail_fast_and_keep_their_last_good_objects() {
     let mut src = src.with_limits(limits);
     assert!(src.reload().errors.is_empty());
 
-    let cases: [(String, fn(&ManifestError) -> bool); 3] = [
+    type Expect = fn(&ManifestError) -> bool;
+    let cases: [(String, Expect); 3] = [
         ("[".repeat(100_000), |e| matches!(e, ManifestError::TooLarge { size: 100_000, limit: 4096, .. })),
         ("[".repeat(1000), |e| matches!(e, ManifestError::TooDeep { document: 1, line: 1, limit: 16, .. })),
         ("---\n".repeat(5), |e| matches!(e, ManifestError::TooManyDocuments { limit: 4, .. })),

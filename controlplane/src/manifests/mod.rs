@@ -165,10 +165,9 @@ impl ManifestSource {
     pub fn reload(&mut self) -> ReloadReport {
         let mut report = ReloadReport::default();
         let Ok(files) = self.scan(&mut report) else { return report };
-        let changed: Vec<_> =
-            self.changes(&files).into_iter().map(|(path, stamp)| (path, stamp.map(|s| (s, None)))).collect();
+        let changed = self.changes(&files);
         self.pending.clear();
-        self.apply(changed, &mut report);
+        self.apply(changed, None, &mut report);
         report
     }
 
@@ -194,13 +193,13 @@ impl ManifestSource {
             };
             if now.saturating_duration_since(since) >= self.settle {
                 self.pending.remove(&path);
-                ready.push((path, stamp.map(|s| (s, Some(now)))));
+                ready.push((path, stamp));
             }
         }
         if ready.is_empty() {
             return None;
         }
-        self.apply(ready, &mut report);
+        self.apply(ready, Some(now), &mut report);
         Some(report)
     }
 
@@ -242,23 +241,23 @@ impl ManifestSource {
     }
 
     /// Reads the given files (`None`: removed), each expected to still look like its stamp, and
-    /// publishes the result. With a time (the watcher), a file found changed again since its
-    /// stamp is not applied but waits to settle anew; without (`reload`), it is applied and
-    /// read again once the change is seen.
-    fn apply(&mut self, files: Vec<(PathBuf, Option<(Stamp, Option<Instant>)>)>, report: &mut ReloadReport) {
+    /// publishes the result. When they settled (the watcher, at time `settled_at`), a file found
+    /// changed again since its stamp is not applied but waits to settle anew; otherwise
+    /// (`reload`), it is applied and read again once the change is seen.
+    fn apply(&mut self, files: Vec<(PathBuf, Option<Stamp>)>, settled_at: Option<Instant>, report: &mut ReloadReport) {
         let started = Instant::now();
         let first_load = self.publisher.generation() == 0;
         let node_name = self.index.options().node_name.clone();
         let mut trigger: Option<SystemTime> = None;
-        for (path, seen) in files {
-            let Some((stamp, now)) = seen else {
+        for (path, stamp) in files {
+            let Some(stamp) = stamp else {
                 self.by_file.remove(&path);
                 self.applied.remove(&path);
                 continue;
             };
             let text = files::read(&path, self.limits.max_file_bytes);
             let after = Stamp::of(&path);
-            if let Some(now) = now
+            if let Some(now) = settled_at
                 && after != Some(stamp)
             {
                 self.pending.insert(path, Pending { stamp: after, since: now });
