@@ -9,10 +9,10 @@
 //! broken. A file that breaks a limit is an error like a syntax error: it keeps its last good
 //! objects.
 
-/// How big, deep and long a manifest file may be. The defaults are far beyond what
-/// `kubectl get svc,endpointslices -A -o yaml` prints for a large cluster (about 60 MB for
-/// 10 000 Services with 100 000 endpoints, nesting about 15 deep counting `managedFields`,
-/// one document), and far below what would stall the daemon.
+/// How big, deep and long a manifest file may be. The defaults are well beyond what
+/// `kubectl get svc,endpointslices -A -o yaml` prints for a large cluster (49 MB for 10 000
+/// Services with 100 000 endpoints, 11 levels deep counting `managedFields`, one document:
+/// see `measure_a_large_cluster`), and far below what would stall the daemon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ManifestLimits {
     /// Largest file read, in bytes.
@@ -393,5 +393,176 @@ mod tests {
         assert_eq!(check("a: [[1]]\n---\nb: [[[[1]]]]\n", &limits), Err(Broken::Depth { document: 2, line: 3 }));
         assert_eq!(check("a: 1\n---\nb: 1\n---\nc: 1\n", &limits), Err(Broken::Documents));
         assert_eq!(check("a: [[1]]\n---\nb: 1\n", &limits), Ok(()));
+    }
+}
+
+#[cfg(test)]
+mod kubectl {
+    use super::*;
+
+    /// One Service and its EndpointSlice as `kubectl get svc,endpointslices -A -o yaml` prints
+    /// them inside its `kind: List`, with the server-side fields (`managedFields`, the
+    /// last-applied annotation) that make real output deep and long.
+    pub(super) fn item(i: usize, endpoints: usize) -> String {
+        let mut y = format!(
+            r#"- apiVersion: v1
+  kind: Service
+  metadata:
+    annotations:
+      kubectl.kubernetes.io/last-applied-configuration: |
+        {{"apiVersion":"v1","kind":"Service","metadata":{{"annotations":{{}},"name":"svc-{i}","namespace":"ns-{i}"}},"spec":{{"ports":[{{"name":"http","port":80,"targetPort":8080}}],"selector":{{"app":"svc-{i}"}}}}}}
+    creationTimestamp: "2026-01-01T00:00:00Z"
+    labels:
+      app: svc-{i}
+    managedFields:
+    - apiVersion: v1
+      fieldsType: FieldsV1
+      fieldsV1:
+        f:metadata:
+          f:annotations:
+            .: {{}}
+            f:kubectl.kubernetes.io/last-applied-configuration: {{}}
+        f:spec:
+          f:internalTrafficPolicy: {{}}
+          f:ports:
+            .: {{}}
+            k:{{"port":80,"protocol":"TCP"}}:
+              .: {{}}
+              f:name: {{}}
+              f:port: {{}}
+              f:protocol: {{}}
+              f:targetPort: {{}}
+          f:selector: {{}}
+      manager: kubectl-client-side-apply
+      operation: Update
+      time: "2026-01-01T00:00:00Z"
+    name: svc-{i}
+    namespace: ns-{i}
+    resourceVersion: "{i}"
+    uid: 6f1c2d3e-0000-4000-8000-{i:012}
+  spec:
+    clusterIP: 10.96.{a}.{b}
+    clusterIPs:
+    - 10.96.{a}.{b}
+    internalTrafficPolicy: Cluster
+    ipFamilies:
+    - IPv4
+    ipFamilyPolicy: SingleStack
+    ports:
+    - name: http
+      port: 80
+      protocol: TCP
+      targetPort: 8080
+    selector:
+      app: svc-{i}
+    sessionAffinity: None
+    type: ClusterIP
+  status:
+    loadBalancer: {{}}
+- addressType: IPv4
+  apiVersion: discovery.k8s.io/v1
+  endpoints:
+"#,
+            a = i / 250,
+            b = i % 250 + 1
+        );
+        for e in 0..endpoints {
+            y.push_str(&format!(
+                r#"  - addresses:
+    - 10.{x}.{c}.{d}
+    conditions:
+      ready: true
+      serving: true
+      terminating: false
+    nodeName: node-{d}
+    targetRef:
+      kind: Pod
+      name: svc-{i}-7d9f8c6b5-{e:05}
+      namespace: ns-{i}
+      uid: 0a1b2c3d-0000-4000-8000-{e:012}
+    zone: zone-{z}
+"#,
+                x = 1 + i / 60_000,
+                c = (i / 250) % 250,
+                d = e % 250 + 1,
+                z = e % 3
+            ));
+        }
+        y.push_str(&format!(
+            r#"  kind: EndpointSlice
+  metadata:
+    generateName: svc-{i}-
+    labels:
+      endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
+      kubernetes.io/service-name: svc-{i}
+    name: svc-{i}-abcde
+    namespace: ns-{i}
+    ownerReferences:
+    - apiVersion: v1
+      blockOwnerDeletion: true
+      controller: true
+      kind: Service
+      name: svc-{i}
+      uid: 6f1c2d3e-0000-4000-8000-{i:012}
+  ports:
+  - name: http
+    port: 8080
+    protocol: TCP
+"#
+        ));
+        y
+    }
+
+    pub(super) fn list(services: usize, endpoints_each: usize) -> String {
+        let mut y = String::from("apiVersion: v1\nitems:\n");
+        for i in 0..services {
+            y.push_str(&item(i, endpoints_each));
+        }
+        y.push_str("kind: List\nmetadata:\n  resourceVersion: \"\"\n");
+        y
+    }
+
+    #[test]
+    fn kubectl_output_is_well_within_the_limits() {
+        let text = list(20, 10);
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(parsed.get("items").is_some_and(|i| i.as_sequence().is_some_and(|s| s.len() == 40)));
+        let mut scan_depth = 0;
+        for max_depth in 1.. {
+            if check(&text, &ManifestLimits { max_depth, ..ManifestLimits::default() }).is_ok() {
+                scan_depth = max_depth;
+                break;
+            }
+        }
+        fn depth(v: &serde_yaml::Value) -> usize {
+            match v {
+                serde_yaml::Value::Mapping(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+                serde_yaml::Value::Sequence(s) => 1 + s.iter().map(depth).max().unwrap_or(0),
+                _ => 0,
+            }
+        }
+        let real = depth(&parsed);
+        assert!(scan_depth <= real, "the scan counts {scan_depth} levels where there are {real}");
+        assert!(real * 2 <= ManifestLimits::default().max_depth, "real depth {real} is close to the limit");
+    }
+
+    /// The figures the README gives for a large cluster: size, depth, and how long the checks
+    /// take. Run by hand: `cargo test -p tpvs-controlplane --lib kubectl -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "measurement, run by hand"]
+    fn measure_a_large_cluster() {
+        let started = std::time::Instant::now();
+        let text = list(10_000, 10);
+        let built = started.elapsed();
+        let started = std::time::Instant::now();
+        let checked = check(&text, &ManifestLimits::default());
+        let took = started.elapsed();
+        let started = std::time::Instant::now();
+        let docs = serde_yaml::from_str::<serde_yaml::Value>(&text).map(|_| ());
+        let parse = started.elapsed();
+        println!(
+            "10 000 Services, 100 000 endpoints: {} bytes, built in {built:?}, checked in {took:?} ({checked:?}), parsed in {parse:?} ({docs:?})",
+            text.len()
+        );
     }
 }
