@@ -338,3 +338,22 @@ fn a_missing_path_is_reported_once_until_it_changes() {
     assert_eq!(backends(&publisher, "10.96.0.1"), Some(vec!["10.1.0.1:8080".into()]), "the last good table stays");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_hostile_file_neither_stalls_nor_is_read_again_for_an_unrelated_edit() {
+    let dir = tempdir("hostile");
+    write(&dir.join("a.yaml"), &doc("a", "10.96.0.1", &["10.1.0.1"]));
+    // 150 KB of `[`: once seconds of parser CPU, paid again on every reload.
+    write(&dir.join("hostile.yaml"), &"[".repeat(150_000));
+    let (mut src, publisher) = watched(&dir, Duration::ZERO);
+    let report = src.reload();
+    assert!(matches!(report.errors.as_slice(), [ManifestError::TooDeep { limit: 64, .. }]), "{:?}", report.errors);
+    assert_eq!(backends(&publisher, "10.96.0.1"), Some(vec!["10.1.0.1:8080".into()]), "the good file is served");
+
+    write(&dir.join("a.yaml"), &doc("a", "10.96.0.1", &["10.1.0.2"]));
+    let report = src.poll(Instant::now()).unwrap_or_else(|| panic!("the edit was not applied"));
+    assert_eq!((report.parsed, report.errors.len()), (1, 0), "only the edited file is read: {:?}", report.errors);
+    assert_eq!(backends(&publisher, "10.96.0.1"), Some(vec!["10.1.0.2:8080".into()]));
+    assert_eq!(src.stats().errors_total.load(Ordering::Relaxed), 1, "the hostile file was reported once");
+    let _ = std::fs::remove_dir_all(&dir);
+}

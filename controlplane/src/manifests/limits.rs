@@ -388,6 +388,24 @@ mod tests {
     }
 
     #[test]
+    fn any_text_is_scanned_without_panicking() {
+        // Short texts over the characters the scan treats specially, from a fixed seed.
+        let alphabet = b"[]{},:-?#'\"|>!&*%.\\ \t\r\nab0129";
+        let mut seed: u64 = 0x5eed;
+        for _ in 0..200_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let len = (seed >> 58) as usize;
+            let text: String = (0..len)
+                .map(|k| {
+                    let r = seed.rotate_left(7 * k as u32 + 3) ^ (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    char::from(alphabet[(r % alphabet.len() as u64) as usize])
+                })
+                .collect();
+            let _ = check(&text, &ManifestLimits { max_depth: 3, max_documents: 2, ..ManifestLimits::default() });
+        }
+    }
+
+    #[test]
     fn the_first_broken_limit_is_named_with_its_place() {
         let limits = ManifestLimits { max_depth: 3, max_documents: 2, ..ManifestLimits::default() };
         assert_eq!(check("a: [[1]]\n---\nb: [[[[1]]]]\n", &limits), Err(Broken::Depth { document: 2, line: 3 }));

@@ -57,6 +57,8 @@ pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
 /// Counters of the manifests source (exported as metrics by the daemon).
 #[derive(Debug, Default)]
 pub struct SourceStats {
+    /// Reloads: the first load, and each time the watcher applied a change or met a new
+    /// listing failure (not every poll).
     pub reloads_total: AtomicU64,
     /// Problems reported: each bad file each time it is read, a path that cannot be listed
     /// once per distinct failure.
@@ -68,7 +70,8 @@ pub struct SourceStats {
     pub files_parsed_total: AtomicU64,
     /// The offline analogue of kube-proxy's `network_programming_duration_seconds`: from the
     /// modification time of the changed file to the table (and the listeners' rules) being
-    /// live. Not observed for the first load, whose files may be days old.
+    /// live, the settle time included. Not observed for the first load, whose files may be days
+    /// old.
     pub network_programming: DurationHistogram,
 }
 
@@ -164,10 +167,11 @@ impl ManifestSource {
     /// Errors in the report were already logged and counted.
     pub fn reload(&mut self) -> ReloadReport {
         let mut report = ReloadReport::default();
+        self.stats.reloads_total.fetch_add(1, Ordering::Relaxed);
         let Ok(files) = self.scan(&mut report) else { return report };
         let changed = self.changes(&files);
         self.pending.clear();
-        self.apply(changed, None, &mut report);
+        self.apply(changed.into_iter().collect(), None, &mut report);
         report
     }
 
@@ -178,10 +182,15 @@ impl ManifestSource {
         let mut report = ReloadReport::default();
         let files = match self.scan(&mut report) {
             Ok(files) => files,
-            Err(news) => return news.then_some(report),
+            Err(news) => {
+                if news {
+                    self.stats.reloads_total.fetch_add(1, Ordering::Relaxed);
+                }
+                return news.then_some(report);
+            }
         };
         let changes = self.changes(&files);
-        self.pending.retain(|path, _| changes.iter().any(|(p, _)| p == path));
+        self.pending.retain(|path, _| changes.contains_key(path));
         let mut ready = Vec::new();
         for (path, stamp) in changes {
             let since = match self.pending.get(&path) {
@@ -199,6 +208,7 @@ impl ManifestSource {
         if ready.is_empty() {
             return None;
         }
+        self.stats.reloads_total.fetch_add(1, Ordering::Relaxed);
         self.apply(ready, Some(now), &mut report);
         Some(report)
     }
@@ -207,7 +217,6 @@ impl ManifestSource {
     /// once until it changes (a missing directory must not log on every poll). The error is in
     /// the report either way; `Err(true)` when it is news.
     fn scan(&mut self, report: &mut ReloadReport) -> Result<BTreeMap<PathBuf, Stamp>, bool> {
-        self.stats.reloads_total.fetch_add(1, Ordering::Relaxed);
         match files::scan(&self.path) {
             Ok(files) => {
                 if self.listing_error.take().is_some() {
@@ -231,7 +240,7 @@ impl ManifestSource {
     }
 
     /// Files whose stamp differs from the one they were last read at (`None`: removed).
-    fn changes(&self, files: &BTreeMap<PathBuf, Stamp>) -> Vec<(PathBuf, Option<Stamp>)> {
+    fn changes(&self, files: &BTreeMap<PathBuf, Stamp>) -> BTreeMap<PathBuf, Option<Stamp>> {
         let changed = files
             .iter()
             .filter(|(path, stamp)| self.applied.get(*path).is_none_or(|a| a.stamp != **stamp))
