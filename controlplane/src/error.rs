@@ -27,6 +27,16 @@ pub enum ManifestError {
     Yaml { path: PathBuf, document: usize, reason: String },
     #[error("{path}: document {document} ({kind} {name}): {reason}")]
     Object { path: PathBuf, document: usize, kind: String, name: String, reason: String },
+    /// Larger than `ManifestLimits::max_file_bytes`: not read at all.
+    #[error("{path}: {size} bytes, more than the limit of {limit}; not read")]
+    TooLarge { path: PathBuf, size: u64, limit: u64 },
+    /// Nested deeper than `ManifestLimits::max_depth`: refused before parsing, whose cost grows
+    /// with the square of the depth.
+    #[error("{path}: document {document}, line {line}: nested more than {limit} deep; not parsed")]
+    TooDeep { path: PathBuf, document: usize, line: usize, limit: usize },
+    /// More documents than `ManifestLimits::max_documents`: refused before parsing.
+    #[error("{path}: more than {limit} YAML documents; not parsed")]
+    TooManyDocuments { path: PathBuf, limit: usize },
 }
 
 /// Two Services claiming the same frontend: a ClusterIP keeps it against any other kind, and

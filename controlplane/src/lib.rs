@@ -39,7 +39,7 @@ pub use error::{AddressProblem, AddressRefused, FrontendConflict, ManifestError,
 pub use ipnet::IpNet;
 pub use index::ClusterIndex;
 pub use kube_source::{BESIDE_KUBE_PROXY, KubeSource, KubeSourceConfig, KubeSourceError, KubeSourceHandle, KubeSourceStats};
-pub use manifests::{ManifestSource, ReloadReport, SourceStats};
+pub use manifests::{DEFAULT_SETTLE, ManifestLimits, ManifestSource, ReloadReport, SourceStats};
 pub use model::ObjectKey;
 pub use publish::{Publisher, TableHandle};
 pub use table::{Affinity, Frontend, FrontendKey, FrontendKind, Protocol, RoutingTable, ServicePortName, TrafficPolicy, WhenEmpty};

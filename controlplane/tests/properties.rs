@@ -406,7 +406,12 @@ proptest! {
         let (report, _, path) = load(&text, &[]);
         for e in &report.errors {
             let named = match e {
-                ManifestError::Read { path: p, .. } | ManifestError::Yaml { path: p, .. } | ManifestError::Object { path: p, .. } => p,
+                ManifestError::Read { path: p, .. }
+                | ManifestError::Yaml { path: p, .. }
+                | ManifestError::Object { path: p, .. }
+                | ManifestError::TooLarge { path: p, .. }
+                | ManifestError::TooDeep { path: p, .. }
+                | ManifestError::TooManyDocuments { path: p, .. } => p,
             };
             prop_assert_eq!(named, &path);
         }

@@ -122,7 +122,7 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception
     publisher.on_publish(interception.on_publish());
     match source {
         TableSource::Manifests(path) => {
-            let source = ManifestSource::new(path, opts, Arc::clone(&publisher));
+            let source = ManifestSource::new(path, opts, Arc::clone(&publisher)).with_settle(args.manifests_settle);
             // Before the first publish, so health and sync metrics see it.
             start_admin(args, &publisher, &interception, &shared, &udp, Some(source.stats()), None)?;
             // The first load happens inside `spawn`, on this thread, so the rules for the

@@ -1,5 +1,9 @@
-//! Which manifest files a path holds, what they looked like on disk, and their text.
+//! Which manifest files a path holds, what they look like on disk (a stamp per file), and
+//! their text.
 
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -36,64 +40,75 @@ pub(super) fn list(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     Ok(out)
 }
 
-/// One file's text.
-pub(super) fn read(path: &Path) -> Result<String, ManifestError> {
-    std::fs::read_to_string(path).map_err(|e| ManifestError::Read { path: path.to_path_buf(), reason: e.to_string() })
+/// What a file looked like on disk: enough to notice an edit without reading it. The inode
+/// and change time tell apart a same-sized rewrite within one mtime tick and an atomic rename.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Stamp {
+    pub len: u64,
+    pub mtime: SystemTime,
+    ctime: (i64, i64),
+    ino: u64,
 }
 
-/// Name, size and modification time of each file: enough to notice an edit without reading
-/// the files on every poll.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Fingerprint(Vec<(PathBuf, u64, SystemTime)>);
-
-impl Fingerprint {
-    /// A file that cannot be stat'ed counts as empty and from the epoch: the reload that
-    /// follows reports why it cannot be read.
-    pub(super) fn of(files: &[PathBuf]) -> Self {
-        Fingerprint(
-            files
-                .iter()
-                .map(|f| {
-                    let m = std::fs::metadata(f).ok();
-                    let len = m.as_ref().map_or(0, |m| m.len());
-                    let mtime = m.and_then(|m| m.modified().ok()).unwrap_or(SystemTime::UNIX_EPOCH);
-                    (f.clone(), len, mtime)
-                })
-                .collect(),
-        )
+impl Stamp {
+    /// `None` when the file cannot be stat'ed (it was removed meanwhile).
+    pub(super) fn of(path: &Path) -> Option<Stamp> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(Stamp {
+            len: m.len(),
+            mtime: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            ino: m.ino(),
+        })
     }
+}
 
-    /// The newest modification time among files that are new or changed in `new` (a removed
-    /// file has no time of its own: none).
-    pub(super) fn newest_change(&self, new: &Fingerprint) -> Option<SystemTime> {
-        new.0.iter().filter(|entry| !self.0.contains(entry)).map(|(_, _, mtime)| *mtime).max()
+/// The manifest files under `path` with their stamps, in path order. A file removed between
+/// the listing and its `stat` is left out, as if listed a moment later.
+pub(super) fn scan(path: &Path) -> Result<BTreeMap<PathBuf, Stamp>, ManifestError> {
+    Ok(list(path)?.into_iter().filter_map(|f| Stamp::of(&f).map(|s| (f, s))).collect())
+}
+
+/// One file's text, refused unread when larger than `max_bytes` (also when it grew past it
+/// after its size was checked).
+pub(super) fn read(path: &Path, max_bytes: u64) -> Result<String, ManifestError> {
+    let read_err = |e: std::io::Error| ManifestError::Read { path: path.to_path_buf(), reason: e.to_string() };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let size = file.metadata().map_err(read_err)?.len();
+    let too_large = |size| ManifestError::TooLarge { path: path.to_path_buf(), size, limit: max_bytes };
+    if size > max_bytes {
+        return Err(too_large(size));
     }
+    let mut text = String::new();
+    file.take(max_bytes.saturating_add(1)).read_to_string(&mut text).map_err(read_err)?;
+    if text.len() as u64 > max_bytes {
+        return Err(too_large(text.len() as u64));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
-    fn at(secs: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    fn print(entries: &[(&str, u64, u64)]) -> Fingerprint {
-        Fingerprint(entries.iter().map(|(p, len, t)| (PathBuf::from(p), *len, at(*t))).collect())
-    }
-
     #[test]
-    fn newest_change_is_the_latest_new_or_modified_file() {
-        let old = print(&[("a.yaml", 10, 100), ("b.yaml", 20, 200)]);
-        assert_eq!(old.newest_change(&old), None, "nothing changed");
-        let edited = print(&[("a.yaml", 11, 300), ("b.yaml", 20, 200)]);
-        assert_eq!(old.newest_change(&edited), Some(at(300)));
-        let added = print(&[("a.yaml", 10, 100), ("b.yaml", 20, 200), ("c.yaml", 1, 150)]);
-        assert_eq!(old.newest_change(&added), Some(at(150)), "an added file counts with its own time");
-        let removed = print(&[("a.yaml", 10, 100)]);
-        assert_eq!(old.newest_change(&removed), None, "a removal has no time of its own");
+    fn a_stamp_changes_with_a_rewrite_and_a_file_over_the_limit_is_not_read() {
+        let dir = std::env::temp_dir().join(format!("tpvs-cp-stamp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {dir:?}: {e}"));
+        let f = dir.join("a.yaml");
+        std::fs::write(&f, "abc").unwrap_or_else(|e| panic!("{e}"));
+        let first = Stamp::of(&f);
+        assert_eq!(first, Stamp::of(&f), "unchanged, same stamp");
+        // Same size, replaced by rename: a new inode even within one mtime tick.
+        let tmp = dir.join(".a.tmp");
+        std::fs::write(&tmp, "xyz").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&tmp, &f).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(first, Stamp::of(&f));
+        assert_eq!(read(&f, 3), Ok("xyz".to_string()));
+        assert_eq!(read(&f, 2), Err(ManifestError::TooLarge { path: f.clone(), size: 3, limit: 2 }));
+        assert_eq!(Stamp::of(&dir.join("gone.yaml")), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tracing::debug;
 
+use super::limits::{self, Broken, ManifestLimits};
 use crate::error::ManifestError;
 use crate::model::{NodeInfo, ObjectKey, ServiceInfo, Skipped, SliceInfo};
 
@@ -32,14 +33,26 @@ pub(super) struct Parsed {
     /// Services that kube-proxy would not proxy either (not errors).
     pub skipped: Vec<(ObjectKey, Skipped)>,
     pub errors: Vec<ManifestError>,
+    /// Documents handed to the YAML parser (none when the text broke a limit).
+    pub documents: usize,
 }
 
 /// Parses the text of the file at `path`. A Node is kept only when it is this node
-/// (`node_name`): its zone is all the compiler reads from it.
-pub(super) fn parse(path: &Path, text: &str, node_name: Option<&str>) -> Parsed {
+/// (`node_name`): its zone is all the compiler reads from it. A text that breaks `limits` is
+/// refused whole, before the YAML parser sees any of it.
+pub(super) fn parse(path: &Path, text: &str, node_name: Option<&str>, limits: &ManifestLimits) -> Parsed {
     let mut parsed = Parsed::default();
+    if let Err(broken) = limits::check(text, limits) {
+        let path = path.to_path_buf();
+        parsed.errors.push(match broken {
+            Broken::Depth { document, line } => ManifestError::TooDeep { path, document, line, limit: limits.max_depth },
+            Broken::Documents => ManifestError::TooManyDocuments { path, limit: limits.max_documents },
+        });
+        return parsed;
+    }
     // Documents are numbered from 1, as a person counts them in the file.
     for (document, de) in (1..).zip(serde_yaml::Deserializer::from_str(text)) {
+        parsed.documents += 1;
         match serde_yaml::Value::deserialize(de) {
             Ok(value) => {
                 Document { path, document, node_name }.load(value, &mut parsed);
@@ -155,7 +168,50 @@ mod tests {
     const SLICE: &str = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: t\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints:\n- addresses: [10.1.0.1]\n";
 
     fn parse_text(text: &str) -> Parsed {
-        parse(Path::new("m.yaml"), text, Some("node-a"))
+        parse(Path::new("m.yaml"), text, Some("node-a"), &ManifestLimits::default())
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_the_yaml_parser_runs() {
+        // 100 KB of `[` once cost seconds of CPU in the YAML scanner.
+        let parsed = parse_text(&"[".repeat(100_000));
+        assert!(
+            matches!(parsed.errors.as_slice(), [ManifestError::TooDeep { document: 1, line: 1, limit: 64, .. }]),
+            "{:?}",
+            parsed.errors
+        );
+        assert_eq!(parsed.documents, 0, "the YAML parser never saw the text");
+        let deep_block: String = (0..100).map(|d| format!("{}k{d}:\n", "  ".repeat(d))).collect();
+        let parsed = parse_text(&deep_block);
+        assert!(matches!(parsed.errors.as_slice(), [ManifestError::TooDeep { line: 65, .. }]), "{:?}", parsed.errors);
+        assert_eq!(parsed.documents, 0);
+    }
+
+    #[test]
+    fn too_many_documents_are_refused_with_the_limit_named() {
+        let limits = ManifestLimits { max_documents: 2, ..ManifestLimits::default() };
+        let parsed = parse(Path::new("m.yaml"), &format!("{SERVICE}---\n{SLICE}---\n{SERVICE}"), None, &limits);
+        assert_eq!(parsed.errors, vec![ManifestError::TooManyDocuments { path: "m.yaml".into(), limit: 2 }]);
+        assert_eq!(parsed.errors[0].to_string(), "m.yaml: more than 2 YAML documents; not parsed");
+        assert_eq!((parsed.documents, parsed.objects.services.len()), (0, 0));
+        let parsed = parse(Path::new("m.yaml"), &format!("{SERVICE}---\n{SLICE}"), None, &limits);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    }
+
+    #[test]
+    fn real_manifests_pass_the_limits() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut checked = 0;
+        for dir in ["../deploy/examples", "../proxy/tests/golden"] {
+            let dir = Path::new(root).join(dir);
+            let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}"));
+            for path in entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "yaml")) {
+                let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+                assert_eq!(limits::check(&text, &ManifestLimits::default()), Ok(()), "{path:?}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 0, "no example manifests found");
     }
 
     #[test]

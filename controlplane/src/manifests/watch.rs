@@ -1,27 +1,14 @@
-//! The polling thread that keeps the table following the files: every interval it compares
-//! the files' names, sizes and mtimes with those of the last reload (one `stat` per file) and
-//! reloads only when they differ.
+//! The polling thread that keeps the table following the files: every interval it stats the
+//! files (one `stat` each) and applies those that changed and then settled.
 
-use std::time::Duration;
-
-use tracing::debug;
+use std::time::{Duration, Instant};
 
 use super::ManifestSource;
-use super::files::{self, Fingerprint};
 
 impl ManifestSource {
-    /// Whether the files changed since the last reload (by name, size and mtime).
-    pub fn changed_on_disk(&self) -> bool {
-        match files::list(&self.path) {
-            Ok(files) => self.fingerprint.as_ref() != Some(&Fingerprint::of(&files)),
-            // Report the failure through a reload, which logs and counts it.
-            Err(_) => self.fingerprint.is_some(),
-        }
-    }
-
-    /// Loads once, then polls for changes every `interval` on a background thread.
+    /// Loads once, at once, then polls for changes every `interval` on a background thread.
     pub fn spawn(mut self, interval: Duration) -> std::thread::JoinHandle<()> {
-        if self.fingerprint.is_none() {
+        if self.publisher.generation() == 0 {
             self.reload();
         }
         std::thread::Builder::new()
@@ -29,10 +16,7 @@ impl ManifestSource {
             .spawn(move || {
                 loop {
                     std::thread::sleep(interval);
-                    if self.changed_on_disk() {
-                        debug!(path = %self.path.display(), "manifests changed; reloading");
-                        self.reload();
-                    }
+                    self.poll(Instant::now());
                 }
             })
             .unwrap_or_else(|e| {

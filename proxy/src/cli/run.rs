@@ -53,6 +53,11 @@ pub struct RunArgs {
     /// How often the manifests are checked for changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub manifests_poll_interval: Duration,
+    /// How long a changed manifest file must stay unchanged before it is applied, so that a
+    /// file caught while being written is not (the first load does not wait). Writers should
+    /// still write a new file and rename it over the old one: that is atomic.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub manifests_settle: Duration,
     /// How bytes are moved: zero-copy splice, or user-space copy.
     #[arg(long, value_enum, default_value = "splice")]
     pub forward_mode: RelayMode,

@@ -397,6 +397,11 @@ impl Lab {
         let manifests = self.manifests.to_string_lossy().into_owned();
         let mut args =
             vec!["--manifests", &manifests, "--hostname-override", "node1", "--manifests-poll-interval", "100ms"];
+        // The lab writes its manifests atomically (`write_manifests`): a short settle time
+        // keeps tests quick; a test about the settle time sets its own.
+        if !extra.contains(&"--manifests-settle") {
+            args.extend(["--manifests-settle", "200ms"]);
+        }
         args.extend_from_slice(extra);
         self.start_tpvs_with(&args);
     }
