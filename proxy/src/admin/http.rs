@@ -11,9 +11,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Frame, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -28,7 +32,12 @@ use super::conns::{ConnGuard, ConnLimit};
 /// once, so 5 s is generous for a client and short for one holding a slot on purpose.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub type Body = Full<Bytes>;
+/// A response body: whole (`respond`) or produced while it is sent (`respond_streaming`).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Chunks a producer on the blocking pool has written, in flight to the client: at most this
+/// many wait, so a large answer holds a few chunks at a time, not the whole of it.
+const STREAM_CHUNKS_IN_FLIGHT: usize = 4;
 
 /// What a handler sees of a request: admin endpoints take no body.
 #[derive(Debug, Clone)]
@@ -57,10 +66,46 @@ pub enum Exec {
 
 /// A response with a body and content type.
 pub fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    with_body(status, content_type, Full::new(body.into()).boxed_unsync())
+}
+
+/// A response whose body `produce` writes chunk by chunk on the blocking pool while it is sent
+/// (chunked transfer): the answer's size no longer decides the memory it takes. Must be called
+/// from within the server's runtime (handlers are).
+pub fn respond_streaming(status: StatusCode, content_type: &'static str, produce: impl FnOnce(&mut dyn FnMut(Bytes)) + Send + 'static) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(STREAM_CHUNKS_IN_FLIGHT);
+    let spawned = tokio::runtime::Handle::try_current().map(|rt| {
+        rt.spawn_blocking(move || {
+            // A client gone mid-answer makes the sends fail; the rest is produced and dropped.
+            produce(&mut |chunk| {
+                let _ = tx.blocking_send(chunk);
+            });
+        })
+    });
+    if spawned.is_err() {
+        return respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", "no runtime to stream from\n");
+    }
+    with_body(status, content_type, ChunkBody(rx).boxed_unsync())
+}
+
+fn with_body(status: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
+}
+
+/// The receiving end of a streamed body: each chunk becomes a data frame; the producer's end
+/// closing ends the body.
+struct ChunkBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChunkBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
 }
 
 pub fn not_found() -> Response<Body> {

@@ -126,13 +126,18 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<()> {
 }
 
 fn metrics_routes(
-    m: &metrics::Metrics,
+    m: &Arc<metrics::Metrics>,
     publisher: &Publisher,
     backend_metrics: Option<&crate::dispatch::telemetry::MetricsRegistry>,
     req: &Req,
 ) -> hyper::Response<http::Body> {
     match req.path() {
-        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", m.render()),
+        "/metrics" => {
+            let m = Arc::clone(m);
+            http::respond_streaming(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", move |sink| {
+                m.render_to(&mut |chunk| sink(bytes::Bytes::from(chunk)));
+            })
+        }
         "/proxyMode" => respond(StatusCode::OK, "text/plain; charset=utf-8", PROXY_MODE),
         "/api/table" => {
             let view = crate::view::json_view(&publisher.current(), backend_metrics);
