@@ -34,6 +34,8 @@ pub type Body = Full<Bytes>;
 pub struct Req {
     pub method: Method,
     pub uri: Uri,
+    /// The address the client connected to (routes may be served on loopback only).
+    pub local: Option<SocketAddr>,
 }
 
 impl Req {
@@ -86,18 +88,19 @@ pub async fn serve(listener: TcpListener, handler: Handler, exec: Exec, mut stop
             }
         };
         let handler = Arc::clone(&handler);
+        let local = stream.local_addr().ok();
         tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(stream, peer, handler, exec).await;
+            serve_connection(stream, peer, local, handler, exec).await;
         });
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, handler: Handler, exec: Exec) {
+async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, local: Option<SocketAddr>, handler: Handler, exec: Exec) {
     let service = service_fn(move |req: Request<Incoming>| {
         let handler = Arc::clone(&handler);
         async move {
-            let req = Req { method: req.method().clone(), uri: req.uri().clone() };
+            let req = Req { method: req.method().clone(), uri: req.uri().clone(), local };
             let resp = match exec {
                 Exec::Inline => handler(&req),
                 Exec::Blocking => match tokio::task::spawn_blocking(move || handler(&req)).await {
