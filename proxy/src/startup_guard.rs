@@ -58,10 +58,13 @@ mod tests {
 
     use super::*;
 
-    fn recorder() -> (Arc<Mutex<Vec<&'static str>>>, impl Fn(&'static str) -> Box<dyn FnOnce() -> anyhow::Result<()> + Send>) {
-        let log = Arc::new(Mutex::new(Vec::new()));
+    type Log = Arc<Mutex<Vec<&'static str>>>;
+
+    /// A log of undone steps, and a maker of undo steps that record themselves in it.
+    fn recorder() -> (Log, impl Fn(&'static str) -> Undo) {
+        let log = Log::default();
         let l = Arc::clone(&log);
-        let make = move |name: &'static str| -> Box<dyn FnOnce() -> anyhow::Result<()> + Send> {
+        let make = move |name: &'static str| -> Undo {
             let l = Arc::clone(&l);
             Box::new(move || {
                 l.lock().unwrap_or_else(|p| p.into_inner()).push(name);
