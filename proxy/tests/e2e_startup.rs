@@ -225,3 +225,18 @@ fn on_a_wildcard_metrics_address_the_table_is_served_to_loopback_only() {
     let t = get(&node, METRICS, "/api/table").unwrap_or_else(|e| panic!("api/table on loopback: {e}"));
     assert_eq!(t.status, 200, "{t:?}");
 }
+
+#[test]
+fn a_killed_instance_leaves_no_lock_and_its_successor_adopts_the_leftovers() {
+    let Some(mut lab) = lab(1, &[0]) else { return };
+    lab.write_manifests(&web());
+    lab.start_tpvs(&[]);
+    lab.wait_serving(VIP);
+    // SIGKILL: no clean shutdown, the rules stay behind, the kernel frees the lock's name.
+    assert!(!lab.stop_tpvs(libc::SIGKILL));
+    assert!(nft_table(&lab).is_some(), "a killed instance leaves its rules");
+    lab.start_tpvs(&[]);
+    lab.wait_serving(VIP);
+    assert!(!lab.tpvs_log().contains("another tpvs owns"), "{}", lab.tpvs_log());
+    assert_eq!(fwmark_rules(&lab).lines().count(), 2, "one rule per family, not duplicated: {}", fwmark_rules(&lab));
+}

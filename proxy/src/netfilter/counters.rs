@@ -74,13 +74,19 @@ pub fn parse_listing(json: &str) -> Listing {
     Listing { counts, fingerprint: hasher.finish() }
 }
 
-/// Zeroes every counter value and drops `metainfo` (nft's version, not the table's content).
+/// Zeroes every counter value, drops `metainfo` (nft's version, not the table's content) and
+/// sorts map and set elements (a hash set's listing order is not part of its content).
 fn zero_counters(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
             map.remove("metainfo");
             for (k, child) in map.iter_mut() {
-                if k == "counter" {
+                if k == "elem" {
+                    if let Some(items) = child.as_array_mut() {
+                        items.iter_mut().for_each(zero_counters);
+                        items.sort_by_cached_key(|e| e.to_string());
+                    }
+                } else if k == "counter" {
                     if let Some(c) = child.as_object_mut() {
                         for field in ["packets", "bytes"] {
                             if let Some(x) = c.get_mut(field) {
@@ -159,6 +165,8 @@ mod tests {
         assert_eq!(a.fingerprint, b.fingerprint);
         assert_ne!(a.fingerprint, parse_listing(&doc(1, "10.96.0.2")).fingerprint);
         assert_ne!(a.fingerprint, parse_listing(r#"{"nftables": []}"#).fingerprint);
+        let elems = |order: &str| parse_listing(&format!(r#"{{"nftables": [{{"map": {{"name": "m", "elem": {order}}}}}]}}"#)).fingerprint;
+        assert_eq!(elems(r#"["a", "b"]"#), elems(r#"["b", "a"]"#), "element order is not content");
     }
 
     #[test]
