@@ -77,7 +77,7 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<()> {
     let metrics_listener = bind(args.metrics_bind_address.0, "metrics")?;
     // `/api/table` is served on loopback only; a metrics address off loopback gets a twin on
     // 127.0.0.1 for it (and for `tpvs list`'s default address).
-    let table_listener = bind(loopback_twin(args.metrics_bind_address.0), "table (loopback)")?;
+    let table_listener = bind(loopback_twin(args.metrics_bind_address.0), "loopback /api/table (for a metrics address off loopback)")?;
     let healthz_listener = bind(args.healthz_bind_address.0, "healthz")?;
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let table_addr = table_listener.as_ref().and_then(|l| l.local_addr().ok());
