@@ -17,11 +17,11 @@ pub fn run(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
     if let Some(o) = owner {
         if !args.force {
             anyhow::bail!(
-                "a running tpvs (pid {}) owns nft table {table:?} in this network namespace; stop it (it removes its rules on SIGTERM), or pass --force",
-                o.pid
+                "a running tpvs ({}) owns nft table {table:?} in this network namespace; stop it (it removes its rules on SIGTERM), or pass --force",
+                ownership::owner_text(o.pid)
             );
         }
-        warn!(pid = o.pid, table = %table, "removing the rules of a running tpvs (--force)");
+        warn!(owner = ownership::owner_text(o.pid), table = %table, "removing the rules of a running tpvs (--force)");
     }
     crate::netfilter::remove_all(table, args.interception.routing()).context("removing the tpvs interception")?;
     Ok(ExitCode::SUCCESS)

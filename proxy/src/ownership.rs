@@ -40,7 +40,7 @@ pub enum OwnershipError {
     },
 }
 
-fn owner_text(pid: Option<u32>) -> String {
+pub fn owner_text(pid: Option<u32>) -> String {
     pid.map_or_else(|| "pid unknown".to_string(), |p| format!("pid {p}"))
 }
 
@@ -70,7 +70,7 @@ impl Ownership {
         let listener = match UnixListener::bind_addr(&addr) {
             Ok(l) => l,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                return Err(OwnershipError::Taken { table: table.to_string(), pid: owner(table).ok().flatten().map(|o| o.pid) });
+                return Err(OwnershipError::Taken { table: table.to_string(), pid: owner(table).ok().flatten().and_then(|o| o.pid) });
             }
             Err(e) => return Err(io(e)),
         };
@@ -86,7 +86,9 @@ impl Ownership {
 /// What a probe learned about the owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
-    pub pid: u32,
+    /// As seen from this process: `SO_PEERCRED` when the owner is in our pid namespace,
+    /// else the pid its hello states (in its own pid namespace).
+    pub pid: Option<u32>,
     /// The hello's version byte, when the owner sent one in time.
     pub version: Option<u8>,
 }
@@ -110,8 +112,7 @@ pub fn owner(table: &str) -> std::io::Result<Option<Owner>> {
             (None, None)
         }
     };
-    let pid = cred_pid.or(hello_pid).unwrap_or(0);
-    Ok(Some(Owner { pid, version }))
+    Ok(Some(Owner { pid: cred_pid.or(hello_pid), version }))
 }
 
 /// Accepts probes and says hello; runs for the life of the process.
@@ -163,7 +164,7 @@ mod tests {
         let pid = std::process::id();
         assert!(err.contains("another tpvs owns nft table") && err.contains(&format!("pid {pid}")), "{err}");
         let o = owner(&table).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(o, Some(Owner { pid, version: Some(HELLO_VERSION) }));
+        assert_eq!(o, Some(Owner { pid: Some(pid), version: Some(HELLO_VERSION) }));
     }
 
     #[test]
