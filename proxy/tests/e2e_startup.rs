@@ -175,11 +175,18 @@ fn rules_deleted_or_flushed_under_a_running_instance_come_back() {
     assert!(reasserted("policy_routing").is_some_and(|v| v >= 1.0), "the re-assert is counted");
     assert!(lab.tpvs_log().contains("the nft table changed under tpvs"), "and logged");
 
-    // Flushed (chains and maps stay, rules go): an alteration, not a deletion.
+    // Flushed (chains and maps stay, rules go): an alteration, not a deletion. And the local
+    // route the rule points at, flushed with its routing table.
     let before = reasserted("nft_table").unwrap_or(0.0);
+    let routing_before = reasserted("policy_routing").unwrap_or(0.0);
     lab.node_sh(&["nft", "flush", "table", "inet", "tpvs"]).unwrap_or_else(|e| panic!("{e}"));
+    lab.node_sh(&["ip", "-4", "route", "flush", "table", "7470"]).unwrap_or_else(|e| panic!("{e}"));
     let seen = lab.wait_for(Duration::from_secs(6), || reasserted("nft_table").filter(|v| *v > before));
     assert!(seen.is_some(), "a flushed table was not re-asserted; log:\n{}", lab.tpvs_log());
+    let seen = lab.wait_for(Duration::from_secs(6), || reasserted("policy_routing").filter(|v| *v > routing_before));
+    assert!(seen.is_some(), "a flushed route was not re-asserted; log:\n{}", lab.tpvs_log());
+    let route = lab.node_sh(&["ip", "-4", "route", "show", "table", "7470"]).unwrap_or_default();
+    assert!(route.contains("local default dev lo"), "{route}");
     lab.wait_for(Duration::from_secs(6), || lab.hello(VIP).ok())
         .unwrap_or_else(|| panic!("forwarding did not resume after a flush; log:\n{}", lab.tpvs_log()));
 
