@@ -16,6 +16,8 @@
 //! - [`logging`]: tracing setup shared by every subcommand.
 //! - [`run`]: `tpvs run`, the daemon: wires the control plane's table to the data path and
 //!   the interception; [`cleanup`]: `tpvs cleanup`, removes the interception.
+//! - [`ownership`]: the per-namespace lock naming the instance that owns the nft table;
+//!   [`startup_guard`]: undoes a start-up that fails.
 //! - [`netfilter`]: the nftables table (rendered by a pure function) and policy routing.
 //! - [`dispatch`]: every per-connection and per-flow decision, TCP and UDP alike: frontend
 //!   lookup, session affinity, pick with retry, and all feedback to the schedulers and the
@@ -48,8 +50,10 @@ pub mod dispatch;
 pub mod forward;
 pub mod limits;
 pub mod netfilter;
+pub mod ownership;
 pub mod run;
 pub mod slots;
+pub mod startup_guard;
 pub mod sockopt;
 pub mod udp;
 pub mod units;

@@ -5,6 +5,11 @@
 //! signal handlers first (a SIGTERM during start-up still cleans up), listeners bound next
 //! (TPROXY to a port nobody listens on answers clients "network unreachable"), then policy
 //! routing and rules, then the first table. Shutdown removes the rules before exiting.
+//!
+//! Before all of it, the instance claims the network namespace's ownership of its nft table
+//! ([`crate::ownership`]): a second instance stops there, having touched nothing. After it,
+//! every step that changes the node registers its undo, and a start-up that fails removes
+//! what it installed and nothing else ([`crate::startup_guard`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +24,8 @@ use crate::cli::RunArgs;
 use crate::dispatch::telemetry::MetricsRegistry;
 use crate::forward::{self, ForwardConfig, Shared};
 use crate::netfilter::{Interception, RulesetConfig};
+use crate::ownership::Ownership;
+use crate::startup_guard::StartupGuard;
 use crate::udp;
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -28,18 +35,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => TableSource::Kube,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("signal runtime")?;
-    runtime.block_on(async move {
+    // The handlers are registered first (a signal during start-up is seen once start-up is
+    // done), but start-up itself runs outside `block_on`: it builds runtimes of its own (the
+    // admin server's) and drops them when it fails, which tokio forbids in async context.
+    let (mut term, mut int) = {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let interception = start(&args, source)?;
+        let _ctx = runtime.enter();
+        (signal(SignalKind::terminate()).context("SIGTERM handler")?, signal(SignalKind::interrupt()).context("SIGINT handler")?)
+    };
+    let interception = start(&args, source)?;
+    runtime.block_on(async move {
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: removing interception and exiting"),
             _ = int.recv() => info!("SIGINT: removing interception and exiting"),
         }
-        interception.remove().context("removing the interception")?;
-        Ok(ExitCode::SUCCESS)
-    })
+    });
+    interception.remove().context("removing the interception")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Where the routing table comes from.
@@ -50,8 +62,14 @@ enum TableSource {
     Kube,
 }
 
-/// Everything up to "serving"; returns the interception so the caller can remove it.
+/// Everything up to "serving"; returns the interception so the caller can remove it. Claims
+/// the namespace's ownership of the nft table before anything else (a second instance must not
+/// even bind the `SO_REUSEPORT` listeners); any failure after that undoes what this start-up
+/// installed, and only that ([`StartupGuard`]).
 fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception>> {
+    let ownership = Ownership::claim(&args.interception.nft_table)?;
+    info!(table = ownership.table(), lock = %format!("@{}", crate::ownership::lock_name(ownership.table())), "claimed the nft table for this network namespace");
+    let mut guard = StartupGuard::new();
     let mut opts = args.table.compile_options();
     if opts.node_name.is_none() {
         // kube-proxy's default: the node is named after the host.
@@ -115,10 +133,12 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception
         },
         args.interception.routing(),
     );
-    if let Err(e) = interception.install(&publisher.current()) {
-        let _ = interception.remove();
-        return Err(e).context("installing the interception");
-    }
+    let ic = Arc::clone(&interception);
+    guard.on_failure("policy routing", move || Ok(ic.remove_routing()?));
+    interception.install_routing().context("installing the policy routing")?;
+    let ic = Arc::clone(&interception);
+    guard.on_failure("nft table", move || Ok(ic.remove_table()?));
+    interception.sync(&publisher.current()).context("installing the nft table")?;
     publisher.on_publish(interception.on_publish());
     match source {
         TableSource::Manifests(path) => {
@@ -138,13 +158,8 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception
                 service_selector: args.beside_kube_proxy.then(|| BESIDE_KUBE_PROXY.to_string()),
                 ..KubeSourceConfig::default()
             };
-            let kube = match KubeSource::spawn(args.kubeconfig.clone(), opts, Arc::clone(&publisher), config) {
-                Ok(k) => k,
-                Err(e) => {
-                    let _ = interception.remove();
-                    return Err(e).context("starting the Kubernetes API source");
-                }
-            };
+            let kube = KubeSource::spawn(args.kubeconfig.clone(), opts, Arc::clone(&publisher), config)
+                .context("starting the Kubernetes API source")?;
             start_admin(args, &publisher, &interception, &shared, &udp, None, Some(kube.stats()))?;
             // Nothing is published until every initial list is complete; /healthz says 503
             // until then, and the interception forwards nothing it does not know.
@@ -154,11 +169,15 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception
             drop(kube);
         }
     }
+    if !args.rules_check_interval.is_zero() {
+        interception.spawn_checker(args.rules_check_interval).context("starting the rules check")?;
+    }
+    guard.commit();
     info!(generation = publisher.generation(), frontends = publisher.current().len(), "serving");
     Ok(interception)
 }
 
-/// Starts the admin and health servers; on failure removes the interception already installed.
+/// Starts the admin and health servers.
 fn start_admin(
     args: &RunArgs,
     publisher: &Arc<Publisher>,
@@ -176,11 +195,7 @@ fn start_admin(
         kube,
         udp: udp.clone(),
     };
-    if let Err(e) = crate::admin::start(&args.admin, sources) {
-        let _ = interception.remove();
-        return Err(e);
-    }
-    Ok(())
+    crate::admin::start(&args.admin, sources)
 }
 
 /// The UDP data path, unless `--udp-proxy-port 0` turned it off. Bound before any rule sends

@@ -152,7 +152,7 @@ mod tests {
     #[test]
     fn body_has_kube_proxy_fields() {
         let h = ProxyHealth::new(Duration::from_secs(60));
-        let req = |p: &str| Req { method: hyper::Method::GET, uri: p.parse().unwrap_or_else(|e| panic!("{e}")) };
+        let req = |p: &str| Req { method: hyper::Method::GET, uri: p.parse().unwrap_or_else(|e| panic!("{e}")), local: None };
         let r = handle(&h, &req("/healthz"));
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         h.updated(SystemTime::now());

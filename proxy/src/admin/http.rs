@@ -44,6 +44,8 @@ const STREAM_CHUNKS_IN_FLIGHT: usize = 4;
 pub struct Req {
     pub method: Method,
     pub uri: Uri,
+    /// The address the client connected to (routes may be served on loopback only).
+    pub local: Option<SocketAddr>,
 }
 
 impl Req {
@@ -136,18 +138,26 @@ pub async fn serve(listener: TcpListener, handler: Handler, exec: Exec, limit: A
             continue;
         };
         let handler = Arc::clone(&handler);
-        tokio::spawn(serve_connection(stream, peer, handler, exec, Arc::new(guard)));
+        let local = stream.local_addr().ok();
+        tokio::spawn(serve_connection(stream, peer, local, handler, exec, Arc::new(guard)));
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, handler: Handler, exec: Exec, guard: Arc<ConnGuard>) {
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    handler: Handler,
+    exec: Exec,
+    guard: Arc<ConnGuard>,
+) {
     let in_service = Arc::clone(&guard);
     let service = service_fn(move |req: Request<Incoming>| {
         let handler = Arc::clone(&handler);
         let guard = Arc::clone(&in_service);
         async move {
             guard.begin();
-            let req = Req { method: req.method().clone(), uri: req.uri().clone() };
+            let req = Req { method: req.method().clone(), uri: req.uri().clone(), local };
             let resp = match exec {
                 Exec::Inline => handler(&req),
                 Exec::Blocking => match tokio::task::spawn_blocking(move || handler(&req)).await {

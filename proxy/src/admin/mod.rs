@@ -2,7 +2,9 @@
 //!
 //! - `--metrics-bind-address` (127.0.0.1:10249): `/metrics` ([`metrics`]), `/proxyMode`
 //!   ("tpvs"), and `/api/table` (the live table with counters, read by `tpvs list`; its
-//!   schema is [`crate::view`]).
+//!   schema is [`crate::view`]). `/api/table` is unauthenticated, so it is answered only on
+//!   connections to a loopback address; a metrics address off loopback gets a second listener
+//!   on 127.0.0.1 at the same port for it.
 //! - `--healthz-bind-address` (0.0.0.0:10256): `/healthz` and `/livez` ([`healthz`]).
 //! - one server per `healthCheckNodePort` ([`healthcheck`]), opened and closed with the table.
 //!
@@ -80,8 +82,13 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<()> {
         Ok(Some(TcpListener::from_std(std).context("registering the listener")?))
     };
     let metrics_listener = bind(args.metrics_bind_address.0, "metrics", &metrics_runtime)?;
+    // `/api/table` is served on loopback only; a metrics address off loopback gets a twin on
+    // 127.0.0.1 for it (and for `tpvs list`'s default address).
+    let table_listener =
+        bind(loopback_twin(args.metrics_bind_address.0), "loopback /api/table (for a metrics address off loopback)", &metrics_runtime)?;
     let healthz_listener = bind(args.healthz_bind_address.0, "healthz", &health_runtime)?;
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let table_addr = table_listener.as_ref().and_then(|l| l.local_addr().ok());
     let healthz_addr = healthz_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let (publisher, forward) = (Arc::clone(&sources.publisher), sources.forward.clone());
@@ -101,7 +108,7 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<()> {
             });
         })
         .context("starting the health thread")?;
-    if let Some(l) = metrics_listener {
+    if metrics_listener.is_some() || table_listener.is_some() {
         std::thread::Builder::new()
             .name("tpvs-metrics".into())
             .spawn(move || {
@@ -110,14 +117,23 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<()> {
                     let (m, p) = (Arc::clone(&metrics), Arc::clone(&publisher));
                     let backend_metrics = forward.as_ref().map(|f| Arc::clone(f.dispatch.metrics()));
                     let handler: Handler = Arc::new(move |req: &Req| metrics_routes(&m, &p, backend_metrics.as_deref(), req));
-                    let limit = ConnLimit::new(limits::METRICS_CONNECTIONS, http::IDLE_TIMEOUT);
-                    http::serve(l, handler, Exec::Blocking, limit, stop).await;
+                    let mut servers = Vec::new();
+                    for l in [metrics_listener, table_listener].into_iter().flatten() {
+                        let limit = ConnLimit::new(limits::METRICS_CONNECTIONS, http::IDLE_TIMEOUT);
+                        servers.push(tokio::spawn(http::serve(l, Arc::clone(&handler), Exec::Blocking, limit, stop.clone())));
+                    }
+                    for s in servers {
+                        let _ = s.await;
+                    }
                 });
             })
             .context("starting the metrics thread")?;
     }
     if let Some(a) = metrics_addr {
-        info!(addr = %a, "metrics server listening (/metrics, /proxyMode, /api/table)");
+        info!(addr = %a, "metrics server listening (/metrics, /proxyMode; /api/table from loopback only)");
+    }
+    if let Some(a) = table_addr {
+        info!(addr = %a, "table server listening (/api/table, /metrics, /proxyMode)");
     }
     if let Some(a) = healthz_addr {
         info!(addr = %a, "health server listening (/healthz, /livez)");
@@ -139,10 +155,66 @@ fn metrics_routes(
             })
         }
         "/proxyMode" => respond(StatusCode::OK, "text/plain; charset=utf-8", PROXY_MODE),
+        // The whole table, unauthenticated: never off the node.
+        "/api/table" if !req.local.is_some_and(is_loopback) => not_found(),
         "/api/table" => {
             let view = crate::view::json_view(&publisher.current(), backend_metrics);
             respond(StatusCode::OK, "application/json", serde_json::to_string(&view).unwrap_or_default())
         }
         _ => not_found(),
+    }
+}
+
+/// The loopback address on the metrics port, when the metrics address itself is neither
+/// loopback nor a wildcard (a wildcard listener already answers on loopback).
+fn loopback_twin(metrics: Option<SocketAddr>) -> Option<SocketAddr> {
+    let addr = metrics?;
+    if is_loopback(addr) || addr.ip().is_unspecified() {
+        return None;
+    }
+    Some(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port())))
+}
+
+/// Loopback, including IPv4 loopback reached through a dual-stack `[::]` listener.
+fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(path: &str, local: &str) -> Req {
+        Req { method: hyper::Method::GET, uri: path.parse().unwrap_or_else(|e| panic!("{e}")), local: local.parse().ok() }
+    }
+
+    #[test]
+    fn the_table_is_served_on_loopback_only() {
+        let m = Arc::new(
+            metrics::Metrics::new(
+                Sources { publisher: Arc::new(Publisher::new()), interception: None, forward: None, manifests: None, kube: None, udp: None },
+                1000,
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let p = Publisher::new();
+        let status = |path: &str, local: &str| metrics_routes(&m, &p, None, &req(path, local)).status();
+        assert_eq!(status("/api/table", "127.0.0.1:10249"), StatusCode::OK);
+        assert_eq!(status("/api/table", "[::1]:10249"), StatusCode::OK);
+        assert_eq!(status("/api/table", "[::ffff:127.0.0.1]:10249"), StatusCode::OK);
+        assert_eq!(status("/api/table", "10.0.0.1:10249"), StatusCode::NOT_FOUND);
+        assert_eq!(status("/api/table", "none"), StatusCode::NOT_FOUND);
+        assert_eq!(status("/proxyMode", "10.0.0.1:10249"), StatusCode::OK);
+    }
+
+    #[test]
+    fn a_metrics_address_off_loopback_gets_a_loopback_twin_for_the_table() {
+        let twin = |a: &str| loopback_twin(a.parse().ok()).map(|s| s.to_string());
+        assert_eq!(twin("10.0.0.1:10249").as_deref(), Some("127.0.0.1:10249"));
+        assert_eq!(twin("[fd00::1]:9000").as_deref(), Some("127.0.0.1:9000"));
+        assert_eq!(twin("127.0.0.1:10249"), None);
+        assert_eq!(twin("0.0.0.0:10249"), None);
+        assert_eq!(twin("[::]:10249"), None);
+        assert_eq!(loopback_twin(None), None);
     }
 }

@@ -8,4 +8,8 @@ use super::InterceptionArgs;
 pub struct CleanupArgs {
     #[command(flatten)]
     pub interception: InterceptionArgs,
+    /// Remove the rules even while a running `tpvs run` owns them (it will re-install them
+    /// at its next rules check unless it is stopped).
+    #[arg(long)]
+    pub force: bool,
 }

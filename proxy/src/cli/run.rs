@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// still write a new file and rename it over the old one: that is atomic.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub manifests_settle: Duration,
+    /// How often the nft table and the policy routing are checked against what tpvs applied;
+    /// anything deleted, flushed or altered is applied again (0: never check).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub rules_check_interval: Duration,
     /// How bytes are moved: zero-copy splice, or user-space copy.
     #[arg(long, value_enum, default_value = "splice")]
     pub forward_mode: RelayMode,

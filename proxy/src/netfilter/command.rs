@@ -89,6 +89,66 @@ fn ipv6_available() -> bool {
     std::net::TcpListener::bind("[::1]:0").is_ok()
 }
 
+/// Whether the rule and the `local` route are in place for every family that has them
+/// (IPv6 only where the namespace has IPv6). One `ip -j` listing each.
+pub fn routing_present(cfg: RoutingConfig) -> Result<bool, CommandError> {
+    let mark = format!("0x{:x}", cfg.mark);
+    let table = route_table_name(cfg.table);
+    for (fam, _) in FAMILIES {
+        if fam == "-6" && !ipv6_available() {
+            continue;
+        }
+        let rules = output("ip", &["-j", fam, "rule", "show"])?;
+        let rule = json_array(&rules).iter().any(|r| {
+            r.get("fwmark").and_then(|m| m.as_str()) == Some(mark.as_str())
+                && r.get("table").and_then(|t| t.as_str()) == Some(table.as_str())
+                && r.get("fwmask").is_none()
+        });
+        // A missing table is an error for `ip`: it means the route is gone.
+        let routes = output("ip", &["-j", fam, "route", "show", "table", &cfg.table.to_string()]).unwrap_or_default();
+        let route = json_array(&routes).iter().any(|r| {
+            r.get("type").and_then(|t| t.as_str()) == Some("local")
+                && r.get("dst").and_then(|d| d.as_str()) == Some("default")
+                && r.get("dev").and_then(|d| d.as_str()) == Some("lo")
+        });
+        if !rule || !route {
+            debug!(family = fam, rule, route, "policy routing incomplete");
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// How `ip` names a routing table id in its listings.
+fn route_table_name(id: u32) -> String {
+    match id {
+        253 => "default".into(),
+        254 => "main".into(),
+        255 => "local".into(),
+        n => n.to_string(),
+    }
+}
+
+fn json_array(text: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str::<Vec<serde_json::Value>>(text).unwrap_or_default()
+}
+
+/// Runs `program args…` and returns its stdout; Ok when it exits 0.
+fn output(program: &'static str, args: &[&str]) -> Result<String, CommandError> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| CommandError::Spawn { program, package: package_of(program), source })?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    Err(CommandError::Failed {
+        command: format!("{program} {}", args.join(" ")),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
 /// Deletes every copy of our rule (a crashed run may have left one, a crash loop several).
 fn remove_rules(cfg: RoutingConfig) {
     let mark = format!("0x{:x}", cfg.mark);

@@ -8,6 +8,7 @@
 //! The table is replaced whole on every change, which zeroes its counters, so
 //! [`super::Interception`] adds what the old table had counted to a carried total first.
 
+use std::hash::{Hash as _, Hasher as _};
 use std::process::{Command, Stdio};
 
 use super::CommandError;
@@ -27,8 +28,22 @@ impl VerdictCounts {
     }
 }
 
+/// One read of the table: its counters, and a fingerprint of everything else in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listing {
+    pub counts: VerdictCounts,
+    /// Hash of the listing with the counters' values zeroed: any rule, chain, map element or
+    /// handle that changes changes it, packets passing do not.
+    pub fingerprint: u64,
+}
+
 /// Reads the counters of table `inet <table>` (`nft -j`); a missing table counts zero.
 pub fn read(table: &str) -> Result<VerdictCounts, CommandError> {
+    Ok(list(table)?.map(|l| l.counts).unwrap_or_default())
+}
+
+/// Lists table `inet <table>` (`nft -j`); None when it does not exist.
+pub fn list(table: &str) -> Result<Option<Listing>, CommandError> {
     let out = Command::new("nft")
         .args(["-j", "list", "table", "inet", table])
         .stdin(Stdio::null())
@@ -37,11 +52,56 @@ pub fn read(table: &str) -> Result<VerdictCounts, CommandError> {
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if stderr.contains("No such file or directory") {
-            return Ok(VerdictCounts::default());
+            return Ok(None);
         }
         return Err(CommandError::Failed { command: format!("nft -j list table inet {table}"), stderr });
     }
-    Ok(parse(&String::from_utf8_lossy(&out.stdout)))
+    Ok(Some(parse_listing(&String::from_utf8_lossy(&out.stdout))))
+}
+
+/// Counters and fingerprint of `nft -j` output.
+pub fn parse_listing(json: &str) -> Listing {
+    let counts = parse(json);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(mut doc) => {
+            zero_counters(&mut doc);
+            doc.to_string().hash(&mut hasher);
+        }
+        // Not JSON: the text itself is the best fingerprint there is.
+        Err(_) => json.hash(&mut hasher),
+    }
+    Listing { counts, fingerprint: hasher.finish() }
+}
+
+/// Zeroes every counter value, drops `metainfo` (nft's version, not the table's content) and
+/// sorts map and set elements (a hash set's listing order is not part of its content).
+fn zero_counters(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.remove("metainfo");
+            for (k, child) in map.iter_mut() {
+                if k == "elem" {
+                    if let Some(items) = child.as_array_mut() {
+                        items.iter_mut().for_each(zero_counters);
+                        items.sort_by_cached_key(|e| e.to_string());
+                    }
+                } else if k == "counter" {
+                    if let Some(c) = child.as_object_mut() {
+                        for field in ["packets", "bytes"] {
+                            if let Some(x) = c.get_mut(field) {
+                                *x = serde_json::Value::from(0);
+                            }
+                        }
+                    }
+                } else {
+                    zero_counters(child);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(zero_counters),
+        _ => {}
+    }
 }
 
 /// Sums the `counter` statements of the `refuse` and `no_local` chains in `nft -j` output.
@@ -86,6 +146,27 @@ mod tests {
                       "expr": [{"counter": {"packets": 100, "bytes": 1}}]}}
         ]}"#;
         assert_eq!(parse(json), VerdictCounts { refused: 3, dropped: 7 });
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_counter_values_and_sees_any_other_change() {
+        let doc = |packets: u64, elem: &str| {
+            format!(
+                r#"{{"nftables": [{{"metainfo": {{"version": "1.0.{packets}"}}}},
+                {{"map": {{"family": "inet", "name": "frontends4", "table": "tpvs", "handle": 3, "elem": ["{elem}"]}}}},
+                {{"rule": {{"family": "inet", "table": "tpvs", "chain": "refuse", "handle": 9,
+                          "expr": [{{"counter": {{"packets": {packets}, "bytes": {packets}}}}}]}}}}]}}"#
+            )
+        };
+        let a = parse_listing(&doc(1, "10.96.0.1"));
+        let b = parse_listing(&doc(500, "10.96.0.1"));
+        assert_eq!(a.counts.refused, 1);
+        assert_eq!(b.counts.refused, 500);
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_ne!(a.fingerprint, parse_listing(&doc(1, "10.96.0.2")).fingerprint);
+        assert_ne!(a.fingerprint, parse_listing(r#"{"nftables": []}"#).fingerprint);
+        let elems = |order: &str| parse_listing(&format!(r#"{{"nftables": [{{"map": {{"name": "m", "elem": {order}}}}}]}}"#)).fingerprint;
+        assert_eq!(elems(r#"["a", "b"]"#), elems(r#"["b", "a"]"#), "element order is not content");
     }
 
     #[test]

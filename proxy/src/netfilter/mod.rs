@@ -4,8 +4,9 @@
 //! - [`command`]: running `nft` and `ip`, with errors that say which command failed and why.
 //! - [`counters`]: the packets the rules refused or dropped (read back for the metrics).
 //! - [`Interception`]: installs, re-syncs (one atomic `nft -f -` per table change that alters
-//!   the rules) and removes everything; safe to call from the publisher's thread and from the
-//!   shutdown path at once.
+//!   the rules), re-asserts the rules when they change under it (periodic check) and removes
+//!   everything; safe to call from the publisher's thread, the checker's and the shutdown
+//!   path at once.
 
 pub mod command;
 pub mod counters;
@@ -18,7 +19,7 @@ use controlplane::RoutingTable;
 use tracing::{debug, info, warn};
 
 pub use command::CommandError;
-pub use counters::VerdictCounts;
+pub use counters::{Listing, VerdictCounts};
 pub use ruleset::{Plan, RulesetConfig, Verdict};
 
 /// Policy-routing knobs: packets carrying `mark` are looked up in `table`, which routes
@@ -30,11 +31,22 @@ pub struct RoutingConfig {
     pub table: u32,
 }
 
+/// How old the rules' counters may be when a scrape reads them: scrapes cost no `nft` run
+/// however often they come (the periodic rules check refreshes them sooner).
+pub const COUNTERS_MAX_AGE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Default)]
 struct State {
     /// The rule text last applied, so a table change that does not alter any verdict (a new
     /// endpoint behind an existing VIP) costs no nft transaction.
     applied: Option<String>,
+    /// Fingerprint of the table as listed right after it was applied: what the periodic
+    /// check compares against.
+    fingerprint: Option<u64>,
+    /// The table's own counters as last read, and when.
+    counts: Option<(Instant, VerdictCounts)>,
+    /// Policy routing is installed (and so is checked).
+    routing: bool,
     /// Set by `remove`: a publish racing with shutdown must not re-install what was removed.
     closed: bool,
 }
@@ -47,6 +59,15 @@ pub struct SyncStats {
     pub last_duration: Option<Duration>,
 }
 
+/// Times the rules were found changed under the running instance and applied again.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reasserted {
+    /// The nft table was deleted, flushed or altered.
+    pub nft_table: u64,
+    /// The policy-routing rule or route was missing.
+    pub policy_routing: u64,
+}
+
 /// Installs and keeps in step the interception for one network namespace.
 #[derive(Debug)]
 pub struct Interception {
@@ -54,24 +75,47 @@ pub struct Interception {
     routing: RoutingConfig,
     state: Mutex<State>,
     stats: Mutex<SyncStats>,
+    reasserted: Mutex<Reasserted>,
     /// Refusals and drops counted by tables already replaced (a new table starts at zero).
     carried: Mutex<VerdictCounts>,
 }
 
 impl Interception {
     pub fn new(rules: RulesetConfig, routing: RoutingConfig) -> Arc<Self> {
-        Arc::new(Interception { rules, routing, state: Mutex::new(State::default()), stats: Mutex::new(SyncStats::default()), carried: Mutex::default() })
+        Arc::new(Interception {
+            rules,
+            routing,
+            state: Mutex::new(State::default()),
+            stats: Mutex::new(SyncStats::default()),
+            reasserted: Mutex::default(),
+            carried: Mutex::default(),
+        })
     }
 
     pub fn stats(&self) -> SyncStats {
         *self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub fn reasserted(&self) -> Reasserted {
+        *self.reasserted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Policy routing for both families, then the rules for `table`. Any leftover from a
     /// previous run (killed without cleanup) is replaced, not duplicated.
     pub fn install(&self, table: &RoutingTable) -> Result<(), CommandError> {
-        command::install_routing(self.routing)?;
+        self.install_routing()?;
         self.sync(table)
+    }
+
+    /// Policy routing for both families (replacing any leftover copy).
+    pub fn install_routing(&self) -> Result<(), CommandError> {
+        command::install_routing(self.routing)?;
+        self.state().routing = true;
+        Ok(())
     }
 
     /// Brings the nft table in line with `table`. One `nft -f -` transaction, skipped when the
@@ -80,7 +124,7 @@ impl Interception {
         let started = Instant::now();
         let plan = ruleset::plan(table, &self.rules);
         let text = ruleset::render(&plan, &self.rules);
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state();
         if state.closed {
             return Ok(());
         }
@@ -89,21 +133,15 @@ impl Interception {
             return Ok(());
         }
         if state.applied.is_some() {
-            // The transaction below zeroes the kernel's counters: keep what they hold. A
-            // failed read loses only these counts, never the sync.
-            if let Ok(now) = counters::read(&self.rules.table) {
-                let mut carried = self.carried.lock().unwrap_or_else(|p| p.into_inner());
-                *carried = carried.plus(now);
-            }
+            self.harvest(&mut state);
         }
-        let result = command::nft_apply(&text);
+        let result = self.apply(&mut state, text);
         let took = started.elapsed();
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.syncs += 1;
         stats.last_duration = Some(took);
         match result {
             Ok(()) => {
-                state.applied = Some(text);
                 info!(
                     generation = table.generation,
                     vips = plan.exact.len(),
@@ -120,24 +158,134 @@ impl Interception {
         }
     }
 
-    /// Packets refused and dropped by the rules since start (one `nft -j list`; for scrapes).
+    /// The transaction replaces the table and so zeroes its counters: adds what they hold to
+    /// the carried total first. A failed read loses only these counts, never the sync; a
+    /// vanished table keeps the counts last read.
+    fn harvest(&self, state: &mut State) {
+        let now = match counters::list(&self.rules.table) {
+            Ok(Some(l)) => l.counts,
+            Ok(None) => state.counts.map(|(_, c)| c).unwrap_or_default(),
+            Err(e) => {
+                debug!(error = %e, "reading the rules' counters before replacing them");
+                return;
+            }
+        };
+        let mut carried = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+        *carried = carried.plus(now);
+        state.counts = None;
+    }
+
+    /// Applies `text` and records what the kernel now holds, for the periodic check.
+    fn apply(&self, state: &mut State, text: String) -> Result<(), CommandError> {
+        command::nft_apply(&text)?;
+        state.applied = Some(text);
+        match counters::list(&self.rules.table) {
+            Ok(Some(l)) => {
+                state.fingerprint = Some(l.fingerprint);
+                state.counts = Some((Instant::now(), l.counts));
+            }
+            // The next check adopts what it finds.
+            _ => state.fingerprint = None,
+        }
+        Ok(())
+    }
+
+    /// Packets refused and dropped by the rules since start. Reads the kernel (one
+    /// `nft -j list`) only when the last read is older than [`COUNTERS_MAX_AGE`].
     pub fn verdict_counts(&self) -> Result<VerdictCounts, CommandError> {
         // Under the state lock, so a sync cannot replace the table between the read and the
         // carried total.
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state();
         let carried = *self.carried.lock().unwrap_or_else(|p| p.into_inner());
         if state.closed || state.applied.is_none() {
             return Ok(carried);
         }
-        Ok(carried.plus(counters::read(&self.rules.table)?))
+        let fresh = state.counts.filter(|(at, _)| at.elapsed() < COUNTERS_MAX_AGE);
+        let counts = match fresh {
+            Some((_, c)) => c,
+            None => match counters::list(&self.rules.table)? {
+                Some(l) => {
+                    state.counts = Some((Instant::now(), l.counts));
+                    l.counts
+                }
+                // Deleted under us: the periodic check puts it back; until then, the last read.
+                None => state.counts.map(|(_, c)| c).unwrap_or_default(),
+            },
+        };
+        Ok(carried.plus(counts))
+    }
+
+    /// The periodic check: re-applies the rules if the nft table was deleted, flushed or
+    /// altered since this instance applied it, and the policy routing if its rule or route is
+    /// gone. Refreshes the counters' cache on the way (the same listing).
+    ///
+    /// The signal is a fingerprint of `nft -j list table` with counter values zeroed: the
+    /// table's handle alone misses a flush, rule handles miss edited map elements, and nft's
+    /// ruleset generation is not readable without netlink and moves with every other table
+    /// in the namespace. The listing is needed for the counters anyway, so drift detection
+    /// costs no extra `nft` run.
+    pub fn check(&self) -> Result<Reasserted, CommandError> {
+        let mut done = Reasserted::default();
+        let mut state = self.state();
+        if state.closed {
+            return Ok(done);
+        }
+        if let Some(text) = state.applied.clone() {
+            let listing = counters::list(&self.rules.table)?;
+            let changed = match (listing, state.fingerprint) {
+                (None, _) => Some("deleted"),
+                (Some(l), Some(f)) if l.fingerprint != f => Some("altered"),
+                (Some(l), known) => {
+                    if known.is_none() {
+                        state.fingerprint = Some(l.fingerprint);
+                    }
+                    state.counts = Some((Instant::now(), l.counts));
+                    None
+                }
+            };
+            if let Some(how) = changed {
+                warn!(table = %self.rules.table, how, "the nft table changed under tpvs; applying its rules again");
+                self.harvest(&mut state);
+                self.apply(&mut state, text)?;
+                done.nft_table += 1;
+            }
+        }
+        if state.routing && !command::routing_present(self.routing)? {
+            warn!(mark = self.routing.mark, table = self.routing.table, "the policy-routing rule or route is gone; installing it again");
+            command::install_routing(self.routing)?;
+            done.policy_routing += 1;
+        }
+        drop(state);
+        if done != Reasserted::default() {
+            let mut r = self.reasserted.lock().unwrap_or_else(|p| p.into_inner());
+            r.nft_table += done.nft_table;
+            r.policy_routing += done.policy_routing;
+        }
+        Ok(done)
     }
 
     /// Removes the table and the policy routing; later syncs are ignored.
     pub fn remove(&self) -> Result<(), CommandError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state();
         state.closed = true;
         state.applied = None;
+        state.routing = false;
         remove_all(&self.rules.table, self.routing)
+    }
+
+    /// Removes the nft table only; later syncs are ignored (start-up undo).
+    pub fn remove_table(&self) -> Result<(), CommandError> {
+        let mut state = self.state();
+        state.closed = true;
+        state.applied = None;
+        command::nft_apply(&ruleset::render_delete(&self.rules.table))
+    }
+
+    /// Removes the policy routing only (start-up undo).
+    pub fn remove_routing(&self) -> Result<(), CommandError> {
+        let mut state = self.state();
+        state.routing = false;
+        command::remove_routing(self.routing)
     }
 
     /// Publisher callback: sync, and log (not propagate) a failure, keeping the old rules in
@@ -149,6 +297,24 @@ impl Interception {
                 warn!(generation = table.generation, error = %e, "netfilter sync failed; previous rules stay in force");
             }
         }
+    }
+
+    /// Runs [`Interception::check`] every `interval` on its own thread until the interception
+    /// is removed. A failed check is logged and retried at the next interval.
+    pub fn spawn_checker(self: &Arc<Self>, interval: Duration) -> std::io::Result<()> {
+        let me = Arc::clone(self);
+        std::thread::Builder::new().name("tpvs-rules-check".into()).spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                if me.state().closed {
+                    return;
+                }
+                if let Err(e) = me.check() {
+                    warn!(error = %e, "checking the interception rules failed; retrying");
+                }
+            }
+        })?;
+        Ok(())
     }
 }
 

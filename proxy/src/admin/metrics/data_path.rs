@@ -1,6 +1,7 @@
 //! The data path's own counters, read at scrape time: the TCP listeners' accept/reject
-//! counters, the rules' refusals and drops (read from the kernel through `nft`), the netfilter
-//! syncs, and the UDP flow table.
+//! counters, the rules' refusals and drops (read from the kernel through `nft` at most once per
+//! `COUNTERS_MAX_AGE`, whatever the scrape rate), the netfilter syncs and re-asserts, and the
+//! UDP flow table.
 
 use std::sync::Mutex;
 
@@ -52,6 +53,11 @@ pub(super) fn collect(sources: &Sources, last_verdicts: &Mutex<VerdictCounts>, o
             f.value(&[], v as f64);
             out.push(f.mf);
         }
+        let r = ic.reasserted();
+        let mut f = Fam::new(&spec::reasserted);
+        f.value(&[("what", "nft_table")], r.nft_table as f64);
+        f.value(&[("what", "policy_routing")], r.policy_routing as f64);
+        out.push(f.mf);
     }
     // Zeros when the UDP data path is off, so dashboards and alerts see zeros rather
     // than "no data".

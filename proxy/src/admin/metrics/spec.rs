@@ -81,6 +81,8 @@ specs! {
     syncs = "tpvs_netfilter_syncs_total", C, &[], "nft transactions run to follow the table.";
     sync_failures = "tpvs_netfilter_sync_failures_total", C, &[],
         "nft transactions that failed (the previous rules stayed in force).";
+    reasserted = "tpvs_rules_reasserted_total", C, &["what"],
+        "Times the rules were found deleted or altered under tpvs and applied again (nft_table, policy_routing).";
     reloads = "tpvs_manifest_reloads_total", C, &[], "Reloads of the manifests source.";
     config_errors = "tpvs_config_errors_total", C, &["source"],
         "Rejected input: manifest errors, or Kubernetes objects the model refused.";
