@@ -116,7 +116,11 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception
     let backend_metrics = Arc::new(MetricsRegistry::default());
     {
         let m = Arc::clone(&backend_metrics);
-        publisher.on_publish(move |table| m.retain_table(table));
+        publisher.on_publish(move |table| {
+            m.retain_table(table);
+            // Building a table (parsing, compiling) leaves freed memory in the allocator.
+            crate::limits::release_free_memory();
+        });
     }
     let shared = Shared::new(publisher.handle(), config, Arc::clone(&backend_metrics));
     let running = forward::start(Arc::clone(&shared))?;

@@ -152,6 +152,8 @@ fn metrics_routes(
             let m = Arc::clone(m);
             http::respond_streaming(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", move |sink| {
                 m.render_to(&mut |chunk| sink(bytes::Bytes::from(chunk)));
+                // A scrape of a large table allocates on whichever blocking thread ran it.
+                crate::limits::release_free_memory();
             })
         }
         "/proxyMode" => respond(StatusCode::OK, "text/plain; charset=utf-8", PROXY_MODE),
