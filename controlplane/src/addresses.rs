@@ -152,7 +152,6 @@ pub(crate) fn vet<'s>(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
 
@@ -162,19 +161,9 @@ mod tests {
 
     fn svc(name: &str, cluster: &[&str], external: &[&str], lb: &[&str]) -> ServiceInfo {
         ServiceInfo {
-            key: ObjectKey::new("t", name),
-            cluster_ips: cluster.iter().map(|s| ip(s)).collect(),
             external_ips: external.iter().map(|s| ip(s)).collect(),
             load_balancer_ips: lb.iter().map(|s| ip(s)).collect(),
-            ports: Vec::new(),
-            exposes_node_ports: false,
-            external_policy_local: false,
-            internal_policy_local: false,
-            affinity: None,
-            health_check_node_port: None,
-            scheduler: None,
-            weights: BTreeMap::new(),
-            traffic_distribution: None,
+            ..ServiceInfo::for_test(name, cluster.iter().map(|s| ip(s)).collect())
         }
     }
 

@@ -137,6 +137,28 @@ fn parse_weights(s: &str) -> Result<BTreeMap<String, u32>, ObjectError> {
     Ok(out)
 }
 
+#[cfg(test)]
+impl ServiceInfo {
+    /// A ClusterIP Service `t/name` on `cluster_ips` with nothing else set, for unit tests.
+    pub(crate) fn for_test(name: &str, cluster_ips: Vec<IpAddr>) -> ServiceInfo {
+        ServiceInfo {
+            key: ObjectKey::new("t", name),
+            cluster_ips,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            ports: Vec::new(),
+            exposes_node_ports: false,
+            external_policy_local: false,
+            internal_policy_local: false,
+            affinity: None,
+            health_check_node_port: None,
+            scheduler: None,
+            weights: BTreeMap::new(),
+            traffic_distribution: None,
+        }
+    }
+}
+
 impl ServiceInfo {
     /// Converts a Service; `Ok(Err(skipped))` for Services kube-proxy would not proxy.
     pub fn from_service(svc: &Service) -> Result<Result<ServiceInfo, Skipped>, ObjectError> {

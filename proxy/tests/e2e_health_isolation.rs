@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use admin_http::wait_reply;
-use lab::{Svc, in_netns, lab, manifests};
+use lab::{Lab, Svc, in_netns, lab, manifests};
 
 const HEALTH: &str = "10.0.0.1:10256";
 
@@ -50,14 +50,20 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     false
 }
 
-#[test]
-fn idle_connections_do_not_starve_liveness_probes() {
-    let Some(mut lab) = lab(1, &[0]) else { return };
+/// A lab whose tpvs serves one Service and answers `/livez`; the lab and its client namespace.
+fn serving_lab() -> Option<(Lab, String)> {
+    let mut lab = lab(1, &[0])?;
     lab.write_manifests(&manifests(&[Svc::new("web", "10.96.0.10").endpoint("10.1.0.2", "node1")]));
     lab.start_tpvs(&[]);
     lab.wait_serving("10.96.0.10:80");
     let client = lab.client.clone();
     wait_reply(&lab, &client, HEALTH, "/livez", "livez", |r| r.status == 200);
+    Some((lab, client))
+}
+
+#[test]
+fn idle_connections_do_not_starve_liveness_probes() {
+    let Some((_lab, client)) = serving_lab() else { return };
 
     // 256 connections that never send a byte.
     let idle: Vec<TcpStream> = (0..256)
@@ -82,12 +88,7 @@ fn idle_connections_do_not_starve_liveness_probes() {
 
 #[test]
 fn silent_and_trickling_clients_are_dropped_after_the_read_timeout() {
-    let Some(mut lab) = lab(1, &[0]) else { return };
-    lab.write_manifests(&manifests(&[Svc::new("web", "10.96.0.10").endpoint("10.1.0.2", "node1")]));
-    lab.start_tpvs(&[]);
-    lab.wait_serving("10.96.0.10:80");
-    let client = lab.client.clone();
-    wait_reply(&lab, &client, HEALTH, "/livez", "livez", |r| r.status == 200);
+    let Some((_lab, client)) = serving_lab() else { return };
 
     let connect =
         || in_netns(&client, || TcpStream::connect_timeout(&health_addr(), Duration::from_secs(2))).unwrap_or_else(|e| panic!("{e}"));

@@ -86,21 +86,7 @@ mod tests {
     use crate::model::NodeInfo;
 
     fn service(name: &str, ip: [u8; 4]) -> ServiceInfo {
-        ServiceInfo {
-            key: ObjectKey::new("t", name),
-            cluster_ips: vec![IpAddr::from(ip)],
-            external_ips: Vec::new(),
-            load_balancer_ips: Vec::new(),
-            ports: Vec::new(),
-            exposes_node_ports: false,
-            external_policy_local: false,
-            internal_policy_local: false,
-            affinity: None,
-            health_check_node_port: None,
-            scheduler: None,
-            weights: BTreeMap::new(),
-            traffic_distribution: None,
-        }
+        ServiceInfo::for_test(name, vec![IpAddr::from(ip)])
     }
 
     fn slice(name: &str, of: &str) -> SliceInfo {
