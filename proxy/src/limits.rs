@@ -200,6 +200,19 @@ pub fn open_fds() -> Option<usize> {
     std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count().saturating_sub(1))
 }
 
+/// Hands memory the allocator holds but no longer uses back to the kernel.
+///
+/// glibc keeps freed memory in its heaps (one per thread that allocated), so a burst — a
+/// scrape of a large table on a blocking-pool thread, a reload of a large manifest — would
+/// otherwise stay in the RSS for good; a DaemonSet's memory limit counts it all the same.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; no pointer is passed.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,18 +270,5 @@ mod tests {
         assert_eq!(b.udp_flows_per_source, b.udp_flows);
         let b = FdBudget::plan(BudgetInput { udp_source_share: 0, ..input(20_000) }).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(b.udp_flows_per_source, b.udp_flows / 100, "0 is read as the smallest share, 1 %");
-    }
-}
-
-/// Hands memory the allocator holds but no longer uses back to the kernel.
-///
-/// glibc keeps freed memory in its heaps (one per thread that allocated), so a burst — a
-/// scrape of a large table on a blocking-pool thread, a reload of a large manifest — would
-/// otherwise stay in the RSS for good; a DaemonSet's memory limit counts it all the same.
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists; no pointer is passed.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

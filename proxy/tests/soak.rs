@@ -101,8 +101,8 @@ fn load_churn_and_failures_leave_nothing_behind() {
         while Instant::now() < until {
             std::thread::sleep(Duration::from_millis(300));
             tick += 1;
-            lab.write_manifests(&services(tick % 2 == 0, tick % 3 == 0));
-            if tick % 7 == 0 {
+            lab.write_manifests(&services(tick.is_multiple_of(2), tick.is_multiple_of(3)));
+            if tick.is_multiple_of(7) {
                 sh(&["ip", "netns", "exec", &lab.backends[1], "nft", "add table inet soak; add chain inet soak input { type filter hook input priority 0; tcp dport 8080 tcp flags & (syn | ack) == syn drop; }"]);
             } else if tick % 7 == 3 {
                 let _ = lab::try_sh(&["ip", "netns", "exec", &lab.backends[1], "nft", "delete table inet soak"]);

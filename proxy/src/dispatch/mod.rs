@@ -139,7 +139,7 @@ impl<'a> Choice<'a> {
         let now = self.dispatcher.outliers.enabled().then(now_nanos);
         loop {
             let picked = self.sticky.take().or_else(|| self.fe.scheduler.pick(&self.ctx, &self.tried));
-            let Some(index) = picked.or_else(|| self.skipped_ejected.take()) else { return None };
+            let index = picked.or_else(|| self.skipped_ejected.take())?;
             let backend = set.get(index)?;
             let metrics = self.dispatcher.metrics.get(backend.addr);
             let ejected = now.is_some_and(|now| metrics.outlier.is_ejected(now));

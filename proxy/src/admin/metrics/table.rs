@@ -12,7 +12,7 @@ use schedulers::{BackendAddr, BackendStats};
 
 use super::exposition::HistogramSnapshot;
 use super::spec;
-use super::text::TextWriter;
+use super::text::{Family, TextWriter};
 use crate::dispatch::telemetry::{BackendMetrics, ConnectFailure, MetricsRegistry};
 
 /// A Service port: namespace, name, port name.
@@ -92,7 +92,7 @@ pub(super) fn write(table: &RoutingTable, metrics: Option<&MetricsRegistry>, max
     let omitted = rows.len().saturating_sub(max_backends);
     if omitted > 0 {
         // The busiest first; ties by the stable (Service, address) order.
-        rows.sort_by(|a, b| b.stats.connections().cmp(&a.stats.connections()));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.stats.connections()));
         rows.truncate(max_backends);
         rows.sort_unstable_by(|a, b| (a.service, a.addr).cmp(&(b.service, b.addr)));
     }
@@ -105,12 +105,17 @@ pub(super) fn write(table: &RoutingTable, metrics: Option<&MetricsRegistry>, max
     }
 }
 
+/// Writes one backend's samples of a family.
+type BackendSample<'r, 'f> = dyn Fn(&mut Family<'_, '_>, [(&str, &str); 4], &BackendRow<'r>, &BackendMetrics) + 'f;
+/// Writes one Service port's samples of a family.
+type ServiceSample<'f> = dyn Fn(&mut Family<'_, '_>, [(&str, &str); 3], &ServiceRow) + 'f;
+
 /// The per-backend families, one family at a time (so nothing but the current chunk is held).
-fn write_backends(rows: &[BackendRow<'_>], w: &mut TextWriter<'_>) {
+fn write_backends<'r>(rows: &[BackendRow<'r>], w: &mut TextWriter<'_>) {
     // Backends no connection has reached have no data-path metrics: all zero.
     let zero = BackendMetrics::default();
     let addrs: Vec<String> = rows.iter().map(|r| r.addr.to_string()).collect();
-    let each = |w: &mut TextWriter<'_>, spec: &'static spec::Spec, f: &dyn Fn(&mut super::text::Family<'_, '_>, [(&str, &str); 4], &BackendRow<'_>, &BackendMetrics)| {
+    let each = |w: &mut TextWriter<'_>, spec: &'static spec::Spec, f: &BackendSample<'r, '_>| {
         let mut fam = w.family(spec);
         for (row, addr) in rows.iter().zip(&addrs) {
             let (ns, svc, port) = row.service;
@@ -141,7 +146,7 @@ fn write_backends(rows: &[BackendRow<'_>], w: &mut TextWriter<'_>) {
 
 /// The per-Service-port families and kube-proxy's no-local-endpoints totals.
 fn write_services(services: &BTreeMap<SvcKey<'_>, ServiceRow>, w: &mut TextWriter<'_>) {
-    let each = |w: &mut TextWriter<'_>, spec: &'static spec::Spec, f: &dyn Fn(&mut super::text::Family<'_, '_>, [(&str, &str); 3], &ServiceRow)| {
+    let each = |w: &mut TextWriter<'_>, spec: &'static spec::Spec, f: &ServiceSample<'_>| {
         let mut fam = w.family(spec);
         for ((ns, svc, port), row) in services {
             f(&mut fam, [("namespace", ns), ("service", svc), ("port", port)], row);
