@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lab::{Lab, Svc, in_netns, lab, manifests};
+use lab::{Lab, Privileges, Svc, in_netns, lab, manifests};
 use tpvs::handover::{self, Message};
 
 const VIP: &str = "10.96.0.10:80";
@@ -323,9 +323,22 @@ fn bad_hand_over_messages_and_a_vanished_successor_leave_the_first_serving() {
     }
     assert!(lab.tpvs_log().contains("bad request on the hand-over socket"), "{}", lab.tpvs_log());
 
+    // A successor running as another user is refused (SO_PEERCRED), and says so.
+    lab.privileges = Privileges::DaemonSetNonRoot;
+    let first = lab.start_successor(&[]).unwrap_or_else(|| panic!("no running instance"));
+    let status = lab.back_to(first, 0, Duration::from_secs(10));
+    let refused = lab.tpvs_log_of(1);
+    assert!(status.is_some_and(|s| !s.success() && s.code() != Some(101)), "{status:?}: {refused}");
+    assert!(refused.contains("refused the takeover: a takeover from uid 65534 is refused: only the same user or root may take over"), "{refused}");
+    lab.privileges = Privileges::Root;
+    for _ in 0..5 {
+        lab.hello(VIP).unwrap_or_else(|e| panic!("after a refused successor: {e}\n{}", lab.tpvs_log()));
+    }
+
     // Still the owner, with everything to hand: a real successor takes over afterwards.
     let mut old = lab.start_successor(&[]).unwrap_or_else(|| panic!("no running instance"));
     let status = wait_exit(&mut old, Duration::from_secs(10));
     assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", lab.tpvs_log_of(0));
+    assert!(lab.tpvs_log_of(0).contains("handed over to a successor"), "{}", lab.tpvs_log_of(0));
     lab.hello(VIP).unwrap_or_else(|e| panic!("after the takeover: {e}\n{}", lab.tpvs_log()));
 }

@@ -240,6 +240,8 @@ pub struct Lab {
     last_source: Vec<String>,
     /// How many successors were started (each logs to its own file).
     generation: usize,
+    /// The generation whose log `tpvs_log` reads (the tracked instance's).
+    current: usize,
 }
 
 /// Who `tpvs run` runs as in the lab.
@@ -308,6 +310,7 @@ impl Lab {
             wrapper: Vec::new(),
             last_source: Vec::new(),
             generation: 0,
+            current: 0,
         };
         lab.build();
         lab
@@ -395,7 +398,7 @@ impl Lab {
     }
 
     pub fn log_path(&self) -> PathBuf {
-        match self.generation {
+        match self.current {
             0 => self.dir.join("tpvs.log"),
             n => self.dir.join(format!("tpvs-{n}.log")),
         }
@@ -417,6 +420,7 @@ impl Lab {
     pub fn start_successor(&mut self, extra: &[&str]) -> Option<Child> {
         let old = self.tpvs.take();
         self.generation += 1;
+        self.current = self.generation;
         let mut source: Vec<String> = self.last_source.clone();
         source.extend(extra.iter().map(|s| s.to_string()));
         let source: Vec<&str> = source.iter().map(String::as_str).collect();
@@ -436,6 +440,26 @@ impl Lab {
         }
         args.extend_from_slice(extra);
         self.start_tpvs_with(&args);
+    }
+
+    /// Waits (bounded) for the tracked instance to exit by itself and tracks `previous`
+    /// (started `generation` successors after the first) again: for a successor that is
+    /// refused. Its exit status, or None when it had to be killed.
+    pub fn back_to(&mut self, previous: Child, generation: usize, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.tpvs.replace(previous)?;
+        self.current = generation;
+        let deadline = Instant::now() + within;
+        loop {
+            match child.try_wait() {
+                Ok(Some(s)) => return Some(s),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
     }
 
     /// Starts `tpvs run` in the node namespace with the lab's data-path settings; `source`
