@@ -7,9 +7,13 @@
 //! routing and rules, then the first table. Shutdown removes the rules before exiting.
 //!
 //! Before all of it, the instance claims the network namespace's ownership of its nft table
-//! ([`crate::ownership`]): a second instance stops there, having touched nothing. After it,
-//! every step that changes the node registers its undo, and a start-up that fails removes
-//! what it installed and nothing else ([`crate::startup_guard`]).
+//! ([`crate::ownership`]). When another instance owns it, this one takes over instead
+//! ([`crate::takeover`], protocol in [`crate::handover`]): it starts on the running
+//! instance's listeners, adopts its rules, and the running one lets go only once this one is
+//! ready; with other flags it stops there, having touched nothing. After the claim, every
+//! step that changes the node registers its undo, and a start-up that fails removes what it
+//! installed and nothing else ([`crate::startup_guard`]); an adopted table and routes are
+//! never undone (they are the predecessor's until it lets go).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
