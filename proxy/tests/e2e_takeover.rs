@@ -342,3 +342,32 @@ fn bad_hand_over_messages_and_a_vanished_successor_leave_the_first_serving() {
     assert!(lab.tpvs_log_of(0).contains("handed over to a successor"), "{}", lab.tpvs_log_of(0));
     lab.hello(VIP).unwrap_or_else(|e| panic!("after the takeover: {e}\n{}", lab.tpvs_log()));
 }
+
+#[test]
+fn the_predecessor_relays_its_open_connections_until_the_grace_runs_out() {
+    let Some(mut lab) = lab(1, &[0]) else { return };
+    lab.write_manifests(&services());
+    lab.start_tpvs(&["--shutdown-grace", "2s"]);
+    lab.wait_serving(VIP);
+    // Open before the takeover: the predecessor relays it (connections are not handed over
+    // yet) until it ends or the grace runs out.
+    let mut long = lab.open(VIP).unwrap_or_else(|e| panic!("{e}"));
+    let mut short = lab.open(VIP).unwrap_or_else(|e| panic!("{e}"));
+    let t0 = Instant::now();
+    let mut old = lab.start_successor(&[]).unwrap_or_else(|| panic!("no running instance"));
+    let log_has = |needle: &str| lab.wait_for(Duration::from_secs(5), || lab.tpvs_log_of(0).contains(needle).then_some(())).is_some();
+    assert!(log_has("handed the listeners and the rules over to a successor"), "{}", lab.tpvs_log_of(0));
+    // Both still relayed by the predecessor; one ends on its own.
+    assert_eq!(long.echo("still there").unwrap_or_else(|e| panic!("{e}")), "still there");
+    assert_eq!(short.echo("bye").unwrap_or_else(|e| panic!("{e}")), "bye");
+    drop(short.finish());
+    // New connections go to the successor meanwhile.
+    lab.hello(VIP).unwrap_or_else(|e| panic!("{e}"));
+    let status = wait_exit(&mut old, Duration::from_secs(6));
+    let waited = t0.elapsed();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", lab.tpvs_log_of(0));
+    assert!(waited >= Duration::from_millis(1800) && waited < Duration::from_secs(5), "the predecessor exited after {waited:?}, not at the 2 s grace");
+    let log = lab.tpvs_log_of(0);
+    assert!(log.contains("connections_cut=1"), "one connection was still open at the end of the grace: {log}");
+    assert!(long.echo("gone?").is_err(), "a connection older than the grace ends with its relay (not handed over yet)");
+}
