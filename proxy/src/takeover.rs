@@ -2,6 +2,7 @@
 //! nft table, check that it speaks our protocol and runs with our flags, receive its
 //! listeners; later say Ready and become the owner.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -92,7 +93,7 @@ pub fn begin(flags: &Flags) -> Result<Option<(Takeover, ListenerSet)>, TakeoverE
 
 /// Each received descriptor must be a listening socket of the right kind on our port.
 fn check(set: &ListenerSet, flags: &Flags) -> Result<(), String> {
-    let verify = |fd: &std::os::fd::OwnedFd, kind: socket2::Type, port: u16| -> Result<(), String> {
+    let verify = |fd: &OwnedFd, kind: socket2::Type, port: u16| -> Result<(), String> {
         let s = socket2::SockRef::from(fd);
         let ty = s.r#type().map_err(|e| format!("not a socket: {e}"))?;
         let local = s.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port());
@@ -132,5 +133,89 @@ impl Takeover {
         };
         // The predecessor frees the name right after Released.
         Ok((released, Ownership::claim_within(flags, CLAIM_WITHIN)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    fn flags(table: &str) -> Flags {
+        Flags { nft_table: table.into(), fwmark: 0x7470, route_table: 7470, proxy_port: 15001, udp_proxy_port: 0, workers: 1 }
+    }
+
+    /// A fake owner of a table no other test uses, answering one successor with `script`.
+    fn fake_owner(name: &str, script: impl FnOnce(UnixStream) + Send + 'static) -> Flags {
+        let table = format!("test-{}-{name}", std::process::id());
+        let addr = ownership::address(&table).unwrap_or_else(|e| panic!("{e}"));
+        let listener = UnixListener::bind_addr(&addr).unwrap_or_else(|e| panic!("{e}"));
+        std::thread::spawn(move || {
+            if let Ok((s, _)) = listener.accept() {
+                script(s);
+            }
+        });
+        flags(&table)
+    }
+
+    fn error(flags: &Flags) -> String {
+        match begin(flags) {
+            Ok(_) => String::from("took over"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn nobody_to_take_over_from_is_a_cold_start() {
+        assert!(matches!(begin(&flags(&format!("test-{}-nobody", std::process::id()))), Ok(None)));
+    }
+
+    #[test]
+    fn an_owner_speaking_another_protocol_version_is_refused_clearly() {
+        let f = fake_owner("version", |mut s| {
+            let _ = std::io::Write::write_all(&mut s, &[9, 2, 0, 0, 0, b'{', b'}']);
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let e = error(&f);
+        assert!(e.contains("the peer speaks hand-over protocol version 9; this binary speaks 2"), "{e}");
+    }
+
+    #[test]
+    fn an_owner_with_other_flags_is_named_flag_by_flag() {
+        let f = fake_owner("flags", |mut s| {
+            let Ok(table) = ownership_table(&s) else { return };
+            let theirs = Flags { fwmark: 0x1, ..flags(&table) };
+            let _ = handover::write_message(&mut s, &Message::Hello { pid: 42, binary: "0.0.0".into(), flags: theirs });
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let e = error(&f);
+        assert!(e.contains("the running tpvs (pid 42)") && e.contains("--fwmark: running 0x1, this one 0x7470"), "{e}");
+    }
+
+    #[test]
+    fn listeners_that_are_not_ours_are_refused() {
+        let f = fake_owner("wrong", |mut s| {
+            let Ok(table) = ownership_table(&s) else { return };
+            let _ = handover::write_message(&mut s, &Message::Hello { pid: 42, binary: "x".into(), flags: flags(&table) });
+            if !matches!(handover::read_message(&mut s), Ok(Message::TakeOver { .. })) {
+                return;
+            }
+            // A TCP listener on another port where ours was announced.
+            let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else { return };
+            let _ = handover::write_message(&mut s, &Message::Listeners { tcp: vec![[true, false]], udp: vec![] });
+            let _ = handover::send_fds(&s, &[OwnedFd::from(l)]);
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let e = error(&f);
+        assert!(e.contains("sent listeners that are not ours") && e.contains("listener on port 15001 was expected"), "{e}");
+    }
+
+    /// The table a fake owner serves, read back from its own socket's name.
+    fn ownership_table(s: &UnixStream) -> Result<String, ()> {
+        let addr = s.local_addr().map_err(|_| ())?;
+        let name = addr.as_abstract_name().ok_or(())?;
+        Ok(String::from_utf8_lossy(name).trim_start_matches("tpvs/").to_string())
     }
 }
