@@ -29,8 +29,9 @@
 //! hangs up. Not handed over yet: established TCP connections (the predecessor relays them
 //! until they end, up to `--shutdown-grace`), UDP flows (their replies keep flowing through
 //! the predecessor's upstream sockets until it exits; the client's next datagram after the
-//! hand-over opens a flow in the successor) and the admin sockets (bound with `SO_REUSEPORT`
-//! by both, so a probe finds one of them listening throughout).
+//! hand-over opens a flow in the successor) and the admin and health-check node-port sockets
+//! (bound with `SO_REUSEPORT` by both, so a probe finds one of them listening throughout; one
+//! queued on the old instance's listener when it exits is reset).
 
 use std::io::{self, Read as _, Write as _};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};

@@ -181,7 +181,7 @@ fn is_loopback(addr: SocketAddr) -> bool {
 
 /// A listener bound with `SO_REUSEPORT`, so a successor taking over binds beside this instance
 /// and a probe finds one of the two listening throughout a hand-over.
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+pub(crate) fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), None)?;
     s.set_reuse_address(true)?;
