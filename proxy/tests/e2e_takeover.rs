@@ -175,6 +175,15 @@ fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
+/// How many of `pid`'s descriptors refer to one of the sockets `inodes` names.
+fn descriptors_of(pid: u32, inodes: &[String]) -> usize {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|target| inodes.iter().any(|i| target.to_string_lossy() == format!("socket:[{i}]")))
+        .count()
+}
+
 /// The running instance's listening sockets as the kernel sees them (inode numbers of the
 /// transparent listeners it holds), to prove a successor holds the very same sockets.
 fn listener_inodes(node: &str, pid: u32) -> Vec<String> {
@@ -229,6 +238,9 @@ fn a_successor_takes_over_under_load_losing_nothing_again_and_again() {
         // Let the successor serve under load for a while before the next takeover.
         std::thread::sleep(Duration::from_millis(1500));
         fds.push(fd_count(new_pid));
+        // Each worker's descriptor plus the copy kept for the next hand-over: never more.
+        let held = descriptors_of(new_pid, &first_listeners);
+        assert_eq!(held, 2 * first_listeners.len(), "round {round}: descriptors of the handed-over listeners");
     }
     let elapsed = started.elapsed();
     load.stop.store(true, Ordering::Relaxed);
@@ -256,9 +268,9 @@ fn a_successor_takes_over_under_load_losing_nothing_again_and_again() {
     assert!(sent > 100 && answered as f64 >= 0.999 * sent as f64, "UDP answered {answered} of {sent}");
     assert_eq!(load.nft_absent.load(Ordering::Relaxed), 0, "the nft table was absent during a takeover");
     assert!(load.nft_checks.load(Ordering::Relaxed) > 50);
-    // The listeners are handed over as they are: each takeover adds no descriptor.
+    // Nothing else accumulates across takeovers either (the slack is connections in flight).
     let (b, d) = (fds[0], fds[2]);
-    assert!(d <= b + 6, "descriptors grew across takeovers: {fds:?}");
+    assert!(d <= b + 16, "descriptors grew across takeovers: {fds:?}");
 
     // The last successor owns the table: it answers probes and `tpvs list`, and a stop
     // removes the rules as for any instance.
