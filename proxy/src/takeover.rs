@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::handover::{self, Flags, Message, ProtocolError};
 use crate::listeners::ListenerSet;
@@ -121,14 +121,17 @@ impl Takeover {
     pub fn finish(mut self, flags: &Flags) -> Result<(Released, Result<Ownership, ownership::OwnershipError>), TakeoverError> {
         let table = flags.nft_table.clone();
         let proto = |source: ProtocolError| TakeoverError::Protocol { table: table.clone(), source };
+        // Until Ready is out, the predecessor has given up nothing: an error here is ours.
         handover::write_message(&mut self.stream, &Message::Ready).map_err(proto)?;
-        let released = match handover::read_message(&mut self.stream).map_err(proto)? {
-            Message::Released { open_connections } => Released { open_connections },
-            Message::Refused { reason } => {
-                return Err(TakeoverError::Refused { pid: self.predecessor, reason });
-            }
+        let released = match handover::read_message(&mut self.stream) {
+            Ok(Message::Released { open_connections }) => Released { open_connections },
+            Ok(Message::Refused { reason }) => return Err(TakeoverError::Refused { pid: self.predecessor, reason }),
+            // Ready was sent, so the predecessor may have let go without being able to say so:
+            // serve regardless. At worst both serve the same sockets and the same rules for a
+            // while, never neither.
             other => {
-                return Err(proto(ProtocolError::Io(std::io::Error::other(format!("expected released, got {other:?}")))));
+                warn!(predecessor = self.predecessor, answer = ?other, "no confirmation of the release; serving anyway");
+                Released { open_connections: 0 }
             }
         };
         // The predecessor frees the name right after Released.
