@@ -16,7 +16,9 @@
 //! - [`logging`]: tracing setup shared by every subcommand.
 //! - [`run`]: `tpvs run`, the daemon: wires the control plane's table to the data path and
 //!   the interception; [`cleanup`]: `tpvs cleanup`, removes the interception.
-//! - [`ownership`]: the per-namespace lock naming the instance that owns the nft table;
+//! - [`ownership`]: the per-namespace lock naming the instance that owns the nft table, and
+//!   the owner's side of a hand-over; [`takeover`]: the successor's side; [`handover`]: the
+//!   versioned protocol between them; [`listeners`]: the listener sets they pass;
 //!   [`startup_guard`]: undoes a start-up that fails.
 //! - [`netfilter`]: the nftables table (rendered by a pure function) and policy routing.
 //! - [`dispatch`]: every per-connection and per-flow decision, TCP and UDP alike: frontend
@@ -48,12 +50,15 @@ pub mod capabilities;
 pub mod cleanup;
 pub mod dispatch;
 pub mod forward;
+pub mod handover;
 pub mod limits;
+pub mod listeners;
 pub mod netfilter;
 pub mod ownership;
 pub mod run;
 pub mod slots;
 pub mod startup_guard;
+pub mod takeover;
 pub mod sockopt;
 pub mod udp;
 pub mod units;

@@ -1,26 +1,29 @@
-//! Who owns the interception in this network namespace.
+//! Who owns the interception in this network namespace, and how it hands it over.
 //!
 //! The running instance holds an abstract Unix socket named after its nft table
-//! (`@tpvs/<table>`) bound for its whole life. Abstract names belong to the network namespace
-//! and vanish with the process that bound them (even on SIGKILL), so the name is taken exactly
-//! while an owner lives, and a crash never leaves a stale lock behind. A second `tpvs run` with
-//! the same table finds the name taken and stops before touching any rule; `tpvs cleanup`
-//! refuses for the same reason.
+//! (`@tpvs/<table>`) bound for as long as it owns the table. Abstract names belong to the
+//! network namespace and vanish with the process that bound them (even on SIGKILL), so the
+//! name is taken exactly while an owner lives, and a crash never leaves a stale lock behind.
 //!
-//! Whoever connects gets a hello: a version byte, then the owner's pid (u32, little endian).
-//! The pid is also read with `SO_PEERCRED`, which the kernel fills from the listener and the
-//! owner cannot forge; the hello is what a later hand-over protocol extends.
+//! Whoever connects gets a hello ([`crate::handover`]): the owner's pid, binary version and
+//! the flags a successor must share. A probe (`tpvs cleanup`) hangs up after it; a successor
+//! (`tpvs run` with the same flags) asks to take over and receives the listeners, and the
+//! owner releases everything once the successor says it is ready — and nothing before. The
+//! owner's pid is also read with `SO_PEERCRED`, which the kernel fills from the listener and
+//! the owner cannot forge.
 
-use std::io::{Read as _, Write as _};
-use std::os::fd::AsRawFd as _;
 use std::os::linux::net::SocketAddrExt as _;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tracing::debug;
+use tracing::{debug, info, warn};
 
-/// Version of what the owner says on its socket.
-pub const HELLO_VERSION: u8 = 1;
+use crate::handover::{self, Flags, Message, ProtocolError};
+use crate::listeners::ListenerSet;
+
+/// Version of what the owner says on its socket (the hand-over protocol's).
+pub const HELLO_VERSION: u8 = handover::PROTOCOL;
 
 /// How long a probe waits for the owner's hello.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -49,37 +52,98 @@ pub fn lock_name(table: &str) -> String {
     format!("tpvs/{table}")
 }
 
-fn address(table: &str) -> std::io::Result<SocketAddr> {
+pub(crate) fn address(table: &str) -> std::io::Result<SocketAddr> {
     SocketAddr::from_abstract_name(lock_name(table).as_bytes())
 }
 
-/// The ownership of one nft table, held while this value lives.
-#[derive(Debug)]
+/// What a running instance can give a successor, set once it serves.
+pub struct Offer {
+    /// Second descriptors of the workers' listeners.
+    pub listeners: ListenerSet,
+    /// Makes this instance let go: stop accepting, stop touching the rules. Returns the
+    /// connections still open (they drain here).
+    pub release: Box<dyn FnOnce() -> usize + Send>,
+}
+
+/// A completed hand-over, as the predecessor reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandedOver {
+    pub listeners: usize,
+    pub open_connections: usize,
+    pub successor_pid: Option<u32>,
+}
+
+/// The ownership of one nft table, held while this value lives (and until handed over).
 pub struct Ownership {
     table: String,
+    offer: Arc<Mutex<Option<Offer>>>,
+    handed: Option<tokio::sync::oneshot::Receiver<HandedOver>>,
+}
+
+impl std::fmt::Debug for Ownership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ownership").field("table", &self.table).finish_non_exhaustive()
+    }
 }
 
 impl Ownership {
     /// Claims `table` for this process, or says who holds it. On success a thread answers
-    /// probes for the life of the process (the socket is never closed before exit: the
-    /// interception is removed before the process ends, and the name must not be free before
-    /// that).
-    pub fn claim(table: &str) -> Result<Ownership, OwnershipError> {
+    /// probes and successors until the table is handed over (the socket is never closed
+    /// before that or exit: the name must not be free while this instance owns the rules).
+    pub fn claim(flags: &Flags) -> Result<Ownership, OwnershipError> {
+        let table = flags.nft_table.as_str();
+        match Self::bind(table)? {
+            Some(listener) => Self::serve(listener, flags),
+            None => Err(OwnershipError::Taken { table: table.to_string(), pid: owner(table).ok().flatten().and_then(|o| o.pid) }),
+        }
+    }
+
+    /// Claims `table` once its owner has handed it over and frees the name (it does so right
+    /// after confirming the release): retries for up to `within`.
+    pub fn claim_within(flags: &Flags, within: Duration) -> Result<Ownership, OwnershipError> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            match Self::bind(&flags.nft_table)? {
+                Some(listener) => return Self::serve(listener, flags),
+                None if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                None => return Self::claim(flags),
+            }
+        }
+    }
+
+    /// The bound name, or `None` when someone holds it.
+    fn bind(table: &str) -> Result<Option<UnixListener>, OwnershipError> {
         let io = |source| OwnershipError::Io { table: table.to_string(), source };
         let addr = address(table).map_err(io)?;
-        let listener = match UnixListener::bind_addr(&addr) {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                return Err(OwnershipError::Taken { table: table.to_string(), pid: owner(table).ok().flatten().and_then(|o| o.pid) });
-            }
-            Err(e) => return Err(io(e)),
-        };
-        std::thread::Builder::new().name("tpvs-owner".into()).spawn(move || answer(listener)).map_err(io)?;
-        Ok(Ownership { table: table.to_string() })
+        match UnixListener::bind_addr(&addr) {
+            Ok(l) => Ok(Some(l)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    fn serve(listener: UnixListener, flags: &Flags) -> Result<Ownership, OwnershipError> {
+        let table = flags.nft_table.as_str();
+        let io = |source| OwnershipError::Io { table: table.to_string(), source };
+        let offer: Arc<Mutex<Option<Offer>>> = Arc::default();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (o, f) = (Arc::clone(&offer), flags.clone());
+        std::thread::Builder::new().name("tpvs-owner".into()).spawn(move || answer(listener, f, o, tx)).map_err(io)?;
+        Ok(Ownership { table: table.to_string(), offer, handed: Some(rx) })
     }
 
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// From now on a successor may take over: this instance serves.
+    pub fn offer(&self, offer: Offer) {
+        *self.offer.lock().unwrap_or_else(|p| p.into_inner()) = Some(offer);
+    }
+
+    /// Resolves when a successor has taken over (once).
+    pub fn handed_over(&mut self) -> Option<tokio::sync::oneshot::Receiver<HandedOver>> {
+        self.handed.take()
     }
 }
 
@@ -89,7 +153,7 @@ pub struct Owner {
     /// As seen from this process: `SO_PEERCRED` when the owner is in our pid namespace,
     /// else the pid its hello states (in its own pid namespace).
     pub pid: Option<u32>,
-    /// The hello's version byte, when the owner sent one in time.
+    /// The hello's protocol version, when the owner sent one in time.
     pub version: Option<u8>,
 }
 
@@ -102,11 +166,15 @@ pub fn owner(table: &str) -> std::io::Result<Option<Owner>> {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
         Err(e) => return Err(e),
     };
-    let cred_pid = peer_pid(&stream);
+    let cred_pid = handover::peer_cred(&stream).and_then(|c| (c.pid > 0).then(|| c.pid.unsigned_abs()));
     stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
-    let mut hello = [0u8; 5];
-    let (version, hello_pid) = match stream.read_exact(&mut hello) {
-        Ok(()) => (Some(hello[0]), Some(u32::from_le_bytes([hello[1], hello[2], hello[3], hello[4]]))),
+    let (version, hello_pid) = match handover::read_message(&mut stream) {
+        Ok(Message::Hello { pid, .. }) => (Some(HELLO_VERSION), Some(pid)),
+        Ok(other) => {
+            debug!(?other, "the owner said something other than hello");
+            (None, None)
+        }
+        Err(ProtocolError::Version { theirs }) => (Some(theirs), None),
         Err(e) => {
             debug!(error = %e, "no hello from the owner");
             (None, None)
@@ -115,40 +183,109 @@ pub fn owner(table: &str) -> std::io::Result<Option<Owner>> {
     Ok(Some(Owner { pid: cred_pid.or(hello_pid), version }))
 }
 
-/// Accepts probes and says hello; runs for the life of the process.
-fn answer(listener: UnixListener) {
-    let mut hello = [0u8; 5];
-    hello[0] = HELLO_VERSION;
-    hello[1..].copy_from_slice(&std::process::id().to_le_bytes());
+/// Accepts probes and successors until one successor has taken over; then frees the name.
+fn answer(listener: UnixListener, flags: Flags, offer: Arc<Mutex<Option<Offer>>>, done: tokio::sync::oneshot::Sender<HandedOver>) {
+    let hello = Message::Hello { pid: std::process::id(), binary: handover::binary_version(), flags: flags.clone() };
     for conn in listener.incoming() {
-        match conn {
-            Ok(mut s) => {
-                // A probe that does not read gets nothing more: never block on it.
-                let _ = s.set_write_timeout(Some(PROBE_TIMEOUT));
-                let _ = s.write_all(&hello);
-            }
+        let mut stream = match conn {
+            Ok(s) => s,
             Err(e) => {
                 debug!(error = %e, "ownership socket accept failed");
                 std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let peer = handover::peer_cred(&stream);
+        match serve_peer(&mut stream, &hello, &flags, &offer, peer) {
+            Ok(Some(handed)) => {
+                info!(
+                    successor = owner_text(handed.successor_pid),
+                    listeners = handed.listeners,
+                    open_connections = handed.open_connections,
+                    "handed the listeners and the rules over to a successor"
+                );
+                // The name is freed when `listener` drops, right after this.
+                let _ = done.send(handed);
+                return;
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                warn!(peer = owner_text(peer.and_then(|c| (c.pid > 0).then(|| c.pid.unsigned_abs()))), %reason, "a takeover was refused or failed; still serving");
+                let _ = handover::write_message(&mut stream, &Message::Refused { reason });
             }
         }
     }
 }
 
-/// The pid of the process that bound the peer listener (`SO_PEERCRED`).
-fn peer_pid(stream: &UnixStream) -> Option<u32> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: a valid socket fd, and `cred`/`len` describe a writable ucred.
-    let rc = unsafe {
-        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &raw mut len)
+/// One connection: a probe (`Ok(None)`), a completed hand-over, or why not (this instance
+/// keeps everything in every error case: nothing is released before the successor's Ready).
+fn serve_peer(
+    stream: &mut UnixStream,
+    hello: &Message,
+    flags: &Flags,
+    offer: &Mutex<Option<Offer>>,
+    peer: Option<libc::ucred>,
+) -> Result<Option<HandedOver>, String> {
+    let _ = stream.set_write_timeout(Some(handover::STEP_TIMEOUT));
+    let _ = stream.set_read_timeout(Some(handover::STEP_TIMEOUT));
+    let text = |e: ProtocolError| e.to_string();
+    handover::write_message(stream, hello).map_err(text)?;
+    let request = match handover::read_message(stream) {
+        // A probe: it read the hello and hung up.
+        Err(ProtocolError::Closed) => return Ok(None),
+        Err(e) => return Err(format!("bad request on the hand-over socket: {e}")),
+        Ok(m) => m,
     };
-    (rc == 0 && cred.pid > 0).then(|| cred.pid.unsigned_abs())
+    let Message::TakeOver { binary, flags: theirs } = request else {
+        return Err(format!("unexpected message on the hand-over socket: {request:?}"));
+    };
+    let uid = peer.map(|c| c.uid);
+    if !uid.is_some_and(handover::may_take_over) {
+        return Err(format!("a takeover from uid {} is refused: only the same user or root may take over", uid.map_or("unknown".into(), |u| u.to_string())));
+    }
+    let differences = flags.differences(&theirs);
+    if !differences.is_empty() {
+        return Err(format!("incompatible flags: {}", differences.join("; ")));
+    }
+    // The listeners are sent from copies: until Ready this instance keeps serving on its own.
+    let copies = {
+        let guard = offer.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(o) = guard.as_ref() else {
+            return Err("the running instance is still starting; try again".into());
+        };
+        o.listeners.try_clone().map_err(|e| format!("cannot duplicate the listeners: {e}"))?
+    };
+    let count = copies.len();
+    let announce = Message::Listeners { tcp: ListenerSet::shape(&copies.tcp), udp: ListenerSet::shape(&copies.udp) };
+    handover::write_message(stream, &announce).map_err(text)?;
+    handover::send_fds(stream, &copies.into_fds()).map_err(text)?;
+    info!(successor_binary = %binary, listeners = count, "listeners sent to a successor; waiting for it to be ready");
+    let _ = stream.set_read_timeout(Some(handover::READY_TIMEOUT));
+    match handover::read_message(stream) {
+        Ok(Message::Ready) => {}
+        Ok(other) => return Err(format!("expected Ready from the successor, got {other:?}")),
+        Err(e) => return Err(format!("the successor did not become ready: {e}")),
+    }
+    let Some(o) = offer.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        return Err("the offer vanished".into());
+    };
+    let open_connections = (o.release)();
+    drop(o.listeners);
+    // The successor owns everything now: a failure to tell it is logged, not undone.
+    if let Err(e) = handover::write_message(stream, &Message::Released { open_connections }) {
+        warn!(error = %e, "could not confirm the release to the successor");
+    }
+    let successor_pid = peer.and_then(|c| (c.pid > 0).then(|| c.pid.unsigned_abs()));
+    Ok(Some(HandedOver { listeners: count, open_connections, successor_pid }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flags(table: &str) -> Flags {
+        Flags { nft_table: table.into(), fwmark: 1, route_table: 100, proxy_port: 15001, udp_proxy_port: 15002, workers: 1 }
+    }
 
     /// A table name no other test process uses (abstract names are shared by the namespace).
     fn unique(name: &str) -> String {
@@ -158,9 +295,9 @@ mod tests {
     #[test]
     fn a_second_claim_fails_naming_the_owner_pid() {
         let table = unique("second");
-        let first = Ownership::claim(&table).unwrap_or_else(|e| panic!("{e}"));
+        let first = Ownership::claim(&flags(&table)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(first.table(), table);
-        let err = Ownership::claim(&table).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = Ownership::claim(&flags(&table)).err().map(|e| e.to_string()).unwrap_or_default();
         let pid = std::process::id();
         assert!(err.contains("another tpvs owns nft table") && err.contains(&format!("pid {pid}")), "{err}");
         let o = owner(&table).unwrap_or_else(|e| panic!("{e}"));

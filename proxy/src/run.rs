@@ -7,9 +7,13 @@
 //! routing and rules, then the first table. Shutdown removes the rules before exiting.
 //!
 //! Before all of it, the instance claims the network namespace's ownership of its nft table
-//! ([`crate::ownership`]): a second instance stops there, having touched nothing. After it,
-//! every step that changes the node registers its undo, and a start-up that fails removes
-//! what it installed and nothing else ([`crate::startup_guard`]).
+//! ([`crate::ownership`]). When another instance owns it, this one takes over instead
+//! ([`crate::takeover`], protocol in [`crate::handover`]): it starts on the running
+//! instance's listeners, adopts its rules, and the running one lets go only once this one is
+//! ready; with other flags it stops there, having touched nothing. After the claim, every
+//! step that changes the node registers its undo, and a start-up that fails removes what it
+//! installed and nothing else ([`crate::startup_guard`]); an adopted table and routes are
+//! never undone (they are the predecessor's until it lets go).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,9 +27,12 @@ use tracing::{info, warn};
 use crate::cli::RunArgs;
 use crate::dispatch::telemetry::MetricsRegistry;
 use crate::forward::{self, ForwardConfig, Shared};
+use crate::handover::Flags;
+use crate::listeners::{Gate, ListenerSet, Pair, Release};
 use crate::netfilter::{Interception, RulesetConfig};
-use crate::ownership::Ownership;
+use crate::ownership::{Offer, Ownership, OwnershipError};
 use crate::startup_guard::StartupGuard;
+use crate::takeover;
 use crate::udp;
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -43,15 +50,71 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let _ctx = runtime.enter();
         (signal(SignalKind::terminate()).context("SIGTERM handler")?, signal(SignalKind::interrupt()).context("SIGINT handler")?)
     };
-    let interception = start(&args, source)?;
-    runtime.block_on(async move {
+    let mut serving = start(&args, source)?;
+    let handed = serving.ownership.as_mut().and_then(Ownership::handed_over);
+    let end = runtime.block_on(async {
+        let handed = async {
+            match handed {
+                Some(rx) => rx.await.ok(),
+                None => None,
+            }
+        };
         tokio::select! {
-            _ = term.recv() => info!("SIGTERM: removing interception and exiting"),
-            _ = int.recv() => info!("SIGINT: removing interception and exiting"),
+            _ = term.recv() => End::Signal("SIGTERM"),
+            _ = int.recv() => End::Signal("SIGINT"),
+            Some(h) = handed => End::HandedOver(h),
         }
     });
-    interception.remove().context("removing the interception")?;
+    match end {
+        End::Signal(sig) => {
+            info!(signal = sig, "removing interception and exiting");
+            serving.interception.remove().context("removing the interception")?;
+        }
+        End::HandedOver(h) => {
+            let left = runtime.block_on(drain(&serving.shared, args.shutdown_grace, &mut term, &mut int));
+            info!(
+                listeners = h.listeners,
+                successor = crate::ownership::owner_text(h.successor_pid),
+                connections_open_at_hand_over = h.open_connections,
+                connections_cut = left,
+                "handed over to a successor; exiting with the rules left in place"
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How `tpvs run` ends.
+enum End {
+    /// Stopped: the interception is removed.
+    Signal(&'static str),
+    /// A successor took over: the rules are its now.
+    HandedOver(crate::ownership::HandedOver),
+}
+
+/// Relays the connections still open after a hand-over until they are gone, `grace` runs out
+/// or a signal comes; returns how many were still open at the end (cut by the exit).
+async fn drain(shared: &Shared, grace: Duration, term: &mut tokio::signal::unix::Signal, int: &mut tokio::signal::unix::Signal) -> usize {
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        let open = shared.open_connections();
+        if open == 0 || tokio::time::Instant::now() >= deadline {
+            return open;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = term.recv() => return shared.open_connections(),
+            _ = int.recv() => return shared.open_connections(),
+        }
+    }
+}
+
+/// A serving instance: what the end of `run` needs.
+struct Serving {
+    interception: Arc<Interception>,
+    shared: Arc<Shared>,
+    /// `None` only when a takeover could not claim the name after the predecessor let go.
+    ownership: Option<Ownership>,
 }
 
 /// Where the routing table comes from.
@@ -66,9 +129,36 @@ enum TableSource {
 /// the namespace's ownership of the nft table before anything else (a second instance must not
 /// even bind the `SO_REUSEPORT` listeners); any failure after that undoes what this start-up
 /// installed, and only that ([`StartupGuard`]).
-fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception>> {
-    let ownership = Ownership::claim(&args.interception.nft_table)?;
-    info!(table = ownership.table(), lock = %format!("@{}", crate::ownership::lock_name(ownership.table())), "claimed the nft table for this network namespace");
+fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
+    let workers = match args.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let flags = Flags {
+        nft_table: args.interception.nft_table.clone(),
+        fwmark: args.interception.fwmark,
+        route_table: args.interception.route_table,
+        proxy_port: args.proxy_port,
+        udp_proxy_port: args.udp_proxy_port,
+        workers,
+    };
+    // Either this instance owns the table from the start, or a running one hands it over.
+    let (mut ownership, mut takeover) = match Ownership::claim(&flags) {
+        Ok(o) => (Some(o), None),
+        Err(OwnershipError::Taken { .. }) => match takeover::begin(&flags)? {
+            Some(t) => (None, Some(t)),
+            // The owner left between the two looks.
+            None => (Some(Ownership::claim(&flags)?), None),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    match (&ownership, &takeover) {
+        (Some(o), _) => {
+            info!(table = o.table(), lock = %format!("@{}", crate::ownership::lock_name(o.table())), "claimed the nft table for this network namespace")
+        }
+        (None, Some((t, set))) => info!(predecessor = t.predecessor, listeners = set.len(), "received the running instance's listeners"),
+        (None, None) => {}
+    }
     let mut guard = StartupGuard::new();
     let mut opts = args.table.compile_options();
     if opts.node_name.is_none() {
@@ -82,10 +172,6 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception
         TableSource::Kube => info!(node = opts.node_name.as_deref().unwrap_or("?"), "starting with the Kubernetes API source"),
     }
     let publisher = Arc::new(Publisher::new());
-    let workers = match args.workers {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
-        n => n,
-    };
     let budget = crate::limits::plan_and_install(crate::limits::BudgetInput {
         limit: crate::limits::raise_fd_limit().context("reading the open-file limit")?,
         workers,
@@ -123,9 +209,21 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception
         });
     }
     let shared = Shared::new(publisher.handle(), config, Arc::clone(&backend_metrics));
-    let running = forward::start(Arc::clone(&shared))?;
+    // A successor's workers hold the predecessor's listeners but wait at the gate until the
+    // predecessor has let go: until then every connection is the predecessor's, and the
+    // kernel queues SYNs and datagrams on the shared sockets meanwhile.
+    let (listeners, gate) = match takeover.as_mut() {
+        Some((_, set)) => (std::mem::take(set), Gate::closed()),
+        None => (bind_listeners(args, workers)?, Gate::open()),
+    };
+    let offered = listeners.try_clone().context("duplicating the listeners for a later hand-over")?;
+    let release = Release::default();
+    let running = forward::start(Arc::clone(&shared), listeners.tcp, gate.clone(), release.clone())?;
     info!(workers, port = args.proxy_port, ipv6 = running.ipv6, "transparent listeners ready");
-    let udp = start_udp(args, &publisher, workers, backend_metrics, budget)?;
+    let (udp, udp_workers) = match start_udp(args, &publisher, workers, backend_metrics, budget, (listeners.udp, gate.clone(), release.clone()))? {
+        Some((s, w)) => (Some(s), Some(w)),
+        None => (None, None),
+    };
 
     let interception = Interception::new(
         RulesetConfig {
@@ -137,12 +235,20 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception
         },
         args.interception.routing(),
     );
-    let ic = Arc::clone(&interception);
-    guard.on_failure("policy routing", move || Ok(ic.remove_routing()?));
-    interception.install_routing().context("installing the policy routing")?;
-    let ic = Arc::clone(&interception);
-    guard.on_failure("nft table", move || Ok(ic.remove_table()?));
-    interception.sync(&publisher.current()).context("installing the nft table")?;
+    if takeover.is_some() {
+        // The predecessor's routing and table stay as they are: the table is re-synced from
+        // this instance's routing table at its first publish (one atomic transaction: the
+        // old rules apply until it commits), never deleted; neither is undone on failure,
+        // since they are the predecessor's until it lets go.
+        interception.adopt_routing();
+    } else {
+        let ic = Arc::clone(&interception);
+        guard.on_failure("policy routing", move || Ok(ic.remove_routing()?));
+        interception.install_routing().context("installing the policy routing")?;
+        let ic = Arc::clone(&interception);
+        guard.on_failure("nft table", move || Ok(ic.remove_table()?));
+        interception.sync(&publisher.current()).context("installing the nft table")?;
+    }
     publisher.on_publish(interception.on_publish());
     match source {
         TableSource::Manifests(path) => {
@@ -173,12 +279,65 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Arc<Interception
             drop(kube);
         }
     }
+    if let Some((t, _)) = takeover {
+        await_first_table(&publisher)?;
+        interception.sync(&publisher.current()).context("re-syncing the adopted nft table")?;
+        let (released, claimed) = t.finish(&flags)?;
+        // From here on this instance serves whatever happens: the predecessor has let go.
+        gate.lift();
+        info!(predecessor_connections_draining = released.open_connections, "took over the listeners and the rules");
+        match claimed {
+            Ok(o) => ownership = Some(o),
+            Err(e) => {
+                warn!(error = %e, "serving, but without the ownership socket: a later instance cannot take over from this one")
+            }
+        }
+    }
     if !args.rules_check_interval.is_zero() {
         interception.spawn_checker(args.rules_check_interval).context("starting the rules check")?;
     }
     guard.commit();
+    if let Some(o) = &ownership {
+        let (ic, sh, rel) = (Arc::clone(&interception), Arc::clone(&shared), release);
+        o.offer(Offer {
+            listeners: offered,
+            release: Box::new(move || {
+                // Rules first: nothing here may touch them once the successor owns them.
+                ic.relinquish();
+                rel.release();
+                if let Some(w) = &udp_workers {
+                    w.wake();
+                }
+                sh.open_connections()
+            }),
+        });
+    }
     info!(generation = publisher.generation(), frontends = publisher.current().len(), "serving");
-    Ok(interception)
+    Ok(Serving { interception, shared, ownership })
+}
+
+/// Binds the data path's listeners (a cold start).
+fn bind_listeners(args: &RunArgs, workers: usize) -> anyhow::Result<ListenerSet> {
+    let tcp = forward::bind_listeners(args.proxy_port, args.backlog, workers)?;
+    let udp = if args.udp_proxy_port == 0 { Vec::new() } else { udp::bind_listeners(args.udp_proxy_port, workers)? };
+    Ok(ListenerSet { tcp, udp })
+}
+
+/// How long a successor waits for its first routing table before giving up (the predecessor
+/// keeps serving); within the predecessor's wait for Ready.
+const FIRST_TABLE_WITHIN: Duration = Duration::from_secs(90);
+
+/// A successor must not take connections before it knows the Services.
+fn await_first_table(publisher: &Publisher) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + FIRST_TABLE_WITHIN;
+    while publisher.generation() == 0 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no routing table within {FIRST_TABLE_WITHIN:?}; not taking over (the running instance keeps serving)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// Starts the admin and health servers.
@@ -211,7 +370,8 @@ fn start_udp(
     workers: usize,
     metrics: Arc<MetricsRegistry>,
     budget: &crate::limits::FdBudget,
-) -> anyhow::Result<Option<Arc<udp::UdpShared>>> {
+    (listeners, gate, release): (Vec<Pair>, Gate, Release),
+) -> anyhow::Result<Option<(Arc<udp::UdpShared>, udp::UdpWorkers)>> {
     if args.udp_proxy_port == 0 {
         info!("UDP data path off (--udp-proxy-port 0)");
         return Ok(None);
@@ -226,12 +386,12 @@ fn start_udp(
         nodeport_addrs: args.nodeport_addresses.clone(),
     };
     let shared = udp::UdpShared::new(publisher.handle(), config, metrics);
-    let running = udp::start(Arc::clone(&shared))?;
+    let running = udp::start(Arc::clone(&shared), listeners, gate, release)?;
     info!(workers, port = args.udp_proxy_port, ipv6 = running.ipv6, "transparent UDP listeners ready");
     publisher.on_publish(running.on_publish());
-    // Dropping `running` detaches the threads: they serve for the life of the process, like
-    // the TCP ones; `shared` is what the stats are read from.
-    Ok(Some(shared))
+    // The threads serve for the life of the process, like the TCP ones; `shared` is what the
+    // stats are read from, `running` what a hand-over wakes.
+    Ok(Some((shared, running)))
 }
 
 fn hostname() -> Option<String> {

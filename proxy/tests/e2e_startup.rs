@@ -1,6 +1,7 @@
 //! Start-up and ownership under faults, against the real `tpvs run` in the namespace lab: a
 //! busy admin port fails start-up cleanly (an error, no panic, nothing left installed); a
-//! second instance on the same nft table stops without touching the first one's rules; rules
+//! second instance on the same nft table with other flags stops without touching the first
+//! one's rules, and one with the same flags takes over (see also `e2e_takeover`); rules
 //! deleted or flushed under a running instance come back; `/api/table` stays on loopback
 //! whatever the metrics address. Root and nftables/iproute2 required (or `TPVS_SKIP_E2E=1`).
 
@@ -99,7 +100,7 @@ fn a_busy_admin_port_fails_start_up_with_an_error_and_leaves_nothing_installed()
 }
 
 #[test]
-fn a_second_instance_stops_with_a_clear_error_and_the_first_keeps_forwarding() {
+fn a_second_instance_with_other_flags_is_refused_and_one_with_the_same_flags_takes_over() {
     let Some(mut lab) = lab(1, &[0]) else { return };
     lab.write_manifests(&web());
     lab.start_tpvs(&[]);
@@ -115,8 +116,9 @@ fn a_second_instance_stops_with_a_clear_error_and_the_first_keeps_forwarding() {
     assert_ne!(status.code(), Some(101), "{out}");
     assert!(!out.contains("panicked"), "{out}");
     assert!(
-        out.contains("another tpvs owns nft table \"tpvs\" in this network namespace (pid "),
-        "the error says who owns the table: {out}"
+        out.contains("cannot take over from the running tpvs (pid ")
+            && out.contains("its flags differ (--proxy-port: running 15001, this one 15101; --udp-proxy-port: running 15002, this one 15102; --workers: running 2, this one 1)"),
+        "the error says who runs and which flags differ: {out}"
     );
 
     // The first instance is untouched: its table, its routing, its answers.
@@ -137,7 +139,29 @@ fn a_second_instance_stops_with_a_clear_error_and_the_first_keeps_forwarding() {
     assert!(nft_table(&lab).is_some_and(|t| t.contains("10.96.0.10")), "cleanup touched the running instance's table");
     lab.hello(VIP).unwrap_or_else(|e| panic!("after a refused cleanup: {e}"));
 
-    // Stopped, the instance removes its rules and frees the name: cleanup then succeeds.
+    // The same flags: the second instance takes over, the first exits 0 by itself, leaving
+    // the rules in place for its successor, which forwards.
+    let first = lab.tpvs_pid();
+    let mut old = lab.start_successor(&[]).unwrap_or_else(|| panic!("no running instance"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        match old.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = old.kill();
+                let _ = old.wait();
+                break None;
+            }
+        }
+    };
+    assert!(status.is_some_and(|s| s.success()), "the first instance must hand over and exit 0: {status:?}\n{}", lab.tpvs_log_of(0));
+    assert_ne!(lab.tpvs_pid(), first);
+    assert!(nft_table(&lab).is_some_and(|t| t.contains("10.96.0.10")), "the rules stay for the successor");
+    assert_ne!(fwmark_rules(&lab), "");
+    lab.hello(VIP).unwrap_or_else(|e| panic!("the successor does not forward: {e}\n{}", lab.tpvs_log()));
+
+    // Stopped, the owner removes its rules and frees the name: cleanup then succeeds.
     assert!(lab.stop_tpvs(libc::SIGTERM), "clean shutdown");
     assert_eq!(nft_table(&lab), None);
     let (status, out) = tpvs_once(&lab, &["cleanup"]);

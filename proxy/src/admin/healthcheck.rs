@@ -125,12 +125,14 @@ pub async fn run(mut tables: watch::Receiver<Arc<RoutingTable>>, health: Arc<Pro
     }
 }
 
-/// Dual-stack `[::]:port` when IPv6 is there, else `0.0.0.0:port`.
+/// Dual-stack `[::]:port` when IPv6 is there, else `0.0.0.0:port`; with `SO_REUSEPORT`, so
+/// an instance taking over binds beside the one it replaces.
 async fn bind(port: u16) -> std::io::Result<TcpListener> {
-    match TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await {
-        Ok(l) => Ok(l),
-        Err(_) => TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await,
-    }
+    let std = match super::reuseport_listener(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
+        Ok(l) => l,
+        Err(_) => super::reuseport_listener(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?,
+    };
+    TcpListener::from_std(std)
 }
 
 #[cfg(test)]

@@ -76,8 +76,7 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<()> {
     let health_runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("health runtime")?;
     let bind = |addr: Option<SocketAddr>, what: &str, runtime: &tokio::runtime::Runtime| -> anyhow::Result<Option<TcpListener>> {
         let Some(addr) = addr else { return Ok(None) };
-        let std = std::net::TcpListener::bind(addr).with_context(|| format!("binding the {what} server on {addr}"))?;
-        std.set_nonblocking(true).context("non-blocking listener")?;
+        let std = reuseport_listener(addr).with_context(|| format!("binding the {what} server on {addr}"))?;
         let _guard = runtime.enter();
         Ok(Some(TcpListener::from_std(std).context("registering the listener")?))
     };
@@ -180,6 +179,18 @@ fn loopback_twin(metrics: Option<SocketAddr>) -> Option<SocketAddr> {
 /// Loopback, including IPv4 loopback reached through a dual-stack `[::]` listener.
 fn is_loopback(addr: SocketAddr) -> bool {
     addr.ip().to_canonical().is_loopback()
+}
+
+/// A listener bound with `SO_REUSEPORT`, so a successor taking over binds beside this instance
+/// and a probe finds one of the two listening throughout a hand-over.
+pub(crate) fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
 }
 
 #[cfg(test)]

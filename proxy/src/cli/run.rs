@@ -38,6 +38,11 @@ pub struct RunArgs {
     /// Reset a connection after this long without traffic either way (0: never).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// After handing its listeners to a successor, how long this instance keeps relaying the
+    /// connections it still has before it exits (it exits as soon as they are gone). Below
+    /// the DaemonSet's terminationGracePeriodSeconds.
+    #[arg(long, default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
     /// Kubeconfig for the API source (used when --manifests is not given); without it, the
     /// in-cluster service account, then KUBECONFIG / ~/.kube/config.
     #[arg(long, value_name = "PATH")]

@@ -115,4 +115,4 @@ impl Shared {
 }
 
 pub use plain::{PlainServer, serve_plain};
-pub use worker::{Workers, start};
+pub use worker::{Workers, bind_listeners, start};

@@ -118,6 +118,20 @@ impl Interception {
         Ok(())
     }
 
+    /// Adopts the policy routing a predecessor installed, as it is (re-adding it would open a
+    /// window without it); the periodic check re-installs it if it is missing.
+    pub fn adopt_routing(&self) {
+        self.state().routing = true;
+    }
+
+    /// A successor owns the rules now: from here on this instance neither syncs, checks nor
+    /// removes them (they stay in force for the successor).
+    pub fn relinquish(&self) {
+        let mut state = self.state();
+        state.closed = true;
+        state.routing = false;
+    }
+
     /// Brings the nft table in line with `table`. One `nft -f -` transaction, skipped when the
     /// rule text is unchanged.
     pub fn sync(&self, table: &RoutingTable) -> Result<(), CommandError> {

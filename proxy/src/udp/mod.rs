@@ -109,7 +109,7 @@ impl UdpWorkers {
     }
 }
 
-pub use worker::start;
+pub use worker::{bind_listeners, start};
 
 #[cfg(test)]
 mod tests {

@@ -29,6 +29,7 @@ use super::{UdpShared, UdpWorkers};
 use crate::addrs::{ClientAddr, OrigDstAddr, canonical, wildcard_listen_addrs};
 use crate::dispatch::Lease;
 use crate::dispatch::telemetry::ConnectFailure;
+use crate::listeners::{Gate, Pair, Release};
 use crate::slots::{Refused, SharedSlot};
 use crate::workers::{self, Ready, StartError};
 
@@ -66,23 +67,49 @@ struct Pending {
     to: RawAddr,
 }
 
-/// Starts `config.workers` threads; returns once every listener is bound, so TPROXY rules can
-/// be installed knowing no datagram meets a port nobody listens on.
-pub fn start(shared: Arc<UdpShared>) -> Result<UdpWorkers, StartError> {
+/// Binds every worker's transparent UDP listeners (`[v4, v6]`; no v6 without IPv6).
+pub fn bind_listeners(port: u16, workers: usize) -> Result<Vec<Pair>, StartError> {
+    let [a4, a6] = wildcard_listen_addrs(port);
+    let mut pairs = Vec::with_capacity(workers.max(1));
+    for index in 0..workers.max(1) {
+        let l4 = socket::listener(a4).map_err(|source| StartError::Bind { what: "transparent UDP", addr: a4, source })?;
+        let l6 = match socket::listener(a6) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                if index == 0 {
+                    warn!(addr = %a6, error = %e, "no IPv6 transparent UDP listener; IPv6 UDP Services are not served");
+                }
+                None
+            }
+        };
+        pairs.push([Some(l4), l6]);
+    }
+    Ok(pairs)
+}
+
+/// Starts one thread per listener pair; returns once every worker holds its listeners, so
+/// TPROXY rules can be installed knowing no datagram meets a port nobody listens on. Each
+/// waits at `gate` before reading, and lets go of its listeners when `release` fires (its
+/// flows keep relaying replies until they expire).
+pub fn start(shared: Arc<UdpShared>, listeners: Vec<Pair>, gate: Gate, release: Release) -> Result<UdpWorkers, StartError> {
+    let ipv6 = listeners.iter().all(|[_, v6]| v6.is_some());
+    let mut listeners = listeners.into_iter();
     let mut wakers = Vec::new();
     let spawned = workers::spawn("tpvs-udp", shared.config.workers, |index| {
         let waker = Arc::new(Waker::new().map_err(|source| StartError::Setup { what: "UDP", worker: index, source })?);
         wakers.push(Arc::clone(&waker));
         let shared = Arc::clone(&shared);
-        Ok(move |ready: Ready<bool>| match Worker::new(index, shared, waker) {
-            Ok((mut w, v6)) => {
-                ready.ok(v6);
+        let pair = listeners.next().ok_or(StartError::Vanished(index))?;
+        let (gate, release) = (gate.clone(), release.clone());
+        Ok(move |ready: Ready<()>| match Worker::new(index, shared, waker, pair, release) {
+            Ok(mut w) => {
+                ready.ok(());
+                gate.wait();
                 w.run();
             }
             Err(e) => ready.fail(e),
         })
     })?;
-    let ipv6 = spawned.reports.iter().all(|v6| *v6);
     Ok(UdpWorkers { threads: spawned.threads, wakers, ipv6 })
 }
 
@@ -93,6 +120,8 @@ struct Worker {
     waker: Arc<Waker>,
     /// `[v4, v6]`; v6 absent when the namespace has no IPv6.
     listeners: [Option<OwnedFd>; 2],
+    /// Fires when a successor took the listeners over.
+    release: tokio::sync::watch::Receiver<bool>,
     table: Arc<RoutingTable>,
     flows: FlowTable<FlowIo>,
     /// Reply sockets by frontend address, shared by that frontend's flows.
@@ -119,26 +148,17 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(index: usize, shared: Arc<UdpShared>, waker: Arc<Waker>) -> Result<(Worker, bool), StartError> {
-        let [a4, a6] = wildcard_listen_addrs(shared.config.port);
-        let l4 = socket::listener(a4).map_err(|source| StartError::Bind { what: "transparent UDP", addr: a4, source })?;
-        let l6 = match socket::listener(a6) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                if index == 0 {
-                    warn!(addr = %a6, error = %e, "no IPv6 transparent UDP listener; IPv6 UDP Services are not served");
-                }
-                None
-            }
-        };
+    fn new(index: usize, shared: Arc<UdpShared>, waker: Arc<Waker>, pair: Pair, release: Release) -> Result<Worker, StartError> {
+        let [l4, l6] = pair;
         let setup = |source| StartError::Setup { what: "UDP", worker: index, source };
         let epoll = Epoll::new().map_err(setup)?;
-        epoll.add(l4.as_raw_fd(), LISTENER_V4).map_err(setup)?;
+        if let Some(l) = &l4 {
+            epoll.add(l.as_raw_fd(), LISTENER_V4).map_err(setup)?;
+        }
         if let Some(l) = &l6 {
             epoll.add(l.as_raw_fd(), LISTENER_V6).map_err(setup)?;
         }
         epoll.add(waker.raw(), WAKER).map_err(setup)?;
-        let has_v6 = l6.is_some();
         let t = shared.config.timeouts;
         // Expiry is checked often enough that a flow outlives its timeout by at most an eighth
         // of it (and by at most a second).
@@ -146,33 +166,31 @@ impl Worker {
         let now = Instant::now();
         let table = shared.dispatch.table().load_full();
         let flows = FlowTable::new(t);
-        Ok((
-            Worker {
-                index,
-                epoll,
-                waker,
-                listeners: [Some(l4), l6],
-                table,
-                flows,
-                replies: FxHashMap::default(),
-                rx: RecvBatch::new(),
-                up: RecvBatch::new(),
-                up_used: 0,
-                tx: SendBatch::new(),
-                routes: Vec::with_capacity(BATCH),
-                pending: Vec::with_capacity(BATCH),
-                removed: Vec::new(),
-                slots: Vec::with_capacity(BATCH),
-                names: Vec::with_capacity(BATCH),
-                sweep_every,
-                next_sweep: now + sweep_every,
-                now,
-                last_full_warn: None,
-                last_socket_warn: None,
-                shared,
-            },
-            has_v6,
-        ))
+        Ok(Worker {
+            index,
+            epoll,
+            waker,
+            listeners: [l4, l6],
+            release: release.subscribe(),
+            table,
+            flows,
+            replies: FxHashMap::default(),
+            rx: RecvBatch::new(),
+            up: RecvBatch::new(),
+            up_used: 0,
+            tx: SendBatch::new(),
+            routes: Vec::with_capacity(BATCH),
+            pending: Vec::with_capacity(BATCH),
+            removed: Vec::new(),
+            slots: Vec::with_capacity(BATCH),
+            names: Vec::with_capacity(BATCH),
+            sweep_every,
+            next_sweep: now + sweep_every,
+            now,
+            last_full_warn: None,
+            last_socket_warn: None,
+            shared,
+        })
     }
 
     fn run(&mut self) {
@@ -190,6 +208,9 @@ impl Worker {
                 }
             };
             self.now = Instant::now();
+            if self.listeners.iter().any(Option::is_some) && *self.release.borrow() {
+                self.let_go_of_listeners();
+            }
             self.refresh_table();
             for ev in &events[..n] {
                 match ev.u64 {
@@ -204,6 +225,20 @@ impl Worker {
                 self.sweep();
             }
         }
+    }
+
+    /// A successor holds the same listeners now: stop watching them and close this process's
+    /// descriptors. Unregistered first: the epoll entry belongs to the socket, which the
+    /// successor keeps open, so closing alone would leave it reporting here.
+    fn let_go_of_listeners(&mut self) {
+        for l in self.listeners.iter_mut() {
+            if let Some(fd) = l.take()
+                && let Err(e) = self.epoll.del(fd.as_raw_fd())
+            {
+                debug!(worker = self.index, error = %e, "unwatching a released UDP listener");
+            }
+        }
+        debug!(worker = self.index, "UDP listeners released; relaying replies of open flows");
     }
 
     /// Adopts a newly published table, closing every flow it no longer backs.
@@ -226,7 +261,9 @@ impl Worker {
     }
 
     fn on_listener(&mut self, which: usize) {
-        let Some(fd) = self.listeners[which].as_ref().map(AsRawFd::as_raw_fd) else { return };
+        let Some(fd) = self.listeners[which].as_ref().map(AsRawFd::as_raw_fd) else {
+            return;
+        };
         for _ in 0..LISTENER_ROUNDS {
             let n = match self.rx.recv(fd, 0, BATCH) {
                 Ok(0) => return,
@@ -284,7 +321,9 @@ impl Worker {
                 j += 1;
             }
             i = j;
-            let Some(flow) = self.flows.get(id) else { continue };
+            let Some(flow) = self.flows.get(id) else {
+                continue;
+            };
             let sent = self.tx.send(flow.value.upstream.as_raw_fd(), &self.rx, &self.slots, None);
             flow.value.lease.add_bytes(sent.bytes, 0);
             let stats = &self.shared.stats;
@@ -410,7 +449,9 @@ impl Worker {
             self.flush_replies();
         }
         // A stale token (the flow closed after epoll reported it) resolves to nothing.
-        let Some(flow) = self.flows.get(id) else { return };
+        let Some(flow) = self.flows.get(id) else {
+            return;
+        };
         let start = self.up_used;
         let got = self.up.recv(flow.value.upstream.as_raw_fd(), start, BATCH - start);
         let n = match got {

@@ -236,6 +236,12 @@ pub struct Lab {
     /// A command `tpvs run` is started under inside the node namespace (e.g. `prlimit
     /// --nofile=256:256`); empty for none.
     pub wrapper: Vec<String>,
+    /// The source arguments `tpvs run` was last started with (a successor repeats them).
+    last_source: Vec<String>,
+    /// How many successors were started (each logs to its own file).
+    generation: usize,
+    /// The generation whose log `tpvs_log` reads (the tracked instance's).
+    current: usize,
 }
 
 /// Who `tpvs run` runs as in the lab.
@@ -302,6 +308,9 @@ impl Lab {
             namespaces: Vec::new(),
             privileges: Privileges::Root,
             wrapper: Vec::new(),
+            last_source: Vec::new(),
+            generation: 0,
+            current: 0,
         };
         lab.build();
         lab
@@ -389,7 +398,34 @@ impl Lab {
     }
 
     pub fn log_path(&self) -> PathBuf {
-        self.dir.join("tpvs.log")
+        match self.current {
+            0 => self.dir.join("tpvs.log"),
+            n => self.dir.join(format!("tpvs-{n}.log")),
+        }
+    }
+
+    /// The log of the instance started `generation` successors ago from the first (0: the
+    /// first one).
+    pub fn tpvs_log_of(&self, generation: usize) -> String {
+        let path = match generation {
+            0 => self.dir.join("tpvs.log"),
+            n => self.dir.join(format!("tpvs-{n}.log")),
+        };
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// Starts a second `tpvs run` with exactly the arguments of the running one (plus
+    /// `extra`), logging to its own file; returns the running one's process, which the
+    /// caller now waits for (the lab tracks the new one).
+    pub fn start_successor(&mut self, extra: &[&str]) -> Option<Child> {
+        let old = self.tpvs.take();
+        self.generation += 1;
+        self.current = self.generation;
+        let mut source: Vec<String> = self.last_source.clone();
+        source.extend(extra.iter().map(|s| s.to_string()));
+        let source: Vec<&str> = source.iter().map(String::as_str).collect();
+        self.start_tpvs_with(&source);
+        old
     }
 
     /// Starts `tpvs run` in the node namespace, on the lab's manifests, as node1.
@@ -406,9 +442,30 @@ impl Lab {
         self.start_tpvs_with(&args);
     }
 
+    /// Waits (bounded) for the tracked instance to exit by itself and tracks `previous`
+    /// (started `generation` successors after the first) again: for a successor that is
+    /// refused. Its exit status, or None when it had to be killed.
+    pub fn back_to(&mut self, previous: Child, generation: usize, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.tpvs.replace(previous)?;
+        self.current = generation;
+        let deadline = Instant::now() + within;
+        loop {
+            match child.try_wait() {
+                Ok(Some(s)) => return Some(s),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+
     /// Starts `tpvs run` in the node namespace with the lab's data-path settings; `source`
     /// chooses the table source and node name (e.g. `--kubeconfig F --hostname-override N`).
     pub fn start_tpvs_with(&mut self, source: &[&str]) {
+        self.last_source = source.iter().map(|s| s.to_string()).collect();
         let log = File::create(self.log_path()).unwrap_or_else(|e| panic!("log file: {e}"));
         let log2 = log.try_clone().unwrap_or_else(|e| panic!("log file: {e}"));
         let prefix = setpriv(self.privileges);
@@ -429,8 +486,12 @@ impl Lab {
 
     /// Sends `sig` to tpvs and waits (bounded) for it to exit; true when it exited 0.
     pub fn stop_tpvs(&mut self, sig: libc::c_int) -> bool {
-        let Some(mut child) = self.tpvs.take() else { return false };
-        let Ok(pid) = libc::pid_t::try_from(child.id()) else { return false };
+        let Some(mut child) = self.tpvs.take() else {
+            return false;
+        };
+        let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+            return false;
+        };
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(pid, sig) };
         let deadline = Instant::now() + Duration::from_secs(10);
