@@ -73,6 +73,17 @@ pub struct KubeSourceConfig {
 /// The Services label selector for running beside kube-proxy.
 pub const BESIDE_KUBE_PROXY: &str = "service.kubernetes.io/service-proxy-name=tpvs";
 
+/// The label selector the Services watch sends: never a Service labelled
+/// `service.kubernetes.io/headless` (kube-proxy's informer excludes them the same way, so the
+/// API server never sends them), plus the operator's selector if any.
+pub fn services_label_selector(service_selector: Option<&str>) -> String {
+    let not_headless = format!("!{}", crate::model::HEADLESS_LABEL);
+    match service_selector.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(sel) => format!("{sel},{not_headless}"),
+        None => not_headless,
+    }
+}
+
 impl Default for KubeSourceConfig {
     fn default() -> Self {
         KubeSourceConfig { min_sync_period: Duration::from_millis(100), page_size: 500, service_selector: None }
