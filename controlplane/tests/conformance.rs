@@ -30,7 +30,8 @@ enum Expect {
 }
 
 struct Case {
-    /// The kube-proxy test (file: case) this mirrors.
+    /// The kube-proxy test case (`TestFunction/case name`) or, where kube-proxy pins the fact
+    /// in code rather than in a table, the function that implements it.
     mirrors: &'static str,
     node: &'static str,
     /// Services and EndpointSlices, as YAML documents.
@@ -44,7 +45,7 @@ fn cases() -> Vec<Case> {
         // Item: a Service labelled service.kubernetes.io/headless is never seen by kube-proxy
         // (its informer selects !service.kubernetes.io/headless), whatever its clusterIP.
         Case {
-            mirrors: "servicechangetracker_test.go: service labelled service.kubernetes.io/headless",
+            mirrors: "informer selector !service.kubernetes.io/headless (e2e: Services should implement service.kubernetes.io/headless)",
             node: "node-a",
             objects: r#"
 kind: Service
@@ -76,7 +77,7 @@ endpoints: [{addresses: [10.1.1.2]}]
         // Item: healthCheckNodePort 0 on an eTP=Local LoadBalancer: the Service is proxied,
         // no health server is opened.
         Case {
-            mirrors: "servicechangetracker_test.go: LoadBalancer with externalTrafficPolicy Local and healthCheckNodePort 0",
+            mirrors: "servicechangetracker: healthCheckNodePort 0 is no health check (eTP=Local LoadBalancer still proxied)",
             node: "node-a",
             objects: r#"
 kind: Service
@@ -107,7 +108,7 @@ endpoints:
         // Item: a single-stack IPv4 Service ignores IPv6 externalIPs and load-balancer
         // ingress IPs (and the reverse): no frontend of the other family.
         Case {
-            mirrors: "servicechangetracker_test.go: IPv4 service with IPv6 externalIPs and load-balancer ingress",
+            mirrors: "TestServiceToServiceMap/service with both ipv4 and ipv6 configurations under ipv4 mode, ipv6 fields should be filtered",
             node: "node-a",
             objects: r#"
 kind: Service
@@ -134,7 +135,7 @@ endpoints: [{addresses: [10.1.3.1]}]
             ],
         },
         Case {
-            mirrors: "servicechangetracker_test.go: IPv6 service with IPv4 externalIPs and load-balancer ingress",
+            mirrors: "TestServiceToServiceMap/service with both ipv4 and ipv6 configurations under ipv6 mode, ipv4 fields should be filtered",
             node: "node-a",
             objects: r#"
 kind: Service
@@ -164,7 +165,7 @@ endpoints: [{addresses: ["fd00:1::41"]}]
         // not the largest per-port count: one pod per port makes 2; one pod serving both
         // ports counts once.
         Case {
-            mirrors: "healthcheck / endpointschangetracker_test.go: multi-port Service, different local endpoints per port",
+            mirrors: "EndpointsMap.LocalReadyEndpoints: multi-port Service, a different local pod per port counts 2",
             node: "node-a",
             objects: r#"
 kind: Service
@@ -199,7 +200,7 @@ endpoints:
             ],
         },
         Case {
-            mirrors: "healthcheck / endpointschangetracker_test.go: multi-port Service, one local pod on both ports",
+            mirrors: "EndpointsMap.LocalReadyEndpoints: multi-port Service, one local pod on both ports counts 1",
             node: "node-a",
             objects: r#"
 kind: Service
@@ -225,7 +226,7 @@ endpoints:
         // IP reused before the old Pod is gone): the non-terminating copy wins, whichever
         // slice sorts first.
         Case {
-            mirrors: "endpointslicecache_test.go: same IP terminating in one slice, ready in another",
+            mirrors: "EndpointSliceCache.addEndpoints: a pod IP reused while the old Pod terminates, the running one wins",
             node: "node-a",
             objects: r#"
 kind: Service
@@ -254,7 +255,7 @@ endpoints:
         // terminating as false; so a terminating endpoint that does not say serving is a
         // serving-terminating fallback when nothing is ready.
         Case {
-            mirrors: "endpointslicecache_test.go: terminating endpoint with serving unset",
+            mirrors: "EndpointSliceCache.addEndpoints: terminating endpoint with serving unset reads as serving",
             node: "node-a",
             objects: r#"
 kind: Service
@@ -272,7 +273,7 @@ endpoints:
             expect: vec![Backends("TCP 10.96.8.1:80", &["10.1.8.1:8080"])],
         },
         Case {
-            mirrors: "endpointslicecache_test.go: conditions absent, and ready/serving given without terminating",
+            mirrors: "EndpointSliceCache.addEndpoints: absent conditions read ready and serving, not terminating",
             node: "node-a",
             objects: r#"
 kind: Service
@@ -290,6 +291,168 @@ endpoints:
 - {addresses: [10.1.9.4], conditions: {ready: false}}
 "#,
             expect: vec![Backends("TCP 10.96.9.1:80", &["10.1.9.1:8080", "10.1.9.2:8080", "10.1.9.3:8080"])],
+        },
+        Case {
+            mirrors: "TestServiceToServiceMap/service with ipv4 configurations under ipv4 mode",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: valid-v4, namespace: ns}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.10.1
+  externalIPs: [192.0.2.101]
+  ports: [{name: p, port: 80, nodePort: 31001}]
+status: {loadBalancer: {ingress: [{ip: 192.0.2.101}, {ip: "2001:db8::101"}]}}
+---
+kind: EndpointSlice
+metadata: {name: valid-v4-1, namespace: ns, labels: {kubernetes.io/service-name: valid-v4}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints: [{addresses: [10.1.10.1]}]
+"#,
+            expect: vec![
+                Backends("TCP 192.0.2.101:80", &["10.1.10.1:8080"]),
+                NoFrontend("TCP [2001:db8::101]:80"),
+            ],
+        },
+        Case {
+            mirrors: "TestServiceToServiceMap/service with ipv6 configurations under ipv6 mode",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: valid-v6, namespace: ns}
+spec:
+  type: LoadBalancer
+  clusterIP: "fd00:96::111"
+  externalIPs: ["2001:db8::111"]
+  ports: [{name: p, port: 80, nodePort: 31101}]
+status: {loadBalancer: {ingress: [{ip: 192.0.2.111}, {ip: "2001:db8::111"}]}}
+---
+kind: EndpointSlice
+metadata: {name: valid-v6-1, namespace: ns, labels: {kubernetes.io/service-name: valid-v6}}
+addressType: IPv6
+ports: [{name: p, port: 8080}]
+endpoints: [{addresses: ["fd00:1::111"]}]
+"#,
+            expect: vec![
+                Backends("TCP [2001:db8::111]:80", &["[fd00:1::111]:8080"]),
+                Backends("TCP [::]:31101", &["[fd00:1::111]:8080"]),
+                NoFrontend("TCP 192.0.2.111:80"),
+                NoFrontend("TCP 0.0.0.0:31101"),
+            ],
+        },
+        // Two slices listing the same ten addresses; an address unready in one and ready in
+        // the other is ready; unready in both, it is left out.
+        Case {
+            mirrors: "TestEndpointsMapFromESC/2 slices, overlapping endpoints, some endpoints unready in 1 or both",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: overlap, namespace: ns}
+spec: {clusterIP: 10.96.12.1, ports: [{name: p, port: 80}]}
+---
+kind: EndpointSlice
+metadata: {name: overlap-1, namespace: ns, labels: {kubernetes.io/service-name: overlap}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints:
+- {addresses: [10.1.12.1]}
+- {addresses: [10.1.12.2]}
+- {addresses: [10.1.12.3], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.12.4]}
+- {addresses: [10.1.12.5]}
+- {addresses: [10.1.12.6], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.12.7]}
+- {addresses: [10.1.12.8]}
+- {addresses: [10.1.12.9], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.12.10]}
+---
+kind: EndpointSlice
+metadata: {name: overlap-2, namespace: ns, labels: {kubernetes.io/service-name: overlap}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints:
+- {addresses: [10.1.12.1]}
+- {addresses: [10.1.12.2]}
+- {addresses: [10.1.12.3]}
+- {addresses: [10.1.12.4]}
+- {addresses: [10.1.12.5]}
+- {addresses: [10.1.12.6], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.12.7]}
+- {addresses: [10.1.12.8]}
+- {addresses: [10.1.12.9]}
+- {addresses: [10.1.12.10]}
+"#,
+            expect: vec![Backends(
+                "TCP 10.96.12.1:80",
+                &[
+                    "10.1.12.1:8080",
+                    "10.1.12.2:8080",
+                    "10.1.12.3:8080",
+                    "10.1.12.4:8080",
+                    "10.1.12.5:8080",
+                    "10.1.12.7:8080",
+                    "10.1.12.8:8080",
+                    "10.1.12.9:8080",
+                    "10.1.12.10:8080",
+                ],
+            )],
+        },
+        // As above, with two addresses serving-terminating in both slices: they are neither
+        // ready nor dropped, and stay out while ready endpoints exist.
+        Case {
+            mirrors: "TestEndpointsMapFromESC/2 slices, overlapping endpoints, some endpoints unready and some endpoints terminating",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: overlap-term, namespace: ns}
+spec: {clusterIP: 10.96.13.1, ports: [{name: p, port: 80}]}
+---
+kind: EndpointSlice
+metadata: {name: overlap-term-1, namespace: ns, labels: {kubernetes.io/service-name: overlap-term}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints:
+- {addresses: [10.1.13.1]}
+- {addresses: [10.1.13.2]}
+- {addresses: [10.1.13.3], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.13.4]}
+- {addresses: [10.1.13.5], conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.1.13.6], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.13.7]}
+- {addresses: [10.1.13.8]}
+- {addresses: [10.1.13.9], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.13.10], conditions: {ready: false, serving: true, terminating: true}}
+---
+kind: EndpointSlice
+metadata: {name: overlap-term-2, namespace: ns, labels: {kubernetes.io/service-name: overlap-term}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints:
+- {addresses: [10.1.13.1]}
+- {addresses: [10.1.13.2]}
+- {addresses: [10.1.13.3]}
+- {addresses: [10.1.13.4]}
+- {addresses: [10.1.13.5], conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.1.13.6], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.13.7]}
+- {addresses: [10.1.13.8]}
+- {addresses: [10.1.13.9]}
+- {addresses: [10.1.13.10], conditions: {ready: false, serving: true, terminating: true}}
+"#,
+            expect: vec![Backends(
+                "TCP 10.96.13.1:80",
+                &[
+                    "10.1.13.1:8080",
+                    "10.1.13.2:8080",
+                    "10.1.13.3:8080",
+                    "10.1.13.4:8080",
+                    "10.1.13.7:8080",
+                    "10.1.13.8:8080",
+                    "10.1.13.9:8080",
+                ],
+            )],
         },
     ]
 }
