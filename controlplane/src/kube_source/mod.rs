@@ -66,7 +66,8 @@ pub struct KubeSourceConfig {
     /// A label selector for the Services watch, applied by the API server. `None` watches every
     /// Service (replacing kube-proxy). [`BESIDE_KUBE_PROXY`] watches only the Services labelled
     /// for tpvs, which kube-proxy skips: the two proxies then share a node without both
-    /// intercepting the same Service.
+    /// intercepting the same Service. Either way the watch also excludes Services labelled
+    /// `service.kubernetes.io/headless` (see [`services_label_selector`]).
     pub service_selector: Option<String>,
 }
 
