@@ -218,6 +218,26 @@ mod tests {
     }
 
     #[test]
+    fn an_address_of_a_family_the_service_lacks_is_refused() {
+        let single = svc("v4", &["10.96.0.1"], &["192.0.2.7", "2001:db8::7"], &["2001:db8::8", "198.51.100.1"]);
+        let (vetted, refused) = vet(&single, &[], &AddressBook::default());
+        assert_eq!(vetted.external_ips, vec![ip("192.0.2.7")]);
+        assert_eq!(vetted.load_balancer_ips, vec![ip("198.51.100.1")]);
+        assert_eq!(
+            problems(&refused),
+            vec![
+                ("spec.externalIPs", ip("2001:db8::7"), "other_family"),
+                ("status.loadBalancer.ingress[].ip", ip("2001:db8::8"), "other_family"),
+            ]
+        );
+        // Dual-stack keeps both families.
+        let dual = svc("dual", &["10.96.0.2", "fd00::2"], &["192.0.2.9", "2001:db8::9"], &[]);
+        let (vetted, refused) = vet(&dual, &[], &AddressBook::default());
+        assert_eq!(vetted.external_ips.len(), 2);
+        assert!(refused.is_empty(), "{refused:?}");
+    }
+
+    #[test]
     fn a_clean_service_is_borrowed_not_copied() {
         let s = svc("web", &["10.96.0.1"], &["192.0.2.7"], &[]);
         let (vetted, refused) = vet(&s, &[], &AddressBook::default());
