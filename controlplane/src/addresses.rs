@@ -6,7 +6,8 @@
 //! is not the Service's: an address of the node itself (unspecified, loopback, link-local), one
 //! that is no unicast destination (multicast, broadcast), an externalIP or load-balancer IP
 //! outside the operator's allow list, or another Service's ClusterIP (the man-in-the-middle of
-//! CVE-2020-8554, which kube-proxy leaves to admission control). Only the offending address is
+//! CVE-2020-8554, which kube-proxy leaves to admission control), and an externalIP or
+//! load-balancer IP of an IP family the Service has no ClusterIP of (kube-proxy ignores those). Only the offending address is
 //! refused: the Service's other frontends are served. NodePorts are keyed on node addresses the
 //! data plane chooses, never on input, so they are not vetted here.
 
@@ -119,6 +120,11 @@ pub(crate) fn vet<'s>(
             None => true,
         })
         .collect();
+    // A single-stack Service's endpoints are all of its one family (kube-proxy matches a
+    // frontend's family to its endpoints'), so an address of the other family could only be
+    // refused; kube-proxy ignores it. A Service with no ClusterIP at all keeps every family.
+    let serves_family =
+        |ip: IpAddr| svc.cluster_ips.is_empty() || svc.cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4());
     let outside = |field: &'static str, ips: &[IpAddr], refused: &mut Vec<AddressRefused>| -> Vec<IpAddr> {
         ips.iter()
             .copied()
@@ -128,7 +134,8 @@ pub(crate) fn vet<'s>(
                         let allowed = allowed_external.is_empty() || allowed_external.iter().any(|n| n.contains(ip));
                         (!allowed).then_some(AddressProblem::NotAllowed)
                     })
-                    .or_else(|| book.cluster_ip_owner(*ip, &svc.key).map(|o| AddressProblem::ClusterIpOf(o.to_string())));
+                    .or_else(|| book.cluster_ip_owner(*ip, &svc.key).map(|o| AddressProblem::ClusterIpOf(o.to_string())))
+                    .or_else(|| (!serves_family(*ip)).then_some(AddressProblem::OtherFamily));
                 match problem {
                     Some(p) => {
                         refused.push(refuse(field, *ip, p));
@@ -208,6 +215,26 @@ mod tests {
             ]
         );
         assert!(refused[1].to_string().starts_with("t/web: spec.externalIPs 0.0.0.0 refused:"), "{}", refused[1]);
+    }
+
+    #[test]
+    fn an_address_of_a_family_the_service_lacks_is_refused() {
+        let single = svc("v4", &["10.96.0.1"], &["192.0.2.7", "2001:db8::7"], &["2001:db8::8", "198.51.100.1"]);
+        let (vetted, refused) = vet(&single, &[], &AddressBook::default());
+        assert_eq!(vetted.external_ips, vec![ip("192.0.2.7")]);
+        assert_eq!(vetted.load_balancer_ips, vec![ip("198.51.100.1")]);
+        assert_eq!(
+            problems(&refused),
+            vec![
+                ("spec.externalIPs", ip("2001:db8::7"), "other_family"),
+                ("status.loadBalancer.ingress[].ip", ip("2001:db8::8"), "other_family"),
+            ]
+        );
+        // Dual-stack keeps both families.
+        let dual = svc("dual", &["10.96.0.2", "fd00::2"], &["192.0.2.9", "2001:db8::9"], &[]);
+        let (vetted, refused) = vet(&dual, &[], &AddressBook::default());
+        assert_eq!(vetted.external_ips.len(), 2);
+        assert!(refused.is_empty(), "{refused:?}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Pure: no I/O, no clock. The same inputs always give the same frontends, which is what lets
 //! the golden tests pin the behaviour and lets the index recompile one Service at a time.
 
-use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -145,10 +146,28 @@ fn endpoints_for_port<'a>(port: &ServicePortInfo, slices: &[&'a SliceInfo], node
                 (Some(ep_node), Some(me)) => ep_node == me,
                 _ => false,
             };
-            by_addr.entry(addr).or_insert(PortEndpoint { addr, info, local });
+            let candidate = PortEndpoint { addr, info, local };
+            match by_addr.entry(addr) {
+                Entry::Vacant(v) => {
+                    v.insert(candidate);
+                }
+                // A pod IP reused before the old Pod is gone appears terminating in one slice
+                // and ready in another: the live copy wins (as in kube-proxy), never the
+                // terminating one, whichever slice comes first.
+                Entry::Occupied(mut o) => {
+                    if precedence(candidate.info) > precedence(o.get().info) {
+                        o.insert(candidate);
+                    }
+                }
+            }
         }
     }
     by_addr.into_values().collect()
+}
+
+/// Which of two copies of one address to keep: not terminating first, then ready, then serving.
+fn precedence(info: &EndpointInfo) -> (bool, bool, bool) {
+    (!info.terminating, info.ready, info.serving)
 }
 
 fn family_matches(a: IpAddr, b: IpAddr) -> bool {
@@ -213,12 +232,23 @@ pub fn compile_service(
             families.push(*ip);
         }
     }
-    for port in &svc.ports {
-        let all = endpoints_for_port(port, slices, node);
+    let per_port: Vec<Vec<PortEndpoint<'_>>> = svc.ports.iter().map(|p| endpoints_for_port(p, slices, node)).collect();
+    // kube-proxy's health-check count: distinct local ready IPs over all ports, per family.
+    let service_local = |family: IpAddr| -> usize {
+        per_port
+            .iter()
+            .flatten()
+            .filter(|e| e.local && e.info.ready && family_matches(e.addr.ip(), family))
+            .map(|e| e.addr.ip())
+            .collect::<BTreeSet<IpAddr>>()
+            .len()
+    };
+    for (port, all) in svc.ports.iter().zip(&per_port) {
         let mut cache = SchedulerCache { kind, svc, opts, built: Vec::new() };
         for family in &families {
             let eps: Vec<_> = all.iter().filter(|e| family_matches(e.addr.ip(), *family)).cloned().collect();
             let cat = categorize(&eps, node);
+            let service_local_endpoints = service_local(*family);
             let name = ServicePortName {
                 namespace: Arc::clone(&svc.key.namespace),
                 name: Arc::clone(&svc.key.name),
@@ -245,6 +275,7 @@ pub fn compile_service(
                         None
                     },
                     local_endpoints: cat.local_ready,
+                    service_local_endpoints,
                     scheduler: cache.get(chosen),
                 });
             };

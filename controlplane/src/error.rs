@@ -67,6 +67,9 @@ pub enum AddressProblem {
     /// Another Service's ClusterIP (the CVE-2020-8554 man-in-the-middle): the ClusterIP's
     /// Service keeps it; the value is that Service, namespace/name.
     ClusterIpOf(String),
+    /// An externalIP or load-balancer IP of an IP family the Service has no ClusterIP of: it
+    /// has no endpoints of that family to send traffic to, and kube-proxy ignores it.
+    OtherFamily,
 }
 
 impl AddressProblem {
@@ -80,6 +83,7 @@ impl AddressProblem {
             AddressProblem::Broadcast => "broadcast",
             AddressProblem::NotAllowed => "not_allowed",
             AddressProblem::ClusterIpOf(_) => "cluster_ip_taken",
+            AddressProblem::OtherFamily => "other_family",
         }
     }
 }
@@ -94,6 +98,7 @@ impl std::fmt::Display for AddressProblem {
             AddressProblem::Broadcast => f.write_str("the broadcast address is no frontend"),
             AddressProblem::NotAllowed => f.write_str("outside --external-ip-cidrs"),
             AddressProblem::ClusterIpOf(owner) => write!(f, "it is the ClusterIP of {owner}, which keeps it"),
+            AddressProblem::OtherFamily => f.write_str("the Service has no ClusterIP of this IP family (ignored, as kube-proxy does)"),
         }
     }
 }
@@ -122,8 +127,17 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every value [`Self::reason`] can take, for exporting each (zero included).
-    pub const REASONS: [&'static str; 8] =
-        ["unspecified", "loopback", "link_local", "multicast", "broadcast", "not_allowed", "cluster_ip_taken", "conflict"];
+    pub const REASONS: [&'static str; 9] = [
+        "unspecified",
+        "loopback",
+        "link_local",
+        "multicast",
+        "broadcast",
+        "not_allowed",
+        "cluster_ip_taken",
+        "other_family",
+        "conflict",
+    ];
 
     /// The metric label.
     pub fn reason(&self) -> &'static str {
@@ -148,6 +162,7 @@ mod tests {
             AddressProblem::Broadcast,
             AddressProblem::NotAllowed,
             AddressProblem::ClusterIpOf("a/b".into()),
+            AddressProblem::OtherFamily,
         ];
         let addr = std::net::IpAddr::from([0, 0, 0, 0]);
         let mut refusals: Vec<Refusal> = problems

@@ -20,6 +20,10 @@ use crate::table::{Affinity, Protocol};
 
 /// The label kube-proxy uses to let another proxy own a Service.
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The label that marks a Service no node proxy should see (kube-proxy's informer selects
+/// `!service.kubernetes.io/headless`), whatever its clusterIP: set by controllers that serve
+/// the Service some other way.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// The value of [`SERVICE_PROXY_NAME_LABEL`] that means "tpvs proxies this".
 pub const OUR_PROXY_NAME: &str = "tpvs";
 /// Per-Service scheduler choice.
@@ -86,6 +90,8 @@ pub struct ServiceInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Skipped {
     Headless,
+    /// Labelled [`HEADLESS_LABEL`].
+    HeadlessLabel,
     ExternalName,
     OtherProxy(String),
 }
@@ -94,6 +100,7 @@ impl std::fmt::Display for Skipped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Skipped::Headless => f.write_str("headless (clusterIP: None)"),
+            Skipped::HeadlessLabel => write!(f, "labelled {HEADLESS_LABEL}"),
             Skipped::ExternalName => f.write_str("type ExternalName"),
             Skipped::OtherProxy(p) => write!(f, "{SERVICE_PROXY_NAME_LABEL}={p}"),
         }
@@ -167,6 +174,9 @@ impl ServiceInfo {
         let namespace = meta.namespace.as_deref().unwrap_or("default");
         let key = ObjectKey::new(namespace, name);
 
+        if meta.labels.as_ref().is_some_and(|l| l.contains_key(HEADLESS_LABEL)) {
+            return Ok(Err(Skipped::HeadlessLabel));
+        }
         if let Some(proxy) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL))
             && proxy != OUR_PROXY_NAME
         {
@@ -253,9 +263,10 @@ impl ServiceInfo {
             None => BTreeMap::new(),
         };
         let exposes_node_ports = matches!(svc_type, "NodePort" | "LoadBalancer");
+        // 0 means "none allocated": kube-proxy proxies the Service and opens no health server.
         let health_check_node_port = match spec.health_check_node_port {
+            None | Some(0) => None,
             Some(p) => Some(port_u16("spec.healthCheckNodePort", p)?),
-            None => None,
         };
 
         Ok(Ok(ServiceInfo {
@@ -365,9 +376,11 @@ impl SliceInfo {
                 ));
             }
             let cond = ep.conditions.as_ref();
-            // API defaults: a nil `ready` means ready; a nil `serving` follows `ready`.
+            // kube-proxy's reading of absent conditions: `ready` and `serving` default to true,
+            // `terminating` to false. So a terminating endpoint that does not say it stopped
+            // serving is a serving-terminating fallback candidate.
             let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-            let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+            let serving = cond.and_then(|c| c.serving).unwrap_or(true);
             let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
             let hints = ep.hints.as_ref();
             endpoints.push(EndpointInfo {

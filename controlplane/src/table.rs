@@ -189,8 +189,12 @@ pub struct Frontend {
     pub when_empty: WhenEmpty,
     /// `spec.healthCheckNodePort` of an `externalTrafficPolicy: Local` LoadBalancer Service.
     pub health_check_node_port: Option<u16>,
-    /// Ready local endpoints (the health-check node port reports this).
+    /// Ready local endpoints of this Service port (and family).
     pub local_endpoints: usize,
+    /// Distinct ready local endpoint IPs across all the Service's ports (of this frontend's
+    /// family): what the health-check node port reports, counted as kube-proxy counts it, so
+    /// a pod serving two ports counts once and ports with different pods add up.
+    pub service_local_endpoints: usize,
     pub scheduler: Arc<dyn Scheduler>,
 }
 

@@ -385,3 +385,48 @@ async fn beside_kube_proxy_only_labelled_services_are_watched() {
     wait_for("svc-0 handed back", Duration::from_secs(5), || src.publisher.current().get(&key(&vip(0))).is_none()).await;
     assert!(server.requests().iter().any(|r| r.starts_with("/api/v1/services?") && r.contains("labelSelector=")));
 }
+
+/// kube-proxy's informer selects `!service.kubernetes.io/headless`: a Service carrying that
+/// label is never proxied, even with a real ClusterIP, and the API server filters it (the
+/// watch sends the selector, with or without `--beside-kube-proxy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_label_is_excluded_by_the_services_watch() {
+    let headless = |mut s: k8s_openapi::api::core::v1::Service| {
+        s.metadata.labels = Some(BTreeMap::from([("service.kubernetes.io/headless".to_string(), String::new())]));
+        s
+    };
+    for config in [quick(), KubeSourceConfig { service_selector: Some(controlplane::BESIDE_KUBE_PROXY.into()), ..quick() }] {
+        let beside = config.service_selector.is_some();
+        let tag = |mut s: k8s_openapi::api::core::v1::Service| {
+            if beside {
+                s.metadata.labels.get_or_insert_with(BTreeMap::new).insert(
+                    "service.kubernetes.io/service-proxy-name".to_string(),
+                    "tpvs".to_string(),
+                );
+            }
+            s
+        };
+        let server = ApiServer::start().await;
+        seed(&server, 2);
+        server.apply(tag(service("default", "svc-0", &vip(0), 80)));
+        server.apply(tag(headless(service("default", "svc-1", &vip(1), 80))));
+        let src = start(&server, config);
+        wait_for("first publish", Duration::from_secs(10), || src.publisher.generation() >= 1).await;
+        let table = src.publisher.current();
+        assert!(table.get(&key(&vip(0))).is_some(), "the plain Service is proxied (beside: {beside})");
+        assert!(table.get(&key(&vip(1))).is_none(), "the headless-labelled Service is not (beside: {beside})");
+
+        // Labelling a proxied Service headless takes it away; the watch sees it stop matching.
+        server.apply(tag(headless(service("default", "svc-0", &vip(0), 80))));
+        wait_for("svc-0 withdrawn", Duration::from_secs(5), || src.publisher.current().get(&key(&vip(0))).is_none())
+            .await;
+        let sent: Vec<String> = server.requests().into_iter().filter(|r| r.starts_with("/api/v1/services?")).collect();
+        assert!(!sent.is_empty());
+        for r in &sent {
+            assert!(
+                r.contains("labelSelector=") && r.contains("%21service.kubernetes.io%2Fheadless"),
+                "services request without the headless exclusion: {r}"
+            );
+        }
+    }
+}

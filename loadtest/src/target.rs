@@ -45,6 +45,7 @@ pub fn start_proxy(scheduler: Arc<dyn Scheduler>, name: &str, settings: ProxySet
         when_empty: WhenEmpty::Reject,
         health_check_node_port: None,
         local_endpoints,
+        service_local_endpoints: local_endpoints,
         scheduler,
     };
     let config = ForwardConfig {

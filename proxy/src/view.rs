@@ -29,6 +29,8 @@ pub struct JsonFrontend {
     pub affinity_timeout_seconds: Option<u64>,
     pub when_empty: String,
     pub health_check_node_port: Option<u16>,
+    /// What the health-check node port reports: distinct ready local endpoint IPs across all
+    /// the Service's ports.
     pub local_endpoints: usize,
     pub backends: Vec<JsonBackend>,
 }
@@ -75,7 +77,7 @@ pub fn json_view(table: &RoutingTable, metrics: Option<&MetricsRegistry>) -> Jso
                 affinity_timeout_seconds: f.affinity.map(|a| a.timeout.as_secs()),
                 when_empty: f.when_empty.as_str().to_string(),
                 health_check_node_port: f.health_check_node_port,
-                local_endpoints: f.local_endpoints,
+                local_endpoints: f.service_local_endpoints,
                 backends: f
                     .backends()
                     .iter()

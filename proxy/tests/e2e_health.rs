@@ -122,3 +122,48 @@ fn health_check_node_port_follows_local_endpoints_and_closes_with_the_service() 
     let r = wait_reply(&lab, &client, &addr, "/healthz", "hcnp reopened", |r| r.status == 200);
     assert_eq!(r.header("X-Load-Balancing-Endpoint-Weight"), Some("1"), "{r:?}");
 }
+
+/// A two-port Local LoadBalancer whose ports have different pods on this node: the port
+/// counts distinct ready local endpoint IPs across all ports (2), as kube-proxy does, not the
+/// largest per-port count (1); a pod serving both ports counts once.
+fn two_port_lb(a: &[&str], b: &[&str]) -> String {
+    let endpoints = |ips: &[&str]| -> String {
+        ips.iter().map(|ip| format!("- {{addresses: [{ip}], nodeName: node1}}\n")).collect()
+    };
+    let slice = |port: &str, num: u16, ips: &[&str]| {
+        if ips.is_empty() {
+            return String::new();
+        }
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: lb2-{port}, namespace: default, labels: {{kubernetes.io/service-name: lb2}}}}\naddressType: IPv4\nports: [{{name: {port}, port: {num}}}]\nendpoints:\n{}",
+            endpoints(ips)
+        )
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: lb2, namespace: default}}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.41\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {HCNP}\n  ports: [{{name: a, port: 80, nodePort: 30141}}, {{name: b, port: 81, nodePort: 30142}}]\n{}{}",
+        slice("a", 8080, a),
+        slice("b", 8081, b)
+    )
+}
+
+#[test]
+fn health_check_node_port_counts_distinct_local_endpoints_across_ports() {
+    let Some(mut lab) = lab(1, &[0]) else { return };
+    let web = manifests(&[Svc::new("web", "10.96.0.10").endpoint("10.1.0.2", "node1")]);
+    lab.write_manifests(&format!("{web}---\n{}", two_port_lb(&["10.1.0.2"], &["10.1.1.2"])));
+    lab.start_tpvs(&[]);
+    lab.wait_serving("10.96.0.10:80");
+    let client = lab.client.clone();
+    let addr = format!("10.0.0.1:{HCNP}");
+
+    let r = wait_reply(&lab, &client, &addr, "/", "hcnp open", |r| r.status == 200);
+    assert_eq!(r.json()["localEndpoints"], 2, "{}", r.body);
+    assert_eq!(r.header("X-Load-Balancing-Endpoint-Weight"), Some("2"), "{r:?}");
+
+    // One pod behind both ports counts once.
+    lab.write_manifests(&format!("{web}---\n{}", two_port_lb(&["10.1.0.2"], &["10.1.0.2"])));
+    let r = wait_reply(&lab, &client, &addr, "/", "one pod on both ports", |r| {
+        r.header("X-Load-Balancing-Endpoint-Weight") == Some("1")
+    });
+    assert_eq!(r.json()["localEndpoints"], 1, "{}", r.body);
+}

@@ -134,3 +134,8 @@ fn golden_lab_example() {
     let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| panic!("read: {e}"));
     assert_eq!(actual, expected);
 }
+
+#[test]
+fn golden_conformance() {
+    check("conformance");
+}

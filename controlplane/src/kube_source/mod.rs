@@ -66,12 +66,24 @@ pub struct KubeSourceConfig {
     /// A label selector for the Services watch, applied by the API server. `None` watches every
     /// Service (replacing kube-proxy). [`BESIDE_KUBE_PROXY`] watches only the Services labelled
     /// for tpvs, which kube-proxy skips: the two proxies then share a node without both
-    /// intercepting the same Service.
+    /// intercepting the same Service. Either way the watch also excludes Services labelled
+    /// `service.kubernetes.io/headless` (see [`services_label_selector`]).
     pub service_selector: Option<String>,
 }
 
 /// The Services label selector for running beside kube-proxy.
 pub const BESIDE_KUBE_PROXY: &str = "service.kubernetes.io/service-proxy-name=tpvs";
+
+/// The label selector the Services watch sends: never a Service labelled
+/// `service.kubernetes.io/headless` (kube-proxy's informer excludes them the same way, so the
+/// API server never sends them), plus the operator's selector if any.
+pub fn services_label_selector(service_selector: Option<&str>) -> String {
+    let not_headless = format!("!{}", crate::model::HEADLESS_LABEL);
+    match service_selector.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(sel) => format!("{sel},{not_headless}"),
+        None => not_headless,
+    }
+}
 
 impl Default for KubeSourceConfig {
     fn default() -> Self {

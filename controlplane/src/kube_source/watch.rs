@@ -168,10 +168,7 @@ pub(crate) fn spawn_all(
     // Lists are served from the API server's most recent state (not its cache) so that a relist
     // after 410 Gone never goes back in time; pages bound the memory one list response costs.
     let config = watcher::Config::default().page_size(source.page_size);
-    let services = match &source.service_selector {
-        Some(selector) => config.clone().labels(selector),
-        None => config.clone(),
-    };
+    let services = config.clone().labels(&super::services_label_selector(source.service_selector.as_deref()));
     set.spawn(pump(
         Api::<Service>::all(client.clone()),
         services,

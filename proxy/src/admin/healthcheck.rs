@@ -35,7 +35,8 @@ pub struct ServiceHealth {
 }
 
 /// Port → Service, from a table (pure). A Service with several ports or families shares one
-/// health-check port; it reports the most local endpoints any of its frontends has.
+/// health-check port; it reports its distinct local ready endpoint IPs across all ports (the
+/// larger family's count for a dual-stack Service), as kube-proxy does.
 pub fn desired(table: &RoutingTable) -> BTreeMap<u16, ServiceHealth> {
     let mut out: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
     for fe in table.frontends() {
@@ -45,7 +46,7 @@ pub fn desired(table: &RoutingTable) -> BTreeMap<u16, ServiceHealth> {
             name: fe.service.name.to_string(),
             local_endpoints: 0,
         });
-        entry.local_endpoints = entry.local_endpoints.max(fe.local_endpoints);
+        entry.local_endpoints = entry.local_endpoints.max(fe.service_local_endpoints);
     }
     out
 }

@@ -440,6 +440,7 @@ table inet tpvs {
             when_empty,
             health_check_node_port: None,
             local_endpoints: backends,
+            service_local_endpoints: backends,
             scheduler: schedulers::build(SchedulerKind::Rr, Arc::new(BackendSet::new(set)), &SchedulerOptions::default()),
         };
         (key, Arc::new(fe))

@@ -68,7 +68,7 @@ specs! {
         "From a change of the Service's endpoints (EndpointSlice trigger time, or the manifest's modification) to its rules being live.";
     frontends = "tpvs_table_frontends", G, &["protocol"], "Frontends in the live routing table.";
     refused_frontends = "tpvs_table_refused_frontends", G, &["reason"],
-        "Frontends the input names but the live table refuses, by reason (unspecified, loopback, link_local, multicast, broadcast, not_allowed, cluster_ip_taken, conflict); the log names each.";
+        "Frontends the input names but the live table refuses, by reason (unspecified, loopback, link_local, multicast, broadcast, not_allowed, cluster_ip_taken, other_family, conflict); the log names each.";
     accepted = "tpvs_connections_accepted_total", C, &[], "TCP connections accepted by the transparent listeners.";
     open = "tpvs_connections_open", G, &[], "TCP connections open through the proxy now.";
     rejected = "tpvs_connections_rejected_total", C, &["reason"],

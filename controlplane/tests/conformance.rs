@@ -1,0 +1,559 @@
+//! kube-proxy conformance, case by case.
+//!
+//! Each case is one fact of kube-proxy's endpoint selection (from its `pkg/proxy` tests:
+//! the service change tracker, the endpoints change tracker, the EndpointSlice cache, the
+//! health-check server), written as the objects the API would send and the frontends and
+//! endpoint sets kube-proxy ends up with. The objects go through the same conversion as both
+//! sources (`ServiceInfo::from_service`, `SliceInfo::from_slice`) and the same index, so a case
+//! fails if tpvs picks differently. Add a case by adding a row to [`cases`].
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use controlplane::model::{ServiceInfo, SliceInfo};
+use controlplane::{ClusterIndex, CompileOptions, FrontendKey, Protocol, RoutingTable};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// What kube-proxy does with the case's objects.
+enum Expect {
+    /// The frontend `PROTO addr:port` exists and sends to exactly these endpoints.
+    Backends(&'static str, &'static [&'static str]),
+    /// No frontend `PROTO addr:port`.
+    NoFrontend(&'static str),
+    /// The Service `namespace/name` is not proxied at all.
+    NotProxied(&'static str),
+    /// The health-check node port is open and reports this many local endpoints.
+    HealthCheck { port: u16, local_endpoints: usize },
+    /// No frontend of the case opens a health-check node port.
+    NoHealthCheck,
+}
+
+struct Case {
+    /// The kube-proxy test case (`TestFunction/case name`) or, where kube-proxy pins the fact
+    /// in code rather than in a table, the function that implements it.
+    mirrors: &'static str,
+    node: &'static str,
+    /// Services and EndpointSlices, as YAML documents.
+    objects: &'static str,
+    expect: Vec<Expect>,
+}
+
+fn cases() -> Vec<Case> {
+    use Expect::*;
+    vec![
+        // Item: a Service labelled service.kubernetes.io/headless is never seen by kube-proxy
+        // (its informer selects !service.kubernetes.io/headless), whatever its clusterIP.
+        Case {
+            mirrors: "informer selector !service.kubernetes.io/headless (e2e: Services should implement service.kubernetes.io/headless)",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: labelled, namespace: ns, labels: {service.kubernetes.io/headless: ""}}
+spec: {clusterIP: 10.96.1.1, ports: [{name: p, port: 80}]}
+---
+kind: EndpointSlice
+metadata: {name: labelled-1, namespace: ns, labels: {kubernetes.io/service-name: labelled}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints: [{addresses: [10.1.1.1]}]
+---
+kind: Service
+metadata: {name: plain, namespace: ns}
+spec: {clusterIP: 10.96.1.2, ports: [{name: p, port: 80}]}
+---
+kind: EndpointSlice
+metadata: {name: plain-1, namespace: ns, labels: {kubernetes.io/service-name: plain}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints: [{addresses: [10.1.1.2]}]
+"#,
+            expect: vec![
+                NotProxied("ns/labelled"),
+                NoFrontend("TCP 10.96.1.1:80"),
+                Backends("TCP 10.96.1.2:80", &["10.1.1.2:8080"]),
+            ],
+        },
+        // Item: healthCheckNodePort 0 on an eTP=Local LoadBalancer: the Service is proxied,
+        // no health server is opened.
+        Case {
+            mirrors: "servicechangetracker: healthCheckNodePort 0 is no health check (eTP=Local LoadBalancer still proxied)",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: lb, namespace: ns}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.2.1
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 0
+  ports: [{name: p, port: 80, nodePort: 30201}]
+status: {loadBalancer: {ingress: [{ip: 192.0.2.21}]}}
+---
+kind: EndpointSlice
+metadata: {name: lb-1, namespace: ns, labels: {kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints:
+- {addresses: [10.1.2.1], nodeName: node-a}
+- {addresses: [10.1.2.2], nodeName: node-b}
+"#,
+            expect: vec![
+                Backends("TCP 10.96.2.1:80", &["10.1.2.1:8080", "10.1.2.2:8080"]),
+                Backends("TCP 0.0.0.0:30201", &["10.1.2.1:8080"]),
+                Backends("TCP 192.0.2.21:80", &["10.1.2.1:8080"]),
+                NoHealthCheck,
+            ],
+        },
+        // Item: a single-stack IPv4 Service ignores IPv6 externalIPs and load-balancer
+        // ingress IPs (and the reverse): no frontend of the other family.
+        Case {
+            mirrors: "TestServiceToServiceMap/service with both ipv4 and ipv6 configurations under ipv4 mode, ipv6 fields should be filtered",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: v4, namespace: ns}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.3.1
+  externalIPs: [192.0.2.31, "2001:db8::31"]
+  ports: [{name: p, port: 80, nodePort: 30301}]
+status: {loadBalancer: {ingress: [{ip: 192.0.2.32}, {ip: "2001:db8::32"}]}}
+---
+kind: EndpointSlice
+metadata: {name: v4-1, namespace: ns, labels: {kubernetes.io/service-name: v4}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints: [{addresses: [10.1.3.1]}]
+"#,
+            expect: vec![
+                Backends("TCP 192.0.2.31:80", &["10.1.3.1:8080"]),
+                Backends("TCP 192.0.2.32:80", &["10.1.3.1:8080"]),
+                NoFrontend("TCP [2001:db8::31]:80"),
+                NoFrontend("TCP [2001:db8::32]:80"),
+                NoFrontend("TCP [::]:30301"),
+            ],
+        },
+        Case {
+            mirrors: "TestServiceToServiceMap/service with both ipv4 and ipv6 configurations under ipv6 mode, ipv4 fields should be filtered",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: v6, namespace: ns}
+spec:
+  type: LoadBalancer
+  clusterIP: "fd00:96::41"
+  externalIPs: [192.0.2.41, "2001:db8::41"]
+  ports: [{name: p, port: 80, nodePort: 30401}]
+status: {loadBalancer: {ingress: [{ip: 192.0.2.42}, {ip: "2001:db8::42"}]}}
+---
+kind: EndpointSlice
+metadata: {name: v6-1, namespace: ns, labels: {kubernetes.io/service-name: v6}}
+addressType: IPv6
+ports: [{name: p, port: 8080}]
+endpoints: [{addresses: ["fd00:1::41"]}]
+"#,
+            expect: vec![
+                Backends("TCP [2001:db8::41]:80", &["[fd00:1::41]:8080"]),
+                Backends("TCP [2001:db8::42]:80", &["[fd00:1::41]:8080"]),
+                NoFrontend("TCP 192.0.2.41:80"),
+                NoFrontend("TCP 192.0.2.42:80"),
+                NoFrontend("TCP 0.0.0.0:30401"),
+            ],
+        },
+        // Item: the health check counts distinct local ready endpoint IPs across all ports,
+        // not the largest per-port count: one pod per port makes 2; one pod serving both
+        // ports counts once.
+        Case {
+            mirrors: "EndpointsMap.LocalReadyEndpoints: multi-port Service, a different local pod per port counts 2",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: multi, namespace: ns}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.5.1
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32501
+  ports: [{name: a, port: 80, nodePort: 30501}, {name: b, port: 81, nodePort: 30502}]
+---
+kind: EndpointSlice
+metadata: {name: multi-a, namespace: ns, labels: {kubernetes.io/service-name: multi}}
+addressType: IPv4
+ports: [{name: a, port: 8080}]
+endpoints:
+- {addresses: [10.1.5.1], nodeName: node-a}
+- {addresses: [10.1.5.9], nodeName: node-b}
+---
+kind: EndpointSlice
+metadata: {name: multi-b, namespace: ns, labels: {kubernetes.io/service-name: multi}}
+addressType: IPv4
+ports: [{name: b, port: 8081}]
+endpoints:
+- {addresses: [10.1.5.2], nodeName: node-a}
+- {addresses: [10.1.5.3], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}
+"#,
+            expect: vec![
+                Backends("TCP 0.0.0.0:30501", &["10.1.5.1:8080"]),
+                Backends("TCP 0.0.0.0:30502", &["10.1.5.2:8081"]),
+                HealthCheck { port: 32501, local_endpoints: 2 },
+            ],
+        },
+        Case {
+            mirrors: "EndpointsMap.LocalReadyEndpoints: multi-port Service, one local pod on both ports counts 1",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: shared, namespace: ns}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.6.1
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32601
+  ports: [{name: a, port: 80, nodePort: 30601}, {name: b, port: 81, nodePort: 30602}]
+---
+kind: EndpointSlice
+metadata: {name: shared-1, namespace: ns, labels: {kubernetes.io/service-name: shared}}
+addressType: IPv4
+ports: [{name: a, port: 8080}, {name: b, port: 8081}]
+endpoints:
+- {addresses: [10.1.6.1], nodeName: node-a}
+- {addresses: [10.1.6.2], nodeName: node-b}
+"#,
+            expect: vec![HealthCheck { port: 32601, local_endpoints: 1 }],
+        },
+        // Item: the same IP in two slices, terminating in one and ready in the other (a pod
+        // IP reused before the old Pod is gone): the non-terminating copy wins, whichever
+        // slice sorts first.
+        Case {
+            mirrors: "EndpointSliceCache.addEndpoints: a pod IP reused while the old Pod terminates, the running one wins",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: reuse, namespace: ns}
+spec: {clusterIP: 10.96.7.1, ports: [{name: p, port: 80}]}
+---
+kind: EndpointSlice
+metadata: {name: reuse-a, namespace: ns, labels: {kubernetes.io/service-name: reuse}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints:
+- {addresses: [10.1.7.1], conditions: {ready: false, serving: false, terminating: true}}
+- {addresses: [10.1.7.2], conditions: {ready: false, serving: true, terminating: true}}
+---
+kind: EndpointSlice
+metadata: {name: reuse-b, namespace: ns, labels: {kubernetes.io/service-name: reuse}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints:
+- {addresses: [10.1.7.1], conditions: {ready: true, serving: true, terminating: false}}
+- {addresses: [10.1.7.2], conditions: {ready: true, serving: true, terminating: false}}
+"#,
+            expect: vec![Backends("TCP 10.96.7.1:80", &["10.1.7.1:8080", "10.1.7.2:8080"])],
+        },
+        // Item: missing conditions. A missing ready or serving reads as true, a missing
+        // terminating as false; so a terminating endpoint that does not say serving is a
+        // serving-terminating fallback when nothing is ready.
+        Case {
+            mirrors: "EndpointSliceCache.addEndpoints: terminating endpoint with serving unset reads as serving",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: unset, namespace: ns}
+spec: {clusterIP: 10.96.8.1, ports: [{name: p, port: 80}]}
+---
+kind: EndpointSlice
+metadata: {name: unset-1, namespace: ns, labels: {kubernetes.io/service-name: unset}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints:
+- {addresses: [10.1.8.1], conditions: {ready: false, terminating: true}}
+- {addresses: [10.1.8.2], conditions: {ready: false, serving: false, terminating: true}}
+"#,
+            expect: vec![Backends("TCP 10.96.8.1:80", &["10.1.8.1:8080"])],
+        },
+        Case {
+            mirrors: "EndpointSliceCache.addEndpoints: absent conditions read ready and serving, not terminating",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: absent, namespace: ns}
+spec: {clusterIP: 10.96.9.1, ports: [{name: p, port: 80}]}
+---
+kind: EndpointSlice
+metadata: {name: absent-1, namespace: ns, labels: {kubernetes.io/service-name: absent}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints:
+- {addresses: [10.1.9.1]}
+- {addresses: [10.1.9.2], conditions: {}}
+- {addresses: [10.1.9.3], conditions: {serving: true}}
+- {addresses: [10.1.9.4], conditions: {ready: false}}
+"#,
+            expect: vec![Backends("TCP 10.96.9.1:80", &["10.1.9.1:8080", "10.1.9.2:8080", "10.1.9.3:8080"])],
+        },
+        Case {
+            mirrors: "TestServiceToServiceMap/service with ipv4 configurations under ipv4 mode",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: valid-v4, namespace: ns}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.10.1
+  externalIPs: [192.0.2.101]
+  ports: [{name: p, port: 80, nodePort: 31001}]
+status: {loadBalancer: {ingress: [{ip: 192.0.2.101}, {ip: "2001:db8::101"}]}}
+---
+kind: EndpointSlice
+metadata: {name: valid-v4-1, namespace: ns, labels: {kubernetes.io/service-name: valid-v4}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints: [{addresses: [10.1.10.1]}]
+"#,
+            expect: vec![
+                Backends("TCP 192.0.2.101:80", &["10.1.10.1:8080"]),
+                NoFrontend("TCP [2001:db8::101]:80"),
+            ],
+        },
+        Case {
+            mirrors: "TestServiceToServiceMap/service with ipv6 configurations under ipv6 mode",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: valid-v6, namespace: ns}
+spec:
+  type: LoadBalancer
+  clusterIP: "fd00:96::111"
+  externalIPs: ["2001:db8::111"]
+  ports: [{name: p, port: 80, nodePort: 31101}]
+status: {loadBalancer: {ingress: [{ip: 192.0.2.111}, {ip: "2001:db8::111"}]}}
+---
+kind: EndpointSlice
+metadata: {name: valid-v6-1, namespace: ns, labels: {kubernetes.io/service-name: valid-v6}}
+addressType: IPv6
+ports: [{name: p, port: 8080}]
+endpoints: [{addresses: ["fd00:1::111"]}]
+"#,
+            expect: vec![
+                Backends("TCP [2001:db8::111]:80", &["[fd00:1::111]:8080"]),
+                Backends("TCP [::]:31101", &["[fd00:1::111]:8080"]),
+                NoFrontend("TCP 192.0.2.111:80"),
+                NoFrontend("TCP 0.0.0.0:31101"),
+            ],
+        },
+        // Two slices listing the same ten addresses; an address unready in one and ready in
+        // the other is ready; unready in both, it is left out.
+        Case {
+            mirrors: "TestEndpointsMapFromESC/2 slices, overlapping endpoints, some endpoints unready in 1 or both",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: overlap, namespace: ns}
+spec: {clusterIP: 10.96.12.1, ports: [{name: p, port: 80}]}
+---
+kind: EndpointSlice
+metadata: {name: overlap-1, namespace: ns, labels: {kubernetes.io/service-name: overlap}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints:
+- {addresses: [10.1.12.1]}
+- {addresses: [10.1.12.2]}
+- {addresses: [10.1.12.3], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.12.4]}
+- {addresses: [10.1.12.5]}
+- {addresses: [10.1.12.6], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.12.7]}
+- {addresses: [10.1.12.8]}
+- {addresses: [10.1.12.9], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.12.10]}
+---
+kind: EndpointSlice
+metadata: {name: overlap-2, namespace: ns, labels: {kubernetes.io/service-name: overlap}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints:
+- {addresses: [10.1.12.1]}
+- {addresses: [10.1.12.2]}
+- {addresses: [10.1.12.3]}
+- {addresses: [10.1.12.4]}
+- {addresses: [10.1.12.5]}
+- {addresses: [10.1.12.6], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.12.7]}
+- {addresses: [10.1.12.8]}
+- {addresses: [10.1.12.9]}
+- {addresses: [10.1.12.10]}
+"#,
+            expect: vec![Backends(
+                "TCP 10.96.12.1:80",
+                &[
+                    "10.1.12.1:8080",
+                    "10.1.12.2:8080",
+                    "10.1.12.3:8080",
+                    "10.1.12.4:8080",
+                    "10.1.12.5:8080",
+                    "10.1.12.7:8080",
+                    "10.1.12.8:8080",
+                    "10.1.12.9:8080",
+                    "10.1.12.10:8080",
+                ],
+            )],
+        },
+        // As above, with two addresses serving-terminating in both slices: they are neither
+        // ready nor dropped, and stay out while ready endpoints exist.
+        Case {
+            mirrors: "TestEndpointsMapFromESC/2 slices, overlapping endpoints, some endpoints unready and some endpoints terminating",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: overlap-term, namespace: ns}
+spec: {clusterIP: 10.96.13.1, ports: [{name: p, port: 80}]}
+---
+kind: EndpointSlice
+metadata: {name: overlap-term-1, namespace: ns, labels: {kubernetes.io/service-name: overlap-term}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints:
+- {addresses: [10.1.13.1]}
+- {addresses: [10.1.13.2]}
+- {addresses: [10.1.13.3], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.13.4]}
+- {addresses: [10.1.13.5], conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.1.13.6], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.13.7]}
+- {addresses: [10.1.13.8]}
+- {addresses: [10.1.13.9], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.13.10], conditions: {ready: false, serving: true, terminating: true}}
+---
+kind: EndpointSlice
+metadata: {name: overlap-term-2, namespace: ns, labels: {kubernetes.io/service-name: overlap-term}}
+addressType: IPv4
+ports: [{name: p, port: 8080}]
+endpoints:
+- {addresses: [10.1.13.1]}
+- {addresses: [10.1.13.2]}
+- {addresses: [10.1.13.3]}
+- {addresses: [10.1.13.4]}
+- {addresses: [10.1.13.5], conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.1.13.6], conditions: {ready: false, serving: false}}
+- {addresses: [10.1.13.7]}
+- {addresses: [10.1.13.8]}
+- {addresses: [10.1.13.9]}
+- {addresses: [10.1.13.10], conditions: {ready: false, serving: true, terminating: true}}
+"#,
+            expect: vec![Backends(
+                "TCP 10.96.13.1:80",
+                &[
+                    "10.1.13.1:8080",
+                    "10.1.13.2:8080",
+                    "10.1.13.3:8080",
+                    "10.1.13.4:8080",
+                    "10.1.13.7:8080",
+                    "10.1.13.8:8080",
+                    "10.1.13.9:8080",
+                ],
+            )],
+        },
+    ]
+}
+
+/// The case's table, the Services it left out, and the objects it rejected (kube-proxy rejects
+/// none of the cases' objects).
+fn run(case: &Case) -> (RoutingTable, BTreeSet<String>, Vec<String>) {
+    let mut rejected = Vec::new();
+    let opts = CompileOptions { node_name: Some(case.node.into()), ..CompileOptions::default() };
+    let mut index = ClusterIndex::new(opts);
+    let mut skipped = BTreeSet::new();
+    for doc in serde_yaml::Deserializer::from_str(case.objects) {
+        let mut value =
+            serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: bad YAML: {e}", case.mirrors));
+        let kind = value.get("kind").and_then(|k| k.as_str()).map(str::to_string);
+        let api_version = match kind.as_deref() {
+            Some("EndpointSlice") => "discovery.k8s.io/v1",
+            _ => "v1",
+        };
+        if let Some(map) = value.as_mapping_mut() {
+            map.entry("apiVersion".into()).or_insert_with(|| api_version.into());
+        }
+        match kind.as_deref() {
+            Some("Service") => {
+                let svc: Service = serde_yaml::from_value(value).unwrap_or_else(|e| panic!("{}: {e}", case.mirrors));
+                match ServiceInfo::from_service(&svc) {
+                    Ok(Ok(info)) => index.upsert_service(info),
+                    Ok(Err(why)) => {
+                        let meta = &svc.metadata;
+                        skipped.insert(format!("{}/{}", meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or("")));
+                        eprintln!("{}: skipped: {why}", case.mirrors);
+                    }
+                    Err(e) => rejected.push(format!("the Service was rejected ({e}); kube-proxy proxies it")),
+                }
+            }
+            Some("EndpointSlice") => {
+                let slice: EndpointSlice = serde_yaml::from_value(value).unwrap_or_else(|e| panic!("{}: {e}", case.mirrors));
+                match SliceInfo::from_slice(&slice) {
+                    Ok(Some(info)) => index.upsert_slice(info),
+                    Ok(None) => {}
+                    Err(e) => rejected.push(format!("the slice was rejected ({e}); kube-proxy reads it")),
+                }
+            }
+            other => panic!("{}: unexpected kind {other:?}", case.mirrors),
+        }
+    }
+    (index.build().0, skipped, rejected)
+}
+
+fn frontend_key(case: &Case, s: &str) -> FrontendKey {
+    let (proto, addr) = s.split_once(' ').unwrap_or_else(|| panic!("{}: {s:?} is not \"PROTO addr:port\"", case.mirrors));
+    let proto = match proto {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        "SCTP" => Protocol::Sctp,
+        p => panic!("{}: protocol {p:?}", case.mirrors),
+    };
+    let addr: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("{}: {addr}: {e}", case.mirrors));
+    FrontendKey::new(addr.ip(), addr.port(), proto)
+}
+
+use serde::Deserialize as _;
+
+#[test]
+fn kube_proxy_conformance() {
+    let mut failures = Vec::new();
+    for case in cases() {
+        let (table, skipped, rejected) = run(&case);
+        failures.extend(rejected.iter().map(|r| format!("{}: {r}", case.mirrors)));
+        for expect in &case.expect {
+            let problem = match expect {
+                Expect::Backends(fe, want) => match table.get(&frontend_key(&case, fe)) {
+                    None => Some(format!("{fe}: no frontend, want {want:?}")),
+                    Some(f) => {
+                        let got: BTreeSet<String> = f.backends().iter().map(|b| b.addr.0.to_string()).collect();
+                        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+                        (got != want).then(|| format!("{fe}: backends {got:?}, want {want:?}"))
+                    }
+                },
+                Expect::NoFrontend(fe) => {
+                    table.get(&frontend_key(&case, fe)).map(|f| format!("{fe}: frontend of {} exists", f.service))
+                }
+                Expect::NotProxied(svc) => (!skipped.contains(*svc)).then(|| format!("{svc} is proxied")),
+                Expect::HealthCheck { port, local_endpoints } => {
+                    let counts: BTreeSet<usize> = table
+                        .frontends()
+                        .filter(|f| f.health_check_node_port == Some(*port))
+                        .map(|f| f.service_local_endpoints)
+                        .collect();
+                    let want = BTreeSet::from([*local_endpoints]);
+                    (counts != want).then(|| format!("health check :{port} reports {counts:?}, want {want:?}"))
+                }
+                Expect::NoHealthCheck => {
+                    let open: Vec<u16> = table.frontends().filter_map(|f| f.health_check_node_port).collect();
+                    (!open.is_empty()).then(|| format!("health check opened on {open:?}"))
+                }
+            };
+            if let Some(p) = problem {
+                failures.push(format!("{}: {p}", case.mirrors));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "differs from kube-proxy:\n{}", failures.join("\n"));
+}
