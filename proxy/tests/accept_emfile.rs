@@ -110,8 +110,17 @@ fn out_of_descriptors_the_queued_client_is_reset_not_left_hanging() {
     let over = server.shared.stats.over_limit.load(Ordering::Relaxed);
     assert!(over >= 8, "each was accepted and reset at once (over_limit {over})");
 
-    // With descriptors back, connections are served again.
-    let mut s = TcpStream::connect(server.addr).unwrap_or_else(|e| panic!("{e}"));
-    assert!(!ended_within(&mut s, Duration::from_millis(300)), "served again once descriptors are back");
+    // With descriptors back, connections are served again. A worker may still be finishing its
+    // last out-of-descriptors round (waiting for one more connection to reset), so allow a few
+    // tries within two seconds: what matters is that serving resumes.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut served = false;
+    let mut tries = 0;
+    while !served && Instant::now() < deadline {
+        tries += 1;
+        let mut s = TcpStream::connect(server.addr).unwrap_or_else(|e| panic!("{e}"));
+        served = !ended_within(&mut s, Duration::from_millis(300));
+    }
+    assert!(served, "served again once descriptors are back ({tries} tries)");
     drop(backend);
 }
