@@ -249,6 +249,14 @@ pub fn compile_service(
             let eps: Vec<_> = all.iter().filter(|e| family_matches(e.addr.ip(), *family)).cloned().collect();
             let cat = categorize(&eps, node);
             let service_local_endpoints = service_local(*family);
+            // kube-proxy keeps the ranges of its own family only; with none of them left the
+            // frontend is open (a v6-only list does not close a v4 address).
+            let lb_ranges: Arc<[ipnet::IpNet]> = svc
+                .load_balancer_source_ranges
+                .iter()
+                .filter(|r| family_matches(r.addr(), *family))
+                .copied()
+                .collect();
             let name = ServicePortName {
                 namespace: Arc::clone(&svc.key.namespace),
                 name: Arc::clone(&svc.key.name),
@@ -276,6 +284,11 @@ pub fn compile_service(
                     },
                     local_endpoints: cat.local_ready,
                     service_local_endpoints,
+                    source_ranges: if fkind == FrontendKind::LoadBalancer {
+                        Arc::clone(&lb_ranges)
+                    } else {
+                        Arc::from([])
+                    },
                     scheduler: cache.get(chosen),
                 });
             };

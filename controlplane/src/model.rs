@@ -11,6 +11,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use schedulers::SchedulerKind;
@@ -80,6 +82,9 @@ pub struct ServiceInfo {
     pub internal_policy_local: bool,
     pub affinity: Option<Affinity>,
     pub health_check_node_port: Option<u16>,
+    /// `spec.loadBalancerSourceRanges`: the only clients its load-balancer IPs accept (all
+    /// when empty).
+    pub load_balancer_source_ranges: Vec<IpNet>,
     pub scheduler: Option<SchedulerKind>,
     /// Weight per endpoint IP or targetRef name.
     pub weights: BTreeMap<String, u32>,
@@ -109,6 +114,15 @@ impl std::fmt::Display for Skipped {
 
 fn parse_ip(field: &str, s: &str) -> Result<IpAddr, ObjectError> {
     s.trim().parse().map_err(|_| ObjectError::invalid(field, format!("{s:?} is not an IP address")))
+}
+
+/// A source range as the API server accepts it: a CIDR, surrounding spaces ignored and host
+/// bits masked off (legacy objects may carry them).
+fn parse_cidr(field: &str, s: &str) -> Result<IpNet, ObjectError> {
+    s.trim()
+        .parse::<IpNet>()
+        .map(|n| n.trunc())
+        .map_err(|_| ObjectError::invalid(field, format!("{s:?} is not a CIDR")))
 }
 
 fn parse_protocol(field: &str, p: Option<&str>) -> Result<Protocol, ObjectError> {
@@ -159,6 +173,7 @@ impl ServiceInfo {
             internal_policy_local: false,
             affinity: None,
             health_check_node_port: None,
+            load_balancer_source_ranges: Vec::new(),
             scheduler: None,
             weights: BTreeMap::new(),
             traffic_distribution: None,
@@ -263,6 +278,12 @@ impl ServiceInfo {
             None => BTreeMap::new(),
         };
         let exposes_node_ports = matches!(svc_type, "NodePort" | "LoadBalancer");
+        let load_balancer_source_ranges = spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .map(|s| parse_cidr("spec.loadBalancerSourceRanges", s))
+            .collect::<Result<Vec<_>, _>>()?;
         // 0 means "none allocated": kube-proxy proxies the Service and opens no health server.
         let health_check_node_port = match spec.health_check_node_port {
             None | Some(0) => None,
@@ -280,6 +301,7 @@ impl ServiceInfo {
             internal_policy_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
             affinity,
             health_check_node_port,
+            load_balancer_source_ranges,
             scheduler,
             weights,
             traffic_distribution: spec.traffic_distribution.clone(),

@@ -195,6 +195,10 @@ pub struct Frontend {
     /// family): what the health-check node port reports, counted as kube-proxy counts it, so
     /// a pod serving two ports counts once and ports with different pods add up.
     pub service_local_endpoints: usize,
+    /// The only client ranges this frontend accepts (`loadBalancerSourceRanges`, of this
+    /// frontend's family); empty accepts all. Set on LoadBalancer frontends only: kube-proxy
+    /// leaves NodePorts, ClusterIPs and externalIPs open.
+    pub source_ranges: Arc<[ipnet::IpNet]>,
     pub scheduler: Arc<dyn Scheduler>,
 }
 

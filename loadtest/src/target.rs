@@ -46,6 +46,7 @@ pub fn start_proxy(scheduler: Arc<dyn Scheduler>, name: &str, settings: ProxySet
         health_check_node_port: None,
         local_endpoints,
         service_local_endpoints: local_endpoints,
+        source_ranges: Arc::from([]),
         scheduler,
     };
     let config = ForwardConfig {

@@ -63,6 +63,9 @@ pub fn render_view(table: &JsonTable) -> String {
         if let Some(port) = f.health_check_node_port {
             let _ = write!(affinity, " healthCheckNodePort:{port} localEndpoints:{}", f.local_endpoints);
         }
+        if !f.source_ranges.is_empty() {
+            let _ = write!(affinity, " sourceRanges:{}", f.source_ranges.join(","));
+        }
         let _ = writeln!(
             out,
             "{:<4} {:<25} {:<9} {:<12} {:<30} {:<7} {}",

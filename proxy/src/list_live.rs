@@ -171,6 +171,7 @@ mod tests {
                 when_empty: "reject".into(),
                 health_check_node_port: None,
                 local_endpoints: 0,
+                source_ranges: Vec::new(),
                 backends: ["10.1.0.2:8080", "10.1.1.2:8080"]
                     .iter()
                     .map(|a| JsonBackend {

@@ -32,6 +32,10 @@ pub struct JsonFrontend {
     /// What the health-check node port reports: distinct ready local endpoint IPs across all
     /// the Service's ports.
     pub local_endpoints: usize,
+    /// `loadBalancerSourceRanges` in force on this frontend (LoadBalancer IPs only); absent
+    /// when every client is accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ranges: Vec<String>,
     pub backends: Vec<JsonBackend>,
 }
 
@@ -78,6 +82,7 @@ pub fn json_view(table: &RoutingTable, metrics: Option<&MetricsRegistry>) -> Jso
                 when_empty: f.when_empty.as_str().to_string(),
                 health_check_node_port: f.health_check_node_port,
                 local_endpoints: f.service_local_endpoints,
+                source_ranges: f.source_ranges.iter().map(ToString::to_string).collect(),
                 backends: f
                     .backends()
                     .iter()

@@ -62,6 +62,7 @@ fn out_of_descriptors_the_queued_client_is_reset_not_left_hanging() {
         health_check_node_port: None,
         local_endpoints: 1,
         service_local_endpoints: 1,
+        source_ranges: Arc::from([]),
         scheduler,
     };
     let config = ForwardConfig {

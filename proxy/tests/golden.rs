@@ -139,3 +139,34 @@ fn golden_lab_example() {
 fn golden_conformance() {
     check("conformance");
 }
+
+#[test]
+fn golden_source_ranges() {
+    check("source_ranges");
+}
+
+/// The JSON view carries each LoadBalancer frontend's ranges and leaves the field out where
+/// every client is accepted.
+#[test]
+fn json_view_carries_source_ranges() {
+    let publisher = Arc::new(Publisher::new());
+    let opts = CompileOptions { node_name: Some("node-a".into()), ..CompileOptions::default() };
+    let mut source = ManifestSource::new(PathBuf::from("tests/golden/source_ranges.yaml"), opts, Arc::clone(&publisher));
+    let _ = source.reload();
+    let view = tpvs::view::json_view(&publisher.current(), None);
+    let ranges = |address: &str| -> Vec<String> {
+        view.frontends
+            .iter()
+            .find(|f| f.address == address)
+            .unwrap_or_else(|| panic!("no frontend {address}"))
+            .source_ranges
+            .clone()
+    };
+    assert_eq!(ranges("198.51.100.7:80"), vec!["10.0.0.0/24".to_string(), "203.0.113.0/24".to_string()]);
+    assert_eq!(ranges("[2001:db8::7]:80"), vec!["fd00::/64".to_string()]);
+    assert!(ranges("10.96.7.1:80").is_empty());
+    assert!(ranges("192.0.2.7:80").is_empty());
+    assert!(ranges("198.51.100.8:80").is_empty(), "a v6-only list leaves the v4 address open");
+    let json = serde_json::to_string(&view).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(json.matches("\"source_ranges\"").count(), 2, "{json}");
+}

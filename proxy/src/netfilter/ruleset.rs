@@ -6,7 +6,10 @@
 //! - `prerouting` (filter hook at mangle priority, before routing):
 //!   1. exact frontends (`daddr . l4proto . dport`) through a verdict map: TPROXY to the
 //!      listener, refuse (`reject with tcp reset` / ICMP port-unreachable), or drop (each of
-//!      the last two through a chain that counts its packets for the metrics);
+//!      the last two through a chain that counts its packets for the metrics). Frontends
+//!      with `loadBalancerSourceRanges` go first through a chain of their own that drops
+//!      sources outside their allow set, then take their verdict (kube-proxy's firewall
+//!      check, which also comes before the Service's verdict, refusals included);
 //!   2. NodePorts (`l4proto . dport`) on the node-port addresses, same verdicts;
 //!   3. `socket transparent 1 → mark`: the reply path of upstream sockets bound to a client's
 //!      address (Local policy), so replies addressed to that foreign IP are routed to the
@@ -25,8 +28,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use controlplane::{FrontendKey, Protocol, RoutingTable};
+use controlplane::{FrontendKey, IpNet, Protocol, RoutingTable};
 
 use crate::addrs::NodePortAddrs;
 
@@ -64,6 +68,9 @@ pub struct Plan {
     pub exact: BTreeMap<FrontendKey, Verdict>,
     /// NodePorts by family (`true` = IPv6), protocol and port.
     pub node_ports: BTreeMap<(bool, Protocol, u16), Verdict>,
+    /// The allowed client ranges of the exact frontends that have any (LoadBalancer IPs with
+    /// `loadBalancerSourceRanges`).
+    pub source_ranges: BTreeMap<FrontendKey, Arc<[IpNet]>>,
 }
 
 /// Decides each frontend's verdict.
@@ -91,6 +98,9 @@ pub fn plan(table: &RoutingTable, cfg: &RulesetConfig) -> Plan {
             out.node_ports.insert((fe.key.addr.is_ipv6(), fe.key.proto, fe.key.port), verdict);
         } else {
             out.exact.insert(fe.key, verdict);
+            if !fe.source_ranges.is_empty() {
+                out.source_ranges.insert(fe.key, Arc::clone(&fe.source_ranges));
+            }
         }
     }
     out
@@ -131,12 +141,21 @@ pub fn render(plan: &Plan, cfg: &RulesetConfig) -> String {
     let _ = writeln!(s, "delete table inet {t}");
     let _ = writeln!(s, "table inet {t} {{");
 
+    // Each frontend with source ranges gets a set and a chain numbered by its place in the
+    // (sorted) plan, so the text is stable for a given table.
+    let checked: BTreeMap<FrontendKey, usize> = plan.source_ranges.keys().enumerate().map(|(i, k)| (*k, i)).collect();
     for (v6, name, addr_type) in [(false, "frontends4", "ipv4_addr"), (true, "frontends6", "ipv6_addr")] {
         let items: Vec<String> = plan
             .exact
             .iter()
             .filter(|(k, _)| k.addr.is_ipv6() == v6)
-            .map(|(k, v)| format!("{} . {} . {} : {}", k.addr, proto(k.proto), k.port, verdict_text(*v, k.proto)))
+            .map(|(k, v)| {
+                let target = match checked.get(k) {
+                    Some(i) => format!("goto source{i}"),
+                    None => verdict_text(*v, k.proto).to_string(),
+                };
+                format!("{} . {} . {} : {}", k.addr, proto(k.proto), k.port, target)
+            })
             .collect();
         let _ = writeln!(s, "\tmap {name} {{\n\t\ttype {addr_type} . inet_proto . inet_service : verdict");
         elements(&mut s, &items);
@@ -169,6 +188,14 @@ pub fn render(plan: &Plan, cfg: &RulesetConfig) -> String {
     for (name, addr_type, items) in [("nodeport_addrs4", "ipv4_addr", &np4), ("nodeport_addrs6", "ipv6_addr", &np6)] {
         let _ = writeln!(s, "\tset {name} {{\n\t\ttype {addr_type}\n\t\tflags interval");
         elements(&mut s, items);
+        let _ = writeln!(s, "\t}}");
+    }
+
+    for (i, (k, ranges)) in plan.source_ranges.iter().enumerate() {
+        let addr_type = if k.addr.is_ipv6() { "ipv6_addr" } else { "ipv4_addr" };
+        let items: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+        let _ = writeln!(s, "\tset allow{i} {{\n\t\ttype {addr_type}\n\t\tflags interval\n\t\tauto-merge");
+        elements(&mut s, &items);
         let _ = writeln!(s, "\t}}");
     }
 
@@ -222,6 +249,21 @@ pub fn render(plan: &Plan, cfg: &RulesetConfig) -> String {
     let _ = writeln!(s, "\tchain no_local {{");
     let _ = writeln!(s, "\t\tcounter drop");
     let _ = writeln!(s, "\t}}");
+    for (i, k) in plan.source_ranges.keys().enumerate() {
+        let ip = if k.addr.is_ipv6() { "ip6" } else { "ip" };
+        let verdict = plan.exact.get(k).map_or("drop", |v| verdict_text(*v, k.proto));
+        let _ = writeln!(s, "\tchain source{i} {{");
+        let _ = writeln!(s, "\t\t{ip} saddr != @allow{i} goto out_of_range");
+        let _ = writeln!(s, "\t\t{verdict}");
+        let _ = writeln!(s, "\t}}");
+    }
+    if !plan.source_ranges.is_empty() {
+        // A client outside a Service's loadBalancerSourceRanges: dropped silently, as
+        // kube-proxy does, so a scan learns nothing.
+        let _ = writeln!(s, "\tchain out_of_range {{");
+        let _ = writeln!(s, "\t\tcounter drop");
+        let _ = writeln!(s, "\t}}");
+    }
     let _ = writeln!(s, "}}");
     s
 }
@@ -425,9 +467,8 @@ table inet tpvs {
         assert!(text.contains("tproxy ip to 127.0.0.1:15002"));
     }
 
-    fn frontend(key: FrontendKey, backends: usize, when_empty: controlplane::WhenEmpty) -> (FrontendKey, std::sync::Arc<controlplane::Frontend>) {
+    fn frontend(key: FrontendKey, backends: usize, when_empty: controlplane::WhenEmpty) -> (FrontendKey, Arc<controlplane::Frontend>) {
         use schedulers::{Backend, BackendSet, BackendStats, SchedulerKind, SchedulerOptions};
-        use std::sync::Arc;
         let set: Vec<Backend> = (0..backends)
             .map(|i| Backend::new(std::net::SocketAddr::from(([10, 1, 0, 2 + i as u8], 8080)), Arc::new(BackendStats::default())))
             .collect();
@@ -441,6 +482,7 @@ table inet tpvs {
             health_check_node_port: None,
             local_endpoints: backends,
             service_local_endpoints: backends,
+            source_ranges: Arc::from([]),
             scheduler: schedulers::build(SchedulerKind::Rr, Arc::new(BackendSet::new(set)), &SchedulerOptions::default()),
         };
         (key, Arc::new(fe))
@@ -481,6 +523,92 @@ table inet tpvs {
         with_udp.udp_port = Some(15002);
         let p = plan(&table, &with_udp);
         assert_eq!(p.exact.get(&key("10.96.0.53", 53, Protocol::Udp)), Some(&Verdict::Tproxy));
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap_or_else(|e| panic!("bad test range {s}: {e}"))
+    }
+
+    #[test]
+    fn source_ranges_drop_outsiders_before_the_verdict() {
+        let mut p = sample();
+        let lb4 = key("192.0.2.10", 443, Protocol::Tcp);
+        let lb6 = key("fd00:96::10", 80, Protocol::Tcp);
+        p.source_ranges.insert(lb4, Arc::from([net("10.0.0.0/24"), net("203.0.113.7/32")]));
+        p.source_ranges.insert(lb6, Arc::from([net("fd00::/64")]));
+        let text = render(&p, &cfg(NodePortAddrs::AllLocal));
+        // The map sends the checked frontends to their own chain; the others are unchanged.
+        assert_eq!(
+            section(&text, "\tmap frontends4 {"),
+            "\tmap frontends4 {
+\t\ttype ipv4_addr . inet_proto . inet_service : verdict
+\t\telements = { 10.96.0.10 . tcp . 80 : goto tproxy_tcp,
+\t\t\t10.96.0.11 . tcp . 80 : goto refuse,
+\t\t\t192.0.2.10 . tcp . 443 : goto source0 }
+\t}
+"
+        );
+        assert!(section(&text, "\tmap frontends6 {").contains("fd00:96::10 . tcp . 80 : goto source1 }"));
+        assert_eq!(
+            section(&text, "\tset allow0 {"),
+            "\tset allow0 {
+\t\ttype ipv4_addr
+\t\tflags interval
+\t\tauto-merge
+\t\telements = { 10.0.0.0/24,
+\t\t\t203.0.113.7/32 }
+\t}
+"
+        );
+        assert!(section(&text, "\tset allow1 {").contains("\t\ttype ipv6_addr\n"));
+        assert!(section(&text, "\tset allow1 {").contains("elements = { fd00::/64 }"));
+        // The check comes first and keeps the frontend's own verdict (a drop here: Local
+        // policy without a local endpoint) for the clients it lets through.
+        assert_eq!(
+            section(&text, "\tchain source0 {"),
+            "\tchain source0 {\n\t\tip saddr != @allow0 goto out_of_range\n\t\tgoto no_local\n\t}\n"
+        );
+        assert_eq!(
+            section(&text, "\tchain source1 {"),
+            "\tchain source1 {\n\t\tip6 saddr != @allow1 goto out_of_range\n\t\tgoto tproxy_tcp\n\t}\n"
+        );
+        assert_eq!(section(&text, "\tchain out_of_range {"), "\tchain out_of_range {\n\t\tcounter drop\n\t}\n");
+        // Sets are declared before the chains that use them (nft reads the file in order).
+        let set = text.find("\tset allow0 {").unwrap_or(usize::MAX);
+        let chain = text.find("\tchain prerouting {").unwrap_or(0);
+        assert!(set < chain);
+    }
+
+    #[test]
+    fn without_source_ranges_no_check_is_rendered() {
+        let text = render(&sample(), &cfg(NodePortAddrs::AllLocal));
+        assert!(!text.contains("source0") && !text.contains("allow0") && !text.contains("out_of_range"));
+    }
+
+    #[test]
+    fn plan_carries_source_ranges_of_exact_frontends_only() {
+        use controlplane::WhenEmpty;
+        let ranged = |k: FrontendKey| {
+            let (k, fe) = frontend(k, 1, WhenEmpty::Reject);
+            let mut fe = (*fe).clone();
+            fe.source_ranges = Arc::from([net("10.0.0.0/24")]);
+            (k, Arc::new(fe))
+        };
+        let table = RoutingTable::new(
+            1,
+            [
+                ranged(key("192.0.2.10", 80, Protocol::Tcp)),
+                frontend(key("10.96.0.10", 80, Protocol::Tcp), 1, WhenEmpty::Reject),
+                // SCTP is not intercepted: no verdict, so no check either.
+                ranged(key("192.0.2.11", 80, Protocol::Sctp)),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let p = plan(&table, &cfg(NodePortAddrs::AllLocal));
+        let keys: Vec<String> = p.source_ranges.keys().map(ToString::to_string).collect();
+        assert_eq!(keys, vec!["192.0.2.10:80".to_string()]);
+        assert_eq!(p.source_ranges.values().next().map(|r| r.to_vec()), Some(vec![net("10.0.0.0/24")]));
     }
 
     #[test]
