@@ -27,6 +27,8 @@ enum Expect {
     HealthCheck { port: u16, local_endpoints: usize },
     /// No frontend of the case opens a health-check node port.
     NoHealthCheck,
+    /// The frontend `PROTO addr:port` admits only clients in these ranges (none: all).
+    SourceRanges(&'static str, &'static [&'static str]),
 }
 
 struct Case {
@@ -454,6 +456,48 @@ endpoints:
                 ],
             )],
         },
+        // loadBalancerSourceRanges: kube-proxy trims spaces and keeps the ranges of the
+        // proxier's family only; they fence the load-balancer IPs, not the ClusterIP, the
+        // NodePort or the externalIPs (its firewall chain hangs off the LB IP rules only).
+        Case {
+            mirrors: "servicechangetracker: TestServiceToServiceMap/extra space LoadBalancerSourceRanges + proxier firewall chain for load-balancer IPs only",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: fenced, namespace: ns}
+spec:
+  type: LoadBalancer
+  clusterIPs: [10.96.20.1, "fd00:96::20"]
+  externalIPs: [192.0.2.20]
+  loadBalancerSourceRanges: [" 10.1.2.0/28", "fd00:1::/64"]
+  ports: [{name: p, port: 80, nodePort: 30820}]
+status: {loadBalancer: {ingress: [{ip: 198.51.100.20}, {ip: "2001:db8::20"}]}}
+"#,
+            expect: vec![
+                SourceRanges("TCP 198.51.100.20:80", &["10.1.2.0/28"]),
+                SourceRanges("TCP [2001:db8::20]:80", &["fd00:1::/64"]),
+                SourceRanges("TCP 10.96.20.1:80", &[]),
+                SourceRanges("TCP 0.0.0.0:30820", &[]),
+                SourceRanges("TCP 192.0.2.20:80", &[]),
+            ],
+        },
+        // The other family's ranges are dropped (MapCIDRsByIPFamily); with none of its own
+        // left, the load-balancer IP has no firewall.
+        Case {
+            mirrors: "servicechangetracker: TestServiceToServiceMap/service with ipv6 configurations under ipv4 mode (source ranges filtered by family)",
+            node: "node-a",
+            objects: r#"
+kind: Service
+metadata: {name: other-family-ranges, namespace: ns}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.21.1
+  loadBalancerSourceRanges: ["2001:db8:1::/64"]
+  ports: [{name: p, port: 80, nodePort: 30821}]
+status: {loadBalancer: {ingress: [{ip: 198.51.100.21}]}}
+"#,
+            expect: vec![SourceRanges("TCP 198.51.100.21:80", &[])],
+        },
     ]
 }
 
@@ -545,6 +589,13 @@ fn kube_proxy_conformance() {
                     let want = BTreeSet::from([*local_endpoints]);
                     (counts != want).then(|| format!("health check :{port} reports {counts:?}, want {want:?}"))
                 }
+                Expect::SourceRanges(fe, want) => match table.get(&frontend_key(&case, fe)) {
+                    None => Some(format!("{fe}: no frontend, want source ranges {want:?}")),
+                    Some(f) => {
+                        let got: Vec<String> = f.source_ranges.iter().map(ToString::to_string).collect();
+                        (got != *want).then(|| format!("{fe}: source ranges {got:?}, want {want:?}"))
+                    }
+                },
                 Expect::NoHealthCheck => {
                     let open: Vec<u16> = table.frontends().filter_map(|f| f.health_check_node_port).collect();
                     (!open.is_empty()).then(|| format!("health check opened on {open:?}"))
