@@ -4,6 +4,7 @@
 //! Service's NodePort and ClusterIP stay open, since kube-proxy applies the ranges to the
 //! load-balancer IPs only.
 
+mod admin_http;
 mod lab;
 
 use std::io::ErrorKind;
@@ -38,6 +39,21 @@ fn assert_dropped(lab: &Lab, dst: &str) {
     assert!(started.elapsed() >= Duration::from_millis(1400), "{dst}: answered early: {err:?}");
 }
 
+/// The admin server's metrics, inside the node namespace.
+const METRICS: &str = "127.0.0.1:10249";
+
+/// `tpvs_source_range_dropped_packets_total` as scraped, once it is above zero.
+fn scraped_out_of_range(lab: &Lab) -> f64 {
+    let value = |body: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix("tpvs_source_range_dropped_packets_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let node = lab.node.clone();
+    let r = admin_http::wait_reply(lab, &node, METRICS, "/metrics", "source-range drops", |r| value(&r.body).is_some_and(|v| v > 0.0));
+    value(&r.body).unwrap_or_default()
+}
+
 /// Packets the out-of-range chain dropped, from its counter.
 fn out_of_range_packets(lab: &Lab) -> u64 {
     let text = lab.node_sh(&["nft", "list", "chain", "inet", "tpvs", "out_of_range"]).unwrap_or_else(|e| panic!("{e}"));
@@ -56,6 +72,7 @@ fn check_family(lab: &mut Lab, open_lb: &str, shut_lb: &str, shut_node_port: &st
     assert_dropped(lab, shut_lb);
     let dropped = out_of_range_packets(lab);
     assert!(dropped > 0, "the drop must be tpvs's source-range rule, not a missing route");
+    assert!(scraped_out_of_range(lab) > 0.0, "the drops show in the metrics");
     // The same Service's other frontends ignore the ranges, as in kube-proxy.
     let h = lab.hello(shut_node_port).unwrap_or_else(|e| panic!("{shut_node_port}: the NodePort stays open: {e}"));
     assert_eq!(h.backend, "be0");

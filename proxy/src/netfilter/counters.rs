@@ -2,7 +2,8 @@
 //!
 //! Connections to a Service without endpoints are refused, and those to a Local Service without
 //! local endpoints dropped, by the rule set itself: tpvs never sees them. The `refuse` and
-//! `no_local` chains count their packets; this reads those counters back. Counted in packets,
+//! `no_local` chains count their packets, and `out_of_range` those a Service's
+//! `loadBalancerSourceRanges` turned away; this reads those counters back. Counted in packets,
 //! not connections (a dropped SYN is retransmitted and counted again).
 //!
 //! The table is replaced whole on every change, which zeroes its counters, so
@@ -13,18 +14,24 @@ use std::process::{Command, Stdio};
 
 use super::CommandError;
 
-/// Packets through the `refuse` and `no_local` chains.
+/// Packets through the `refuse`, `no_local` and `out_of_range` chains.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VerdictCounts {
     /// Refused: the Service has no endpoint at all (reset / ICMP port-unreachable).
     pub refused: u64,
     /// Dropped: Local traffic policy and no endpoint on this node.
     pub dropped: u64,
+    /// Dropped: the source is outside the load-balancer IP's `loadBalancerSourceRanges`.
+    pub out_of_range: u64,
 }
 
 impl VerdictCounts {
     pub fn plus(self, other: VerdictCounts) -> VerdictCounts {
-        VerdictCounts { refused: self.refused.saturating_add(other.refused), dropped: self.dropped.saturating_add(other.dropped) }
+        VerdictCounts {
+            refused: self.refused.saturating_add(other.refused),
+            dropped: self.dropped.saturating_add(other.dropped),
+            out_of_range: self.out_of_range.saturating_add(other.out_of_range),
+        }
     }
 }
 
@@ -104,7 +111,7 @@ fn zero_counters(v: &mut serde_json::Value) {
     }
 }
 
-/// Sums the `counter` statements of the `refuse` and `no_local` chains in `nft -j` output.
+/// Sums the `counter` statements of the verdict chains in `nft -j` output.
 /// Anything unexpected in the JSON counts as zero rather than failing a scrape.
 pub fn parse(json: &str) -> VerdictCounts {
     let mut counts = VerdictCounts::default();
@@ -115,6 +122,7 @@ pub fn parse(json: &str) -> VerdictCounts {
         let slot = match rule.get("chain").and_then(|c| c.as_str()) {
             Some("refuse") => &mut counts.refused,
             Some("no_local") => &mut counts.dropped,
+            Some("out_of_range") => &mut counts.out_of_range,
             _ => continue,
         };
         let exprs = rule.get("expr").and_then(|e| e.as_array()).map(Vec::as_slice).unwrap_or_default();
@@ -132,7 +140,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sums_the_counters_of_the_two_chains_only() {
+    fn sums_the_counters_of_the_verdict_chains_only() {
         let json = r#"{"nftables": [
             {"metainfo": {"version": "1.0.6"}},
             {"table": {"family": "inet", "name": "tpvs", "handle": 1}},
@@ -142,10 +150,14 @@ mod tests {
                       "expr": [{"match": {}}, {"reject": {"type": "tcp reset"}}]}},
             {"rule": {"family": "inet", "table": "tpvs", "chain": "no_local", "handle": 12,
                       "expr": [{"counter": {"packets": 7, "bytes": 420}}, {"drop": null}]}},
+            {"rule": {"family": "inet", "table": "tpvs", "chain": "out_of_range", "handle": 14,
+                      "expr": [{"counter": {"packets": 5, "bytes": 300}}, {"drop": null}]}},
+            {"rule": {"family": "inet", "table": "tpvs", "chain": "source0", "handle": 15,
+                      "expr": [{"counter": {"packets": 50, "bytes": 1}}]}},
             {"rule": {"family": "inet", "table": "tpvs", "chain": "prerouting", "handle": 4,
                       "expr": [{"counter": {"packets": 100, "bytes": 1}}]}}
         ]}"#;
-        assert_eq!(parse(json), VerdictCounts { refused: 3, dropped: 7 });
+        assert_eq!(parse(json), VerdictCounts { refused: 3, dropped: 7, out_of_range: 5 });
     }
 
     #[test]

@@ -42,7 +42,9 @@ pub(super) fn collect(sources: &Sources, last_verdicts: &Mutex<VerdictCounts>, o
             }
             *last
         };
-        for (spec, v) in [(&spec::refused, counts.refused), (&spec::dropped, counts.dropped)] {
+        for (spec, v) in
+            [(&spec::refused, counts.refused), (&spec::dropped, counts.dropped), (&spec::out_of_range, counts.out_of_range)]
+        {
             let mut f = Fam::new(spec);
             f.value(&[], v as f64);
             out.push(f.mf);

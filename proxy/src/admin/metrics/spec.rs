@@ -78,6 +78,8 @@ specs! {
         "Packets refused by the rules because their Service has no endpoints (reset / ICMP unreachable).";
     dropped = "tpvs_dropped_packets_total", C, &[],
         "Packets dropped by the rules because their Local-policy Service has no endpoint on this node.";
+    out_of_range = "tpvs_source_range_dropped_packets_total", C, &[],
+        "Packets to a load-balancer IP dropped because their source is outside the Service's loadBalancerSourceRanges.";
     syncs = "tpvs_netfilter_syncs_total", C, &[], "nft transactions run to follow the table.";
     sync_failures = "tpvs_netfilter_sync_failures_total", C, &[],
         "nft transactions that failed (the previous rules stayed in force).";
