@@ -4,7 +4,14 @@
 //! Start-up order is chosen so that no intercepted packet ever meets a missing piece:
 //! signal handlers first (a SIGTERM during start-up still cleans up), listeners bound next
 //! (TPROXY to a port nobody listens on answers clients "network unreachable"), then policy
-//! routing and rules, then the first table. Shutdown removes the rules before exiting.
+//! routing and rules, then the first table.
+//!
+//! A SIGTERM (or SIGINT) with no successor means the node is going away (a drain, an
+//! uninstall): the instance stops accepting at once (its listeners close, so new connections
+//! go to the nodes that stay instead of starting a transfer that would be cut), but keeps the
+//! rules, which carry the established connections' packets to their sockets, and relays those
+//! for `--shutdown-grace`. It removes the interception and exits 0 as soon as none is left,
+//! when the grace runs out, or at a second signal, whichever comes first.
 //!
 //! Before all of it, the instance claims the network namespace's ownership of its nft table
 //! ([`crate::ownership`]). When another instance owns it, this one takes over instead
@@ -67,21 +74,49 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     match end {
         End::Signal(sig) => {
-            info!(signal = sig, "removing interception and exiting");
-            serving.interception.remove().context("removing the interception")?;
+            // Withdrawing the offer closes the hand-over's copies of the listeners; a successor
+            // that has already taken it owns the rules, and they must stay.
+            let handed_over = match &serving.ownership {
+                Some(o) => o.withdraw().is_none(),
+                None => false,
+            };
+            (serving.stop_accepting)();
+            let open = serving.shared.open_connections();
+            info!(signal = sig, open_connections = open, grace = ?args.shutdown_grace, "stopped accepting; relaying open connections until they end or the grace runs out");
+            let drained = runtime.block_on(drain(&serving.shared, args.shutdown_grace, &mut term, &mut int));
+            if handed_over {
+                info!(connections_cut = drained.left, ended_by = drained.by, "a successor took over during shutdown; exiting with the rules left in place");
+            } else {
+                serving.interception.remove().context("removing the interception")?;
+                info!(
+                    connections_drained = open.saturating_sub(drained.left),
+                    connections_cut = drained.left,
+                    ended_by = drained.by,
+                    "removed the interception; exiting"
+                );
+            }
         }
         End::HandedOver(h) => {
-            let left = runtime.block_on(drain(&serving.shared, args.shutdown_grace, &mut term, &mut int));
+            let drained = runtime.block_on(drain(&serving.shared, args.shutdown_grace, &mut term, &mut int));
             info!(
                 listeners = h.listeners,
                 successor = crate::ownership::owner_text(h.successor_pid),
                 connections_open_at_hand_over = h.open_connections,
-                connections_cut = left,
+                connections_cut = drained.left,
+                ended_by = drained.by,
                 "handed over to a successor; exiting with the rules left in place"
             );
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How a drain ended.
+struct Drained {
+    /// Connections still open at the end (cut by the exit).
+    left: usize,
+    /// What ended it: every connection closed, the grace ran out, or a second signal.
+    by: &'static str,
 }
 
 /// How `tpvs run` ends.
@@ -92,19 +127,22 @@ enum End {
     HandedOver(crate::ownership::HandedOver),
 }
 
-/// Relays the connections still open after a hand-over until they are gone, `grace` runs out
-/// or a signal comes; returns how many were still open at the end (cut by the exit).
-async fn drain(shared: &Shared, grace: Duration, term: &mut tokio::signal::unix::Signal, int: &mut tokio::signal::unix::Signal) -> usize {
+/// Relays the connections still open (after a hand-over, or a signal with no successor) until
+/// they are gone, `grace` runs out or a signal comes.
+async fn drain(shared: &Shared, grace: Duration, term: &mut tokio::signal::unix::Signal, int: &mut tokio::signal::unix::Signal) -> Drained {
     let deadline = tokio::time::Instant::now() + grace;
     loop {
         let open = shared.open_connections();
-        if open == 0 || tokio::time::Instant::now() >= deadline {
-            return open;
+        if open == 0 {
+            return Drained { left: 0, by: "all closed" };
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Drained { left: open, by: "grace ran out" };
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            _ = term.recv() => return shared.open_connections(),
-            _ = int.recv() => return shared.open_connections(),
+            _ = term.recv() => return Drained { left: shared.open_connections(), by: "SIGTERM" },
+            _ = int.recv() => return Drained { left: shared.open_connections(), by: "SIGINT" },
         }
     }
 }
@@ -113,9 +151,14 @@ async fn drain(shared: &Shared, grace: Duration, term: &mut tokio::signal::unix:
 struct Serving {
     interception: Arc<Interception>,
     shared: Arc<Shared>,
+    /// Makes the workers close their listeners (TCP and UDP); open connections keep relaying.
+    stop_accepting: StopAccepting,
     /// `None` only when a takeover could not claim the name after the predecessor let go.
     ownership: Option<Ownership>,
 }
+
+/// The workers' switch to stop accepting, shared by a hand-over and a shutdown.
+type StopAccepting = Arc<dyn Fn() + Send + Sync>;
 
 /// Where the routing table comes from.
 enum TableSource {
@@ -297,23 +340,26 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
         interception.spawn_checker(args.rules_check_interval).context("starting the rules check")?;
     }
     guard.commit();
+    let stop_accepting: StopAccepting = Arc::new(move || {
+        release.release();
+        if let Some(w) = &udp_workers {
+            w.wake();
+        }
+    });
     if let Some(o) = &ownership {
-        let (ic, sh, rel) = (Arc::clone(&interception), Arc::clone(&shared), release);
+        let (ic, sh, stop) = (Arc::clone(&interception), Arc::clone(&shared), Arc::clone(&stop_accepting));
         o.offer(Offer {
             listeners: offered,
             release: Box::new(move || {
                 // Rules first: nothing here may touch them once the successor owns them.
                 ic.relinquish();
-                rel.release();
-                if let Some(w) = &udp_workers {
-                    w.wake();
-                }
+                stop();
                 sh.open_connections()
             }),
         });
     }
     info!(generation = publisher.generation(), frontends = publisher.current().len(), "serving");
-    Ok(Serving { interception, shared, ownership })
+    Ok(Serving { interception, shared, stop_accepting, ownership })
 }
 
 /// Binds the data path's listeners (a cold start).
