@@ -10,7 +10,8 @@
 //! uninstall): the instance stops accepting at once (its listeners close, so new connections
 //! go to the nodes that stay instead of starting a transfer that would be cut), but keeps the
 //! rules, which carry the established connections' packets to their sockets, and relays those
-//! for `--shutdown-grace`. It removes the interception and exits 0 as soon as none is left,
+//! for `--shutdown-grace`; `/healthz` and the health-check node ports answer 503 meanwhile,
+//! so load balancers steer away. It removes the interception and exits 0 as soon as none is left,
 //! when the grace runs out, or at a second signal, whichever comes first.
 //!
 //! Before all of it, the instance claims the network namespace's ownership of its nft table
@@ -81,6 +82,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 None => false,
             };
             (serving.stop_accepting)();
+            // Load balancers stop sending new connections here: /healthz and the
+            // health-check node ports answer 503 from now on (/livez stays 200).
+            serving.health.drain();
             let open = serving.shared.open_connections();
             info!(signal = sig, open_connections = open, grace = ?args.shutdown_grace, "stopped accepting; relaying open connections until they end or the grace runs out");
             let drained = runtime.block_on(drain(&serving.shared, args.shutdown_grace, &mut term, &mut int));
@@ -153,6 +157,8 @@ struct Serving {
     shared: Arc<Shared>,
     /// Makes the workers close their listeners (TCP and UDP); open connections keep relaying.
     stop_accepting: StopAccepting,
+    /// What `/healthz` and the health-check node ports report.
+    health: Arc<crate::admin::healthz::ProxyHealth>,
     /// `None` only when a takeover could not claim the name after the predecessor let go.
     ownership: Option<Ownership>,
 }
@@ -293,11 +299,12 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
         interception.sync(&publisher.current()).context("installing the nft table")?;
     }
     publisher.on_publish(interception.on_publish());
+    let health;
     match source {
         TableSource::Manifests(path) => {
             let source = ManifestSource::new(path, opts, Arc::clone(&publisher)).with_settle(args.manifests_settle);
             // Before the first publish, so health and sync metrics see it.
-            start_admin(args, &publisher, &interception, &shared, &udp, Some(source.stats()), None)?;
+            health = start_admin(args, &publisher, &interception, &shared, &udp, Some(source.stats()), None)?;
             // The first load happens inside `spawn`, on this thread, so the rules for the
             // manifests are in place when this returns; the watcher thread applies changes.
             let _watcher = source.spawn(args.manifests_poll_interval);
@@ -313,7 +320,7 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
             };
             let kube = KubeSource::spawn(args.kubeconfig.clone(), opts, Arc::clone(&publisher), config)
                 .context("starting the Kubernetes API source")?;
-            start_admin(args, &publisher, &interception, &shared, &udp, None, Some(kube.stats()))?;
+            health = start_admin(args, &publisher, &interception, &shared, &udp, None, Some(kube.stats()))?;
             // Nothing is published until every initial list is complete; /healthz says 503
             // until then, and the interception forwards nothing it does not know.
             info!("waiting for the initial Services, EndpointSlices and Node lists");
@@ -359,7 +366,7 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
         });
     }
     info!(generation = publisher.generation(), frontends = publisher.current().len(), "serving");
-    Ok(Serving { interception, shared, stop_accepting, ownership })
+    Ok(Serving { interception, shared, stop_accepting, health, ownership })
 }
 
 /// Binds the data path's listeners (a cold start).
@@ -395,7 +402,7 @@ fn start_admin(
     udp: &Option<Arc<udp::UdpShared>>,
     manifests: Option<Arc<controlplane::SourceStats>>,
     kube: Option<Arc<controlplane::KubeSourceStats>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Arc<crate::admin::healthz::ProxyHealth>> {
     let sources = crate::admin::Sources {
         publisher: Arc::clone(publisher),
         interception: Some(Arc::clone(interception)),

@@ -2,9 +2,11 @@
 //! namespace lab: the instance stops accepting but keeps the rules, so an established
 //! connection keeps flowing for `--shutdown-grace`; it exits 0 by itself when the grace runs
 //! out or as soon as the last connection closes, or at once on a second signal, and the nft
-//! table is gone after every one of those exits. Root and nftables/iproute2 required (or
-//! `TPVS_SKIP_E2E=1`).
+//! table is gone after every one of those exits. While it drains, `/healthz` says 503 with
+//! `nodeEligible: false` (load balancers steer away) and `/livez` stays 200. Root and
+//! nftables/iproute2 required (or `TPVS_SKIP_E2E=1`).
 
+mod admin_http;
 mod lab;
 
 use std::time::{Duration, Instant};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use lab::{Lab, Svc, lab, manifests};
 
 const VIP: &str = "10.96.0.10:80";
+const HEALTHZ: &str = "10.0.0.1:10256";
 
 fn start(grace: &str) -> Option<Lab> {
     let mut lab = lab(1, &[0])?;
@@ -49,6 +52,12 @@ fn after_sigterm_an_open_connection_flows_until_the_grace_then_the_rules_go() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(table_present(&lab), "the rules stay during the grace");
+    let client = lab.client.clone();
+    let healthz = admin_http::get(&client, HEALTHZ, "/healthz").unwrap_or_else(|e| panic!("/healthz while draining: {e}"));
+    assert_eq!(healthz.status, 503, "/healthz while draining");
+    assert_eq!(healthz.json()["nodeEligible"], serde_json::Value::Bool(false), "{healthz:?}");
+    let livez = admin_http::get(&client, HEALTHZ, "/livez").unwrap_or_else(|e| panic!("/livez while draining: {e}"));
+    assert_eq!(livez.status, 200, "/livez while draining");
     // No new connection is accepted: the listeners are closed (in the lab the SYN then has no
     // route, so the client is told at once).
     let refused_at = Instant::now();
