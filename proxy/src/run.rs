@@ -87,7 +87,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             serving.health.drain();
             let open = serving.shared.open_connections();
             info!(signal = sig, open_connections = open, grace = ?args.shutdown_grace, "stopped accepting; relaying open connections until they end or the grace runs out");
-            let drained = runtime.block_on(drain(&serving.shared, args.shutdown_grace, &mut term, &mut int));
+            let drained = runtime.block_on(drain(&serving.shared, args.shutdown_grace, 1, &mut term, &mut int));
             if handed_over {
                 info!(connections_cut = drained.left, ended_by = drained.by, "a successor took over during shutdown; exiting with the rules left in place");
             } else {
@@ -101,7 +101,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
         End::HandedOver(h) => {
-            let drained = runtime.block_on(drain(&serving.shared, args.shutdown_grace, &mut term, &mut int));
+            // The first signal here is usually the kubelet stopping the old pod once the new
+            // one is ready: this instance is already draining, so only a second one cuts it.
+            let drained = runtime.block_on(drain(&serving.shared, args.shutdown_grace, 2, &mut term, &mut int));
             info!(
                 listeners = h.listeners,
                 successor = crate::ownership::owner_text(h.successor_pid),
@@ -132,8 +134,14 @@ enum End {
 }
 
 /// Relays the connections still open (after a hand-over, or a signal with no successor) until
-/// they are gone, `grace` runs out or a signal comes.
-async fn drain(shared: &Shared, grace: Duration, term: &mut tokio::signal::unix::Signal, int: &mut tokio::signal::unix::Signal) -> Drained {
+/// they are gone, `grace` runs out or the `signals`-th signal comes.
+async fn drain(
+    shared: &Shared,
+    grace: Duration,
+    mut signals: usize,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> Drained {
     let deadline = tokio::time::Instant::now() + grace;
     loop {
         let open = shared.open_connections();
@@ -143,11 +151,16 @@ async fn drain(shared: &Shared, grace: Duration, term: &mut tokio::signal::unix:
         if tokio::time::Instant::now() >= deadline {
             return Drained { left: open, by: "grace ran out" };
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            _ = term.recv() => return Drained { left: shared.open_connections(), by: "SIGTERM" },
-            _ = int.recv() => return Drained { left: shared.open_connections(), by: "SIGINT" },
+        let by = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        signals = signals.saturating_sub(1);
+        if signals == 0 {
+            return Drained { left: shared.open_connections(), by };
         }
+        info!(signal = by, open_connections = shared.open_connections(), "already draining; a second signal cuts the open connections");
     }
 }
 
