@@ -141,6 +141,12 @@ impl Ownership {
         *self.offer.lock().unwrap_or_else(|p| p.into_inner()) = Some(offer);
     }
 
+    /// Takes the offer back: no successor can take over from here on (this instance is
+    /// shutting down). `None` when a successor already took it, which then owns the rules.
+    pub fn withdraw(&self) -> Option<Offer> {
+        self.offer.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     /// Resolves when a successor has taken over (once).
     pub fn handed_over(&mut self) -> Option<tokio::sync::oneshot::Receiver<HandedOver>> {
         self.handed.take()
@@ -251,7 +257,7 @@ fn serve_peer(
     let copies = {
         let guard = offer.lock().unwrap_or_else(|p| p.into_inner());
         let Some(o) = guard.as_ref() else {
-            return Err("the running instance is still starting; try again".into());
+            return Err("the running instance is not offering its listeners (still starting, or shutting down); try again".into());
         };
         o.listeners.try_clone().map_err(|e| format!("cannot duplicate the listeners: {e}"))?
     };

@@ -4,7 +4,15 @@
 //! Start-up order is chosen so that no intercepted packet ever meets a missing piece:
 //! signal handlers first (a SIGTERM during start-up still cleans up), listeners bound next
 //! (TPROXY to a port nobody listens on answers clients "network unreachable"), then policy
-//! routing and rules, then the first table. Shutdown removes the rules before exiting.
+//! routing and rules, then the first table.
+//!
+//! A SIGTERM (or SIGINT) with no successor means the node is going away (a drain, an
+//! uninstall): the instance stops accepting at once (its listeners close, so new connections
+//! go to the nodes that stay instead of starting a transfer that would be cut), but keeps the
+//! rules, which carry the established connections' packets to their sockets, and relays those
+//! for `--shutdown-grace`; `/healthz` and the health-check node ports answer 503 meanwhile,
+//! so load balancers steer away. It removes the interception and exits 0 as soon as none is left,
+//! when the grace runs out, or at a second signal, whichever comes first.
 //!
 //! Before all of it, the instance claims the network namespace's ownership of its nft table
 //! ([`crate::ownership`]). When another instance owns it, this one takes over instead
@@ -67,21 +75,54 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     match end {
         End::Signal(sig) => {
-            info!(signal = sig, "removing interception and exiting");
-            serving.interception.remove().context("removing the interception")?;
+            // Withdrawing the offer closes the hand-over's copies of the listeners; a successor
+            // that has already taken it owns the rules, and they must stay.
+            let handed_over = match &serving.ownership {
+                Some(o) => o.withdraw().is_none(),
+                None => false,
+            };
+            (serving.stop_accepting)();
+            // Load balancers stop sending new connections here: /healthz and the
+            // health-check node ports answer 503 from now on (/livez stays 200).
+            serving.health.drain();
+            let open = serving.shared.open_connections();
+            info!(signal = sig, open_connections = open, grace = ?args.shutdown_grace, "stopped accepting; relaying open connections until they end or the grace runs out");
+            let drained = runtime.block_on(drain(&serving.shared, args.shutdown_grace, 1, &mut term, &mut int));
+            if handed_over {
+                info!(connections_cut = drained.left, ended_by = drained.by, "a successor took over during shutdown; exiting with the rules left in place");
+            } else {
+                serving.interception.remove().context("removing the interception")?;
+                info!(
+                    connections_drained = open.saturating_sub(drained.left),
+                    connections_cut = drained.left,
+                    ended_by = drained.by,
+                    "removed the interception; exiting"
+                );
+            }
         }
         End::HandedOver(h) => {
-            let left = runtime.block_on(drain(&serving.shared, args.shutdown_grace, &mut term, &mut int));
+            // The first signal here is usually the kubelet stopping the old pod once the new
+            // one is ready: this instance is already draining, so only a second one cuts it.
+            let drained = runtime.block_on(drain(&serving.shared, args.shutdown_grace, 2, &mut term, &mut int));
             info!(
                 listeners = h.listeners,
                 successor = crate::ownership::owner_text(h.successor_pid),
                 connections_open_at_hand_over = h.open_connections,
-                connections_cut = left,
+                connections_cut = drained.left,
+                ended_by = drained.by,
                 "handed over to a successor; exiting with the rules left in place"
             );
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How a drain ended.
+struct Drained {
+    /// Connections still open at the end (cut by the exit).
+    left: usize,
+    /// What ended it: every connection closed, the grace ran out, or a second signal.
+    by: &'static str,
 }
 
 /// How `tpvs run` ends.
@@ -92,20 +133,34 @@ enum End {
     HandedOver(crate::ownership::HandedOver),
 }
 
-/// Relays the connections still open after a hand-over until they are gone, `grace` runs out
-/// or a signal comes; returns how many were still open at the end (cut by the exit).
-async fn drain(shared: &Shared, grace: Duration, term: &mut tokio::signal::unix::Signal, int: &mut tokio::signal::unix::Signal) -> usize {
+/// Relays the connections still open (after a hand-over, or a signal with no successor) until
+/// they are gone, `grace` runs out or the `signals`-th signal comes.
+async fn drain(
+    shared: &Shared,
+    grace: Duration,
+    mut signals: usize,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> Drained {
     let deadline = tokio::time::Instant::now() + grace;
     loop {
         let open = shared.open_connections();
-        if open == 0 || tokio::time::Instant::now() >= deadline {
-            return open;
+        if open == 0 {
+            return Drained { left: 0, by: "all closed" };
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            _ = term.recv() => return shared.open_connections(),
-            _ = int.recv() => return shared.open_connections(),
+        if tokio::time::Instant::now() >= deadline {
+            return Drained { left: open, by: "grace ran out" };
         }
+        let by = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        signals = signals.saturating_sub(1);
+        if signals == 0 {
+            return Drained { left: shared.open_connections(), by };
+        }
+        info!(signal = by, open_connections = shared.open_connections(), "already draining; a second signal cuts the open connections");
     }
 }
 
@@ -113,9 +168,16 @@ async fn drain(shared: &Shared, grace: Duration, term: &mut tokio::signal::unix:
 struct Serving {
     interception: Arc<Interception>,
     shared: Arc<Shared>,
+    /// Makes the workers close their listeners (TCP and UDP); open connections keep relaying.
+    stop_accepting: StopAccepting,
+    /// What `/healthz` and the health-check node ports report.
+    health: Arc<crate::admin::healthz::ProxyHealth>,
     /// `None` only when a takeover could not claim the name after the predecessor let go.
     ownership: Option<Ownership>,
 }
+
+/// The workers' switch to stop accepting, shared by a hand-over and a shutdown.
+type StopAccepting = Arc<dyn Fn() + Send + Sync>;
 
 /// Where the routing table comes from.
 enum TableSource {
@@ -250,11 +312,12 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
         interception.sync(&publisher.current()).context("installing the nft table")?;
     }
     publisher.on_publish(interception.on_publish());
+    let health;
     match source {
         TableSource::Manifests(path) => {
             let source = ManifestSource::new(path, opts, Arc::clone(&publisher)).with_settle(args.manifests_settle);
             // Before the first publish, so health and sync metrics see it.
-            start_admin(args, &publisher, &interception, &shared, &udp, Some(source.stats()), None)?;
+            health = start_admin(args, &publisher, &interception, &shared, &udp, Some(source.stats()), None)?;
             // The first load happens inside `spawn`, on this thread, so the rules for the
             // manifests are in place when this returns; the watcher thread applies changes.
             let _watcher = source.spawn(args.manifests_poll_interval);
@@ -270,7 +333,7 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
             };
             let kube = KubeSource::spawn(args.kubeconfig.clone(), opts, Arc::clone(&publisher), config)
                 .context("starting the Kubernetes API source")?;
-            start_admin(args, &publisher, &interception, &shared, &udp, None, Some(kube.stats()))?;
+            health = start_admin(args, &publisher, &interception, &shared, &udp, None, Some(kube.stats()))?;
             // Nothing is published until every initial list is complete; /healthz says 503
             // until then, and the interception forwards nothing it does not know.
             info!("waiting for the initial Services, EndpointSlices and Node lists");
@@ -297,23 +360,26 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
         interception.spawn_checker(args.rules_check_interval).context("starting the rules check")?;
     }
     guard.commit();
+    let stop_accepting: StopAccepting = Arc::new(move || {
+        release.release();
+        if let Some(w) = &udp_workers {
+            w.wake();
+        }
+    });
     if let Some(o) = &ownership {
-        let (ic, sh, rel) = (Arc::clone(&interception), Arc::clone(&shared), release);
+        let (ic, sh, stop) = (Arc::clone(&interception), Arc::clone(&shared), Arc::clone(&stop_accepting));
         o.offer(Offer {
             listeners: offered,
             release: Box::new(move || {
                 // Rules first: nothing here may touch them once the successor owns them.
                 ic.relinquish();
-                rel.release();
-                if let Some(w) = &udp_workers {
-                    w.wake();
-                }
+                stop();
                 sh.open_connections()
             }),
         });
     }
     info!(generation = publisher.generation(), frontends = publisher.current().len(), "serving");
-    Ok(Serving { interception, shared, ownership })
+    Ok(Serving { interception, shared, stop_accepting, health, ownership })
 }
 
 /// Binds the data path's listeners (a cold start).
@@ -349,7 +415,7 @@ fn start_admin(
     udp: &Option<Arc<udp::UdpShared>>,
     manifests: Option<Arc<controlplane::SourceStats>>,
     kube: Option<Arc<controlplane::KubeSourceStats>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Arc<crate::admin::healthz::ProxyHealth>> {
     let sources = crate::admin::Sources {
         publisher: Arc::clone(publisher),
         interception: Some(Arc::clone(interception)),

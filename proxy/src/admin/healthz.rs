@@ -11,8 +11,14 @@
 //! Unlike kube-proxy, which answers healthy before its first sync, tpvs answers 503 until the
 //! first table is live: a node that has not programmed a single Service must not receive
 //! traffic from a load balancer.
+//!
+//! Like kube-proxy for a Node being deleted, a draining instance (SIGTERM with no successor:
+//! it accepts no new connection) is not eligible: `/healthz` and the health-check node ports
+//! answer 503 so load balancers steer away, while `/livez` stays 200 (the drain must not be
+//! mistaken for a hang).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use hyper::StatusCode;
@@ -37,19 +43,24 @@ struct State {
 pub struct ProxyHealth {
     state: Mutex<State>,
     timeout: Duration,
+    /// Set once the instance stops accepting (SIGTERM with no successor).
+    draining: AtomicBool,
 }
 
 /// One evaluation of the health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status {
+    /// The rules follow the published tables.
     pub healthy: bool,
+    /// The node should get new traffic: false while draining.
+    pub eligible: bool,
     pub last_updated: Option<SystemTime>,
     pub current_time: SystemTime,
 }
 
 impl ProxyHealth {
     pub fn new(timeout: Duration) -> Self {
-        ProxyHealth { state: Mutex::new(State::default()), timeout }
+        ProxyHealth { state: Mutex::new(State::default()), timeout, draining: AtomicBool::new(false) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -74,11 +85,24 @@ impl ProxyHealth {
         let pending_too_long = s
             .oldest_pending
             .is_some_and(|since| now.duration_since(since).unwrap_or_default() >= self.timeout);
-        Status { healthy: s.last_updated.is_some() && !pending_too_long, last_updated: s.last_updated, current_time: now }
+        Status {
+            healthy: s.last_updated.is_some() && !pending_too_long,
+            eligible: !self.draining.load(Ordering::Relaxed),
+            last_updated: s.last_updated,
+            current_time: now,
+        }
     }
 
+    /// This instance accepts no new connection any more: steer load balancers away.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the node should get new traffic (what `/healthz` and the health-check node
+    /// ports report).
     pub fn is_healthy(&self) -> bool {
-        self.status(SystemTime::now()).healthy
+        let st = self.status(SystemTime::now());
+        st.healthy && st.eligible
     }
 }
 
@@ -92,7 +116,8 @@ struct Healthz {
     last_updated: String,
     current_time: String,
     /// kube-proxy reports false while its Node is being deleted or drained by the
-    /// autoscaler; tpvs does not watch for that, so the node is always eligible.
+    /// autoscaler; tpvs reports false while it drains after SIGTERM (it does not watch the
+    /// Node for that).
     #[serde(skip_serializing_if = "Option::is_none")]
     node_eligible: Option<bool>,
 }
@@ -108,10 +133,11 @@ pub fn handle(health: &ProxyHealth, req: &Req) -> hyper::Response<Body> {
     let body = Healthz {
         last_updated: rfc3339(st.last_updated),
         current_time: rfc3339(Some(st.current_time)),
-        node_eligible: with_node.then_some(true),
+        node_eligible: with_node.then_some(st.eligible),
     };
     let text = serde_json::to_string(&body).unwrap_or_default();
-    let code = if st.healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let ok = st.healthy && (st.eligible || !with_node);
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let mut resp = respond(code, "application/json", text);
     resp.headers_mut().insert("X-Content-Type-Options", HeaderValue::from_static("nosniff"));
     resp
@@ -159,6 +185,13 @@ mod tests {
         assert_eq!(handle(&h, &req("/livez")).status(), StatusCode::OK);
         assert_eq!(handle(&h, &req("/other")).status(), StatusCode::NOT_FOUND);
         assert_eq!(rfc3339(None), ZERO_TIME);
+        assert_eq!(handle(&h, &req("/healthz")).status(), StatusCode::OK);
+        assert!(h.is_healthy());
+        // Draining: not eligible for new traffic, but alive.
+        h.drain();
+        assert_eq!(handle(&h, &req("/healthz")).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(handle(&h, &req("/livez")).status(), StatusCode::OK);
+        assert!(!h.is_healthy(), "health-check node ports answer 503 while draining");
         assert_eq!(rfc3339(Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1500))), "1970-01-01T00:00:01.5Z");
     }
 }

@@ -59,8 +59,9 @@ pub struct Sources {
 /// publish listener that drives health and sync metrics (call before the first publish), and
 /// starts the admin thread. The servers live as long as the process: nothing is returned to
 /// stop them, and the bound addresses are logged here.
-pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<()> {
+pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Arc<ProxyHealth>> {
     let health = Arc::new(ProxyHealth::new(args.healthz_pending_timeout));
+    let returned = Arc::clone(&health);
     let metrics = Arc::new(metrics::Metrics::new(sources.clone(), args.metrics_max_backends).context("registering metrics")?);
     let (tables_tx, tables_rx) = watch::channel(sources.publisher.current());
 
@@ -137,7 +138,8 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<()> {
     if let Some(a) = healthz_addr {
         info!(addr = %a, "health server listening (/healthz, /livez)");
     }
-    Ok(())
+    // The caller marks a drain on it.
+    Ok(returned)
 }
 
 fn metrics_routes(

@@ -38,9 +38,11 @@ pub struct RunArgs {
     /// Reset a connection after this long without traffic either way (0: never).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// After handing its listeners to a successor, how long this instance keeps relaying the
-    /// connections it still has before it exits (it exits as soon as they are gone). Below
-    /// the DaemonSet's terminationGracePeriodSeconds.
+    /// After handing its listeners to a successor, or after SIGTERM/SIGINT with none (then
+    /// no new connection is accepted, the rules stay until the end), how long this instance
+    /// keeps relaying the connections it still has before it exits (it exits as soon as they
+    /// are gone, or at a second signal). Below the DaemonSet's terminationGracePeriodSeconds,
+    /// so the kubelet's SIGKILL never comes first.
     #[arg(long, default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// Kubeconfig for the API source (used when --manifests is not given); without it, the

@@ -508,6 +508,33 @@ impl Lab {
         }
     }
 
+    /// Sends `sig` to tpvs without waiting; false when none runs.
+    pub fn signal_tpvs(&self, sig: libc::c_int) -> bool {
+        let Some(pid) = self.tpvs.as_ref().and_then(|c| libc::pid_t::try_from(c.id()).ok()) else {
+            return false;
+        };
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(pid, sig) == 0 }
+    }
+
+    /// Waits (bounded) for tpvs to exit by itself; its exit status, or None when it had to be
+    /// killed (or none ran). The lab no longer tracks it either way.
+    pub fn wait_tpvs_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.tpvs.take()?;
+        let deadline = Instant::now() + within;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+
     /// The running daemon's pid (`ip netns exec` execs it in place, so the child is tpvs).
     pub fn tpvs_pid(&self) -> Option<u32> {
         self.tpvs.as_ref().map(Child::id)
