@@ -194,20 +194,31 @@ pub fn recv_fds(stream: &UnixStream, n: usize) -> Result<Vec<OwnedFd>, ProtocolE
     Ok(out)
 }
 
+/// A control buffer for `payload` bytes of ancillary data, and its size in bytes (u64
+/// elements keep it aligned for `cmsghdr`).
+fn control_buffer(payload: usize) -> (Vec<u64>, usize) {
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
+    (vec![0u64; space.div_ceil(8)], space)
+}
+
+/// A message header carrying one data byte (`iov`) and the ancillary `control` buffer.
+fn one_byte_msghdr(iov: &mut libc::iovec, control: &mut [u64], space: usize) -> libc::msghdr {
+    // SAFETY: zeroed msghdr is a valid "no name, no data" header; fields are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    msg
+}
+
 fn sendmsg_fds(sock: RawFd, fds: &[RawFd]) -> io::Result<()> {
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
     let payload = std::mem::size_of_val(fds);
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
-    // u64 elements keep the control buffer aligned for cmsghdr.
-    let mut control = vec![0u64; space.div_ceil(8)];
-    // SAFETY: zeroed msghdr is a valid "no name, no data" header; fields are set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let (mut control, space) = control_buffer(payload);
+    let msg = one_byte_msghdr(&mut iov, &mut control, space);
     // SAFETY: the control buffer is `space` bytes, enough for one header and `payload` bytes
     // (CMSG_SPACE); CMSG_FIRSTHDR is non-null for a buffer that large.
     unsafe {
@@ -234,15 +245,8 @@ fn recvmsg_fds(sock: RawFd, max: usize) -> Result<Vec<OwnedFd>, ProtocolError> {
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
     let payload = max * std::mem::size_of::<RawFd>();
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
-    // SAFETY: as in `sendmsg_fds`.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let (mut control, space) = control_buffer(payload);
+    let mut msg = one_byte_msghdr(&mut iov, &mut control, space);
     let rc = loop {
         // SAFETY: `msg` points at live buffers for the duration of the call.
         let rc = unsafe { libc::recvmsg(sock, &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
