@@ -30,7 +30,7 @@
 //!   listeners, a sans-io flow table, batched `recvmmsg`/`sendmmsg`, eviction on table change.
 //! - [`workers`]: the one way data-path threads start (bound, then ready, then serving).
 //! - [`slots`]: budgets of open connections and flows.
-//! - [`limits`]: the process's file-descriptor limit; [`capabilities`]: the Linux
+//! - [`limits`]: the file-descriptor budget split from the process's limit; [`capabilities`]: the Linux
 //!   capabilities each feature needs, checked at start.
 //! - [`sockopt`]: TCP listener and upstream socket construction, raw socket options.
 //! - [`addrs`]: the address roles, wildcard listen addresses and the node-port filter.
