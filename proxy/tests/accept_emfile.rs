@@ -29,10 +29,6 @@ fn set_soft_nofile(soft: u64) {
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0, "{}", std::io::Error::last_os_error());
 }
 
-fn open_fds() -> u64 {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or_else(|e| panic!("/proc/self/fd: {e}"))
-}
-
 /// Whether `s` was reset or closed by the proxy within `within` (false: still open, no byte).
 fn ended_within(s: &mut TcpStream, within: Duration) -> bool {
     s.set_read_timeout(Some(within)).unwrap_or_else(|e| panic!("{e}"));
@@ -85,7 +81,8 @@ fn out_of_descriptors_the_queued_client_is_reset_not_left_hanging() {
     // Client sockets made while descriptors are plentiful: connecting one needs no new one.
     let clients: Vec<Socket> = (0..8).map(|_| Socket::new(Domain::IPV4, Type::STREAM, None).unwrap_or_else(|e| panic!("{e}"))).collect();
     let saved = nofile();
-    set_soft_nofile(open_fds() + 32);
+    let open = tpvs::limits::open_fds().unwrap_or_else(|| panic!("/proc/self/fd unreadable"));
+    set_soft_nofile(open as u64 + 32);
     // Take every descriptor left: the proxy has none for its next accept.
     let mut filler = Vec::new();
     while let Ok(f) = std::fs::File::open("/dev/null") {
