@@ -28,22 +28,14 @@ pub(super) fn collect(sources: &Sources, out: &mut Vec<MetricFamily>) {
         });
     };
     if let Some(m) = &sources.manifests {
-        let mut f = Fam::new(&spec::reloads);
-        f.value(&[], m.reloads_total.load(Relaxed) as f64);
-        out.push(f.mf);
-        let mut f = Fam::new(&spec::manifest_ok);
-        f.value(&[], m.last_reload_ok.load(Relaxed) as f64);
-        out.push(f.mf);
+        out.push(Fam::single(&spec::reloads, m.reloads_total.load(Relaxed) as f64));
+        out.push(Fam::single(&spec::manifest_ok, m.last_reload_ok.load(Relaxed) as f64));
         errors.value(&[("source", "manifests")], m.errors_total.load(Relaxed) as f64);
         merge(&m.network_programming);
     }
     if let Some(k) = &sources.kube {
-        let mut f = Fam::new(&spec::kube_events);
-        f.value(&[], k.events_total.load(Relaxed) as f64);
-        out.push(f.mf);
-        let mut f = Fam::new(&spec::kube_watch_errors);
-        f.value(&[], k.watch_errors_total.load(Relaxed) as f64);
-        out.push(f.mf);
+        out.push(Fam::single(&spec::kube_events, k.events_total.load(Relaxed) as f64));
+        out.push(Fam::single(&spec::kube_watch_errors, k.watch_errors_total.load(Relaxed) as f64));
         errors.value(&[("source", "kubernetes")], k.object_errors_total.load(Relaxed) as f64);
         merge(&k.network_programming);
     }

@@ -18,20 +18,14 @@ pub(super) fn collect(sources: &Sources, last_verdicts: &Mutex<VerdictCounts>, o
     use std::sync::atomic::Ordering::Relaxed;
     if let Some(fwd) = &sources.forward {
         let st = &fwd.stats;
-        let mut f = Fam::new(&spec::accepted);
-        f.value(&[], st.accepted.load(Relaxed) as f64);
-        out.push(f.mf);
-        let mut f = Fam::new(&spec::open);
-        f.value(&[], fwd.open_connections() as f64);
-        out.push(f.mf);
+        out.push(Fam::single(&spec::accepted, st.accepted.load(Relaxed) as f64));
+        out.push(Fam::single(&spec::open, fwd.open_connections() as f64));
         let mut f = Fam::new(&spec::rejected);
         for (reason, c) in [("no_frontend", &st.no_frontend), ("connect_failed", &st.connect_failed), ("over_limit", &st.over_limit)] {
             f.value(&[("reason", reason)], c.load(Relaxed) as f64);
         }
         out.push(f.mf);
-        let mut f = Fam::new(&spec::idle);
-        f.value(&[], st.idle_closed.load(Relaxed) as f64);
-        out.push(f.mf);
+        out.push(Fam::single(&spec::idle, st.idle_closed.load(Relaxed) as f64));
     }
     if let Some(ic) = &sources.interception {
         let counts = {
@@ -64,12 +58,8 @@ pub(super) fn collect(sources: &Sources, last_verdicts: &Mutex<VerdictCounts>, o
     // Zeros when the UDP data path is off, so dashboards and alerts see zeros rather
     // than "no data".
     let u = sources.udp.as_ref().map(|u| u.snapshot()).unwrap_or_default();
-    let mut f = Fam::new(&spec::udp_active);
-    f.value(&[], u.flows_active as f64);
-    out.push(f.mf);
-    let mut f = Fam::new(&spec::udp_created);
-    f.value(&[], u.flows_created as f64);
-    out.push(f.mf);
+    out.push(Fam::single(&spec::udp_active, u.flows_active as f64));
+    out.push(Fam::single(&spec::udp_created, u.flows_created as f64));
     let mut f = Fam::new(&spec::udp_evicted);
     f.value(&[("reason", "idle")], u.flows_expired as f64);
     f.value(&[("reason", "table_change")], u.flows_evicted as f64);
@@ -99,18 +89,14 @@ pub(super) fn collect(sources: &Sources, last_verdicts: &Mutex<VerdictCounts>, o
         f.value(&[("reason", reason)], v as f64);
     }
     out.push(f.mf);
-    let mut f = Fam::new(&spec::udp_per_source);
-    f.value(&[], sources.udp.as_ref().map_or(0, |u| u.flows.per_key()) as f64);
-    out.push(f.mf);
+    out.push(Fam::single(&spec::udp_per_source, sources.udp.as_ref().map_or(0, |u| u.flows.per_key()) as f64));
     descriptors(out);
 }
 
 /// The descriptor budget (when `tpvs run` planned one) and the descriptors open now.
 fn descriptors(out: &mut Vec<MetricFamily>) {
     if let Some(b) = crate::limits::installed() {
-        let mut f = Fam::new(&spec::fd_limit);
-        f.value(&[], b.limit as f64);
-        out.push(f.mf);
+        out.push(Fam::single(&spec::fd_limit, b.limit as f64));
         let mut f = Fam::new(&spec::fd_budget);
         for (part, n) in b.parts() {
             f.value(&[("use", part)], n as f64);
@@ -118,8 +104,6 @@ fn descriptors(out: &mut Vec<MetricFamily>) {
         out.push(f.mf);
     }
     if let Some(n) = crate::limits::open_fds() {
-        let mut f = Fam::new(&spec::fds_open);
-        f.value(&[], n as f64);
-        out.push(f.mf);
+        out.push(Fam::single(&spec::fds_open, n as f64));
     }
 }

@@ -62,6 +62,13 @@ impl Fam {
         m
     }
 
+    /// A family of one unlabelled sample.
+    pub(super) fn single(spec: &Spec, v: f64) -> MetricFamily {
+        let mut f = Fam::new(spec);
+        f.value(&[], v);
+        f.mf
+    }
+
     /// One counter or gauge sample, as the family's type says.
     pub(super) fn value(&mut self, labels: Labels<'_>, v: f64) {
         let mut m = Self::metric(labels);
