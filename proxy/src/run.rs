@@ -274,9 +274,17 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
     // A successor's workers hold the predecessor's listeners but wait at the gate until the
     // predecessor has let go: until then every connection is the predecessor's, and the
     // kernel queues SYNs and datagrams on the shared sockets meanwhile.
+    // A cold start's workers wait likewise until the first table is published: over the
+    // rules a killed instance left, SYNs reach the new listeners at once, and a worker without
+    // a table would reset them for want of a frontend; queued, they are served a moment later.
     let (listeners, gate) = match takeover.as_mut() {
         Some((_, set)) => (std::mem::take(set), Gate::closed()),
-        None => (bind_listeners(args, workers)?, Gate::open()),
+        None => {
+            let gate = Gate::closed();
+            let g = gate.clone();
+            publisher.on_publish(move |_| g.lift());
+            (bind_listeners(args, workers)?, gate)
+        }
     };
     let offered = listeners.try_clone().context("duplicating the listeners for a later hand-over")?;
     let release = Release::default();
@@ -304,12 +312,27 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
         // since they are the predecessor's until it lets go.
         interception.adopt_routing();
     } else {
-        let ic = Arc::clone(&interception);
-        guard.on_failure("policy routing", move || Ok(ic.remove_routing()?));
-        interception.install_routing().context("installing the policy routing")?;
-        let ic = Arc::clone(&interception);
-        guard.on_failure("nft table", move || Ok(ic.remove_table()?));
-        interception.sync(&publisher.current()).context("installing the nft table")?;
+        let leftover = interception.leftover().context("looking for rules a previous instance left")?;
+        if let Some(left) = leftover {
+            // A killed instance's table: kept as it is until this instance's first table
+            // replaces it in one transaction. Replacing it with an empty one now would let
+            // Service traffic be routed on (out of the node) until then; kept, a SYN meets
+            // either the new listeners or the drop for want of one, and is retransmitted.
+            info!(table = %args.interception.nft_table, routing_complete = left.routing, "adopting the nft table and policy routes a previous instance left (killed or crashed)");
+        }
+        if leftover.is_some_and(|l| l.routing) {
+            interception.adopt_routing();
+        } else {
+            let ic = Arc::clone(&interception);
+            guard.on_failure("policy routing", move || Ok(ic.remove_routing()?));
+            interception.install_routing().context("installing the policy routing")?;
+        }
+        // A start-up that fails undoes what it installed, and leaves a table it found.
+        if leftover.is_none() {
+            let ic = Arc::clone(&interception);
+            guard.on_failure("nft table", move || Ok(ic.remove_table()?));
+            interception.sync(&publisher.current()).context("installing the nft table")?;
+        }
     }
     publisher.on_publish(interception.on_publish());
     let health;

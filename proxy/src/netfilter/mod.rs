@@ -51,6 +51,13 @@ struct State {
     closed: bool,
 }
 
+/// The interception a killed instance left behind ([`Interception::leftover`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leftover {
+    /// The policy-routing rule and route are both in place for every family.
+    pub routing: bool,
+}
+
 /// Counters for the sync (exported as kube-proxy's sync metrics by the admin endpoint).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SyncStats {
@@ -122,6 +129,15 @@ impl Interception {
     /// window without it); the periodic check re-installs it if it is missing.
     pub fn adopt_routing(&self) {
         self.state().routing = true;
+    }
+
+    /// What a previous instance that was killed (or crashed) left in place: its nft table,
+    /// and whether its policy routing is complete. `None`: no table, a fresh node.
+    pub fn leftover(&self) -> Result<Option<Leftover>, CommandError> {
+        if counters::list(&self.rules.table)?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Leftover { routing: command::routing_present(self.routing)? }))
     }
 
     /// A successor owns the rules now: from here on this instance neither syncs, checks nor

@@ -14,6 +14,9 @@
 //!   3. `socket transparent 1 → mark`: the reply path of upstream sockets bound to a client's
 //!      address (Local policy), so replies addressed to that foreign IP are routed to the
 //!      local socket by the policy-routing rule instead of being forwarded.
+//!   A Service packet the `tproxy` statement cannot hand to a listener (none listens: a
+//!   restart after a crash, a SIGTERM drain) is dropped in `no_listener`, never routed on:
+//!   the client retransmits its SYN and connects once a listener is back.
 //! - `output` (route hook): packets the node itself sends to a Service VIP get the mark, are
 //!   re-routed to `lo` by the same policy-routing rule and meet `prerouting` like any other
 //!   client's packets.
@@ -229,16 +232,26 @@ pub fn render(plan: &Plan, cfg: &RulesetConfig) -> String {
     let _ = writeln!(s, "\t\tip6 daddr . meta l4proto . th dport @local6 meta mark set {mark}");
     let _ = writeln!(s, "\t}}");
 
+    // A `tproxy` statement that finds no socket (no listener: tpvs is restarting after a crash,
+    // or draining after SIGTERM) does not match, and the packet would go on to be routed: out
+    // of the node's default route for a ClusterIP, or answered with a reset for the node's own
+    // connections. `no_listener` drops it instead, so the client retransmits its SYN (1 s,
+    // 3 s, …) and connects once a listener is back. Only a Service's own traffic comes here.
     let _ = writeln!(s, "\tchain tproxy_tcp {{");
     let _ = writeln!(s, "\t\tmeta nfproto ipv4 meta l4proto tcp tproxy ip to 127.0.0.1:{} meta mark set {mark} accept", cfg.tcp_port);
     let _ = writeln!(s, "\t\tmeta nfproto ipv6 meta l4proto tcp tproxy ip6 to [::1]:{} meta mark set {mark} accept", cfg.tcp_port);
+    let _ = writeln!(s, "\t\tgoto no_listener");
     let _ = writeln!(s, "\t}}");
     if let Some(udp) = cfg.udp_port {
         let _ = writeln!(s, "\tchain tproxy_udp {{");
         let _ = writeln!(s, "\t\tmeta nfproto ipv4 meta l4proto udp tproxy ip to 127.0.0.1:{udp} meta mark set {mark} accept");
         let _ = writeln!(s, "\t\tmeta nfproto ipv6 meta l4proto udp tproxy ip6 to [::1]:{udp} meta mark set {mark} accept");
+        let _ = writeln!(s, "\t\tgoto no_listener");
         let _ = writeln!(s, "\t}}");
     }
+    let _ = writeln!(s, "\tchain no_listener {{");
+    let _ = writeln!(s, "\t\tcounter drop");
+    let _ = writeln!(s, "\t}}");
     // Refusals and drops happen here in the kernel, never reaching tpvs: each chain starts
     // with a counter the metrics exporter reads (see `counters`).
     let _ = writeln!(s, "\tchain refuse {{");
@@ -364,6 +377,10 @@ table inet tpvs {
 \tchain tproxy_tcp {
 \t\tmeta nfproto ipv4 meta l4proto tcp tproxy ip to 127.0.0.1:15001 meta mark set 0x7470 accept
 \t\tmeta nfproto ipv6 meta l4proto tcp tproxy ip6 to [::1]:15001 meta mark set 0x7470 accept
+\t\tgoto no_listener
+\t}
+\tchain no_listener {
+\t\tcounter drop
 \t}
 \tchain refuse {
 \t\tcounter
@@ -428,6 +445,7 @@ table inet tpvs {
             "\tchain tproxy_udp {
 \t\tmeta nfproto ipv4 meta l4proto udp tproxy ip to 127.0.0.1:15002 meta mark set 0x7470 accept
 \t\tmeta nfproto ipv6 meta l4proto udp tproxy ip6 to [::1]:15002 meta mark set 0x7470 accept
+\t\tgoto no_listener
 \t}
 "
         );

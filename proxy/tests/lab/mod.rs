@@ -164,6 +164,18 @@ impl Drop for Server {
     }
 }
 
+/// A TCP socket from namespace `ns`, connected to `dst` (5 s read and write timeouts).
+pub fn connect_in(ns: &str, dst: &str, timeout: Duration) -> io::Result<TcpStream> {
+    let dst: SocketAddr = dst.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, dst.to_string()))?;
+    let domain = if dst.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let sock = in_netns(ns, || socket2::Socket::new(domain, socket2::Type::STREAM, None))?;
+    sock.connect_timeout(&dst.into(), timeout)?;
+    let stream: TcpStream = sock.into();
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    Ok(stream)
+}
+
 /// What a backend said on connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
@@ -553,14 +565,7 @@ impl Lab {
 
     /// A TCP socket from the client namespace, connected to `dst`.
     pub fn connect_from(&self, ns: &str, dst: &str, timeout: Duration) -> io::Result<TcpStream> {
-        let dst: SocketAddr = dst.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, dst.to_string()))?;
-        let domain = if dst.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-        let sock = in_netns(ns, || socket2::Socket::new(domain, socket2::Type::STREAM, None))?;
-        sock.connect_timeout(&dst.into(), timeout)?;
-        let stream: TcpStream = sock.into();
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-        Ok(stream)
+        connect_in(ns, dst, timeout)
     }
 
     /// Opens a connection from the client and reads the backend's hello.
