@@ -15,14 +15,21 @@
 //! ```text
 //! successor                         running instance (predecessor)
 //!     connect  ──────────────────▶
-//!              ◀──────────────────  Hello { pid, binary, flags }
-//!     TakeOver { binary, flags } ─▶   (version and flags checked: Refused { reason } ends it)
+//!              ◀──────────────────  Hello { pid, binary, flags, instance, replaced }
+//!     TakeOver { binary, flags,   ─▶   (version, flags and instance checked: Refused { reason }
+//!                instance }             ends it)
 //!              ◀──────────────────  Listeners { tcp, udp } + SCM_RIGHTS (every listener)
 //!   workers start on those sockets, table published, rules re-synced (adopted, not re-made)
 //!     Ready  ────────────────────▶    stops accepting, closes its copies, frees the name
 //!              ◀──────────────────  Released { open_connections }
 //!   binds the name; is the owner      drains its open connections, exits 0, rules kept
 //! ```
+//!
+//! Instance identities (`--instance-id`, the pod's UID in the DaemonSet) stop a ping-pong: an
+//! old pod's container that exits 0 after handing over is restarted by the kubelet, and would
+//! take the node back from the new pod. The owner remembers who handed over to it (and to its
+//! predecessors: `replaced`), refuses a takeover from any of them, and the refused instance
+//! stands by, owning nothing, until it is stopped.
 //!
 //! The predecessor gives up nothing before `Ready`: a successor that fails, hangs or lies
 //! before that leaves it serving as before. A probe (`tpvs cleanup`) reads the hello and
@@ -42,7 +49,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the hand-over protocol. Bump it for any change in the messages' meaning; both
 /// sides refuse a version they do not speak.
-pub const PROTOCOL: u8 = 2;
+pub const PROTOCOL: u8 = 3;
 
 /// Largest frame body accepted (a hello with the longest flags is well under 1 KiB).
 pub const MAX_FRAME: u32 = 64 * 1024;
@@ -98,10 +105,20 @@ pub enum Message {
         pid: u32,
         binary: String,
         flags: Flags,
+        /// The owner's `--instance-id` (empty: none given).
+        #[serde(default)]
+        instance: String,
+        /// The instances that handed over to the owner, directly or through its
+        /// predecessors (most recent last): none of them may take over again.
+        #[serde(default)]
+        replaced: Vec<String>,
     },
     TakeOver {
         binary: String,
         flags: Flags,
+        /// The successor's `--instance-id` (empty: none given, never refused for it).
+        #[serde(default)]
+        instance: String,
     },
     Refused {
         reason: String,
@@ -324,7 +341,7 @@ mod tests {
     #[test]
     fn messages_round_trip_and_differences_name_the_flag() {
         let (mut a, mut b) = UnixStream::pair().unwrap_or_else(|e| panic!("{e}"));
-        let msg = Message::Hello { pid: 7, binary: binary_version(), flags: flags() };
+        let msg = Message::Hello { pid: 7, binary: binary_version(), flags: flags(), instance: "pod-a".into(), replaced: vec!["pod-0".into()] };
         write_message(&mut a, &msg).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(read_message(&mut b).ok(), Some(msg));
         let other = Flags { fwmark: 0x2, workers: 4, ..flags() };
@@ -335,7 +352,7 @@ mod tests {
     #[test]
     fn bad_frames_are_clear_errors() {
         let cases: [(&[u8], &str); 4] = [
-            (&[1, 0, 0, 0, 0], "version 1"),
+            (&[2, 0, 0, 0, 0], "version 2"),
             (&[PROTOCOL, 255, 255, 255, 255], "over the"),
             (&[PROTOCOL, 3, 0, 0, 0, b'{', b'x', b'}'], "malformed"),
             (&[PROTOCOL, 9, 0, 0, 0, b'{'], "failed to fill whole buffer"),

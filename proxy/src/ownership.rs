@@ -56,6 +56,40 @@ pub(crate) fn address(table: &str) -> std::io::Result<SocketAddr> {
     SocketAddr::from_abstract_name(lock_name(table).as_bytes())
 }
 
+/// Who this instance is (`--instance-id`) and which instances it replaced: a takeover from
+/// one of those is refused (a restarted container of an old pod must not take the node back).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Empty: none given; such an instance is never refused for who it is.
+    pub instance: String,
+    /// Most recent last, at most [`REMEMBERED`].
+    pub replaced: Vec<String>,
+}
+
+/// How many replaced instances an owner remembers (through its predecessors too): far more
+/// than the pods a rollout can leave on one node.
+pub const REMEMBERED: usize = 16;
+
+impl Identity {
+    pub fn new(instance: &str) -> Identity {
+        Identity { instance: instance.to_string(), replaced: Vec::new() }
+    }
+
+    /// This instance after taking over from `predecessor`, which had replaced `theirs`.
+    pub fn succeeding(&self, predecessor: &str, theirs: &[String]) -> Identity {
+        let mut replaced: Vec<String> = theirs.iter().chain(std::iter::once(&predecessor.to_string())).filter(|i| !i.is_empty()).cloned().collect();
+        replaced.dedup();
+        let excess = replaced.len().saturating_sub(REMEMBERED);
+        replaced.drain(..excess);
+        Identity { instance: self.instance.clone(), replaced }
+    }
+
+    /// Whether `instance` handed over to this one (or to a predecessor of it).
+    pub fn replaced(&self, instance: &str) -> bool {
+        !instance.is_empty() && self.replaced.iter().any(|r| r == instance)
+    }
+}
+
 /// What a running instance can give a successor, set once it serves.
 pub struct Offer {
     /// Second descriptors of the workers' listeners.
@@ -90,23 +124,23 @@ impl Ownership {
     /// Claims `table` for this process, or says who holds it. On success a thread answers
     /// probes and successors until the table is handed over (the socket is never closed
     /// before that or exit: the name must not be free while this instance owns the rules).
-    pub fn claim(flags: &Flags) -> Result<Ownership, OwnershipError> {
+    pub fn claim(flags: &Flags, identity: &Identity) -> Result<Ownership, OwnershipError> {
         let table = flags.nft_table.as_str();
         match Self::bind(table)? {
-            Some(listener) => Self::serve(listener, flags),
+            Some(listener) => Self::serve(listener, flags, identity),
             None => Err(OwnershipError::Taken { table: table.to_string(), pid: owner(table).ok().flatten().and_then(|o| o.pid) }),
         }
     }
 
     /// Claims `table` once its owner has handed it over and frees the name (it does so right
     /// after confirming the release): retries for up to `within`.
-    pub fn claim_within(flags: &Flags, within: Duration) -> Result<Ownership, OwnershipError> {
+    pub fn claim_within(flags: &Flags, identity: &Identity, within: Duration) -> Result<Ownership, OwnershipError> {
         let deadline = std::time::Instant::now() + within;
         loop {
             match Self::bind(&flags.nft_table)? {
-                Some(listener) => return Self::serve(listener, flags),
+                Some(listener) => return Self::serve(listener, flags, identity),
                 None if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-                None => return Self::claim(flags),
+                None => return Self::claim(flags, identity),
             }
         }
     }
@@ -122,13 +156,13 @@ impl Ownership {
         }
     }
 
-    fn serve(listener: UnixListener, flags: &Flags) -> Result<Ownership, OwnershipError> {
+    fn serve(listener: UnixListener, flags: &Flags, identity: &Identity) -> Result<Ownership, OwnershipError> {
         let table = flags.nft_table.as_str();
         let io = |source| OwnershipError::Io { table: table.to_string(), source };
         let offer: Arc<Mutex<Option<Offer>>> = Arc::default();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (o, f) = (Arc::clone(&offer), flags.clone());
-        std::thread::Builder::new().name("tpvs-owner".into()).spawn(move || answer(listener, f, o, tx)).map_err(io)?;
+        let (o, f, id) = (Arc::clone(&offer), flags.clone(), identity.clone());
+        std::thread::Builder::new().name("tpvs-owner".into()).spawn(move || answer(listener, f, id, o, tx)).map_err(io)?;
         Ok(Ownership { table: table.to_string(), offer, handed: Some(rx) })
     }
 
@@ -190,8 +224,14 @@ pub fn owner(table: &str) -> std::io::Result<Option<Owner>> {
 }
 
 /// Accepts probes and successors until one successor has taken over; then frees the name.
-fn answer(listener: UnixListener, flags: Flags, offer: Arc<Mutex<Option<Offer>>>, done: tokio::sync::oneshot::Sender<HandedOver>) {
-    let hello = Message::Hello { pid: std::process::id(), binary: handover::binary_version(), flags: flags.clone() };
+fn answer(listener: UnixListener, flags: Flags, identity: Identity, offer: Arc<Mutex<Option<Offer>>>, done: tokio::sync::oneshot::Sender<HandedOver>) {
+    let hello = Message::Hello {
+        pid: std::process::id(),
+        binary: handover::binary_version(),
+        flags: flags.clone(),
+        instance: identity.instance.clone(),
+        replaced: identity.replaced.clone(),
+    };
     for conn in listener.incoming() {
         let mut stream = match conn {
             Ok(s) => s,
@@ -202,7 +242,7 @@ fn answer(listener: UnixListener, flags: Flags, offer: Arc<Mutex<Option<Offer>>>
             }
         };
         let peer = handover::peer_cred(&stream);
-        match serve_peer(&mut stream, &hello, &flags, &offer, peer) {
+        match serve_peer(&mut stream, &hello, &flags, &identity, &offer, peer) {
             Ok(Some(handed)) => {
                 info!(
                     successor = owner_text(handed.successor_pid),
@@ -229,6 +269,7 @@ fn serve_peer(
     stream: &mut UnixStream,
     hello: &Message,
     flags: &Flags,
+    identity: &Identity,
     offer: &Mutex<Option<Offer>>,
     peer: Option<libc::ucred>,
 ) -> Result<Option<HandedOver>, String> {
@@ -242,12 +283,18 @@ fn serve_peer(
         Err(e) => return Err(format!("bad request on the hand-over socket: {e}")),
         Ok(m) => m,
     };
-    let Message::TakeOver { binary, flags: theirs } = request else {
+    let Message::TakeOver { binary, flags: theirs, instance } = request else {
         return Err(format!("unexpected message on the hand-over socket: {request:?}"));
     };
     let uid = peer.map(|c| c.uid);
     if !uid.is_some_and(handover::may_take_over) {
         return Err(format!("a takeover from uid {} is refused: only the same user or root may take over", uid.map_or("unknown".into(), |u| u.to_string())));
+    }
+    if identity.replaced(&instance) {
+        return Err(format!(
+            "instance {instance:?} already handed over to this one (instance {:?}) and is being replaced; it may not take over again",
+            identity.instance
+        ));
     }
     let differences = flags.differences(&theirs);
     if !differences.is_empty() {
@@ -301,13 +348,29 @@ mod tests {
     #[test]
     fn a_second_claim_fails_naming_the_owner_pid() {
         let table = unique("second");
-        let first = Ownership::claim(&flags(&table)).unwrap_or_else(|e| panic!("{e}"));
+        let first = Ownership::claim(&flags(&table), &Identity::default()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(first.table(), table);
-        let err = Ownership::claim(&flags(&table)).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = Ownership::claim(&flags(&table), &Identity::default()).err().map(|e| e.to_string()).unwrap_or_default();
         let pid = std::process::id();
         assert!(err.contains("another tpvs owns nft table") && err.contains(&format!("pid {pid}")), "{err}");
         let o = owner(&table).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(o, Some(Owner { pid: Some(pid), version: Some(HELLO_VERSION) }));
+    }
+
+    #[test]
+    fn a_successor_remembers_its_predecessors_and_no_anonymous_one() {
+        let b = Identity::new("pod-b").succeeding("pod-a", &[]);
+        assert_eq!(b.replaced, ["pod-a"]);
+        assert!(b.replaced("pod-a") && !b.replaced("pod-b") && !b.replaced(""));
+        // C replaced B, which had replaced A: neither may come back.
+        let c = Identity::new("pod-c").succeeding("pod-b", &b.replaced);
+        assert_eq!(c.replaced, ["pod-a", "pod-b"]);
+        // An instance without an id is never remembered, so never refused.
+        assert_eq!(Identity::new("x").succeeding("", &[]).replaced, Vec::<String>::new());
+        let many: Vec<String> = (0..40).map(|i| format!("pod-{i}")).collect();
+        let d = Identity::new("pod-d").succeeding("pod-40", &many);
+        assert_eq!(d.replaced.len(), REMEMBERED);
+        assert_eq!(d.replaced.last().map(String::as_str), Some("pod-40"));
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::forward::{self, ForwardConfig, Shared};
 use crate::handover::Flags;
 use crate::listeners::{Gate, ListenerSet, Pair, Release};
 use crate::netfilter::{Interception, RulesetConfig};
-use crate::ownership::{Offer, Ownership, OwnershipError};
+use crate::ownership::{Identity, Offer, Ownership, OwnershipError};
 use crate::startup_guard::StartupGuard;
 use crate::takeover;
 use crate::udp;
@@ -58,7 +58,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let _ctx = runtime.enter();
         (signal(SignalKind::terminate()).context("SIGTERM handler")?, signal(SignalKind::interrupt()).context("SIGINT handler")?)
     };
-    let mut serving = start(&args, source)?;
+    let mut serving = match start(&args, source) {
+        Ok(s) => s,
+        Err(e) => match e.downcast_ref::<takeover::TakeoverError>() {
+            Some(takeover::TakeoverError::Replaced { pid, reason }) => {
+                // An old pod's container restarted after handing over: taking the node back
+                // would start a ping-pong with the new pod, and exiting would only be restarted
+                // again. It holds nothing (no listener, no rule, no admin port: the owner
+                // answers the node's probes) until the pod is deleted.
+                warn!(owner = pid, %reason, "this instance was replaced: standing by, owning nothing, until stopped");
+                let sig = runtime.block_on(async {
+                    tokio::select! {
+                        _ = term.recv() => "SIGTERM",
+                        _ = int.recv() => "SIGINT",
+                    }
+                });
+                info!(signal = sig, "stopped while standing by; exiting");
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ => return Err(e),
+        },
+    };
     let handed = serving.ownership.as_mut().and_then(Ownership::handed_over);
     let end = runtime.block_on(async {
         let handed = async {
@@ -204,13 +224,14 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
         udp_proxy_port: args.udp_proxy_port,
         workers,
     };
+    let identity = Identity::new(&args.instance_id);
     // Either this instance owns the table from the start, or a running one hands it over.
-    let (mut ownership, mut takeover) = match Ownership::claim(&flags) {
+    let (mut ownership, mut takeover) = match Ownership::claim(&flags, &identity) {
         Ok(o) => (Some(o), None),
-        Err(OwnershipError::Taken { .. }) => match takeover::begin(&flags)? {
+        Err(OwnershipError::Taken { .. }) => match takeover::begin(&flags, &identity)? {
             Some(t) => (None, Some(t)),
             // The owner left between the two looks.
-            None => (Some(Ownership::claim(&flags)?), None),
+            None => (Some(Ownership::claim(&flags, &identity)?), None),
         },
         Err(e) => return Err(e.into()),
     };

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use crate::handover::{self, Flags, Message, ProtocolError};
 use crate::listeners::ListenerSet;
-use crate::ownership::{self, Ownership};
+use crate::ownership::{self, Identity, Ownership};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TakeoverError {
@@ -29,6 +29,10 @@ pub enum TakeoverError {
     },
     #[error("the running tpvs (pid {pid}) sent listeners that are not ours: {what}")]
     Listeners { pid: u32, what: String },
+    /// This instance handed over to the running one (or to a predecessor of it) and is being
+    /// replaced: it must not take the node back, only stand by.
+    #[error("the running tpvs (pid {pid}) refused the takeover: {reason}")]
+    Replaced { pid: u32, reason: String },
 }
 
 /// A takeover in progress: the listeners are ours to serve on, the predecessor still serves.
@@ -37,6 +41,8 @@ pub struct Takeover {
     stream: UnixStream,
     pub predecessor: u32,
     pub predecessor_binary: String,
+    /// What this instance will be once it owns the table (it remembers the predecessor).
+    pub identity: Identity,
 }
 
 /// The predecessor's confirmation that it let go.
@@ -47,7 +53,7 @@ pub struct Released {
 
 /// Connects to the owner of `flags.nft_table` and receives its listeners. `Ok(None)`: nobody
 /// owns the table (start cold). Every error leaves the running instance as it was.
-pub fn begin(flags: &Flags) -> Result<Option<(Takeover, ListenerSet)>, TakeoverError> {
+pub fn begin(flags: &Flags, identity: &Identity) -> Result<Option<(Takeover, ListenerSet)>, TakeoverError> {
     let table = flags.nft_table.clone();
     let proto = |source: ProtocolError| TakeoverError::Protocol { table: table.clone(), source };
     let addr = ownership::address(&table).map_err(|e| proto(e.into()))?;
@@ -58,8 +64,8 @@ pub fn begin(flags: &Flags) -> Result<Option<(Takeover, ListenerSet)>, TakeoverE
     };
     stream.set_read_timeout(Some(handover::STEP_TIMEOUT)).map_err(|e| proto(e.into()))?;
     stream.set_write_timeout(Some(handover::STEP_TIMEOUT)).map_err(|e| proto(e.into()))?;
-    let (pid, binary, theirs) = match handover::read_message(&mut stream).map_err(proto)? {
-        Message::Hello { pid, binary, flags } => (pid, binary, flags),
+    let (pid, binary, theirs, successor) = match handover::read_message(&mut stream).map_err(proto)? {
+        Message::Hello { pid, binary, flags, instance, replaced } => (pid, binary, flags, identity.succeeding(&instance, &replaced)),
         other => {
             return Err(proto(ProtocolError::Io(std::io::Error::other(format!("expected a hello, got {other:?}")))));
         }
@@ -69,9 +75,11 @@ pub fn begin(flags: &Flags) -> Result<Option<(Takeover, ListenerSet)>, TakeoverE
         return Err(TakeoverError::Flags { pid, differences });
     }
     info!(predecessor = pid, predecessor_binary = %binary, "taking over from the running tpvs");
-    handover::write_message(&mut stream, &Message::TakeOver { binary: handover::binary_version(), flags: flags.clone() }).map_err(proto)?;
+    let request = Message::TakeOver { binary: handover::binary_version(), flags: flags.clone(), instance: identity.instance.clone() };
+    handover::write_message(&mut stream, &request).map_err(proto)?;
     let (tcp, udp) = match handover::read_message(&mut stream).map_err(proto)? {
         Message::Listeners { tcp, udp } => (tcp, udp),
+        Message::Refused { reason } if successor.replaced(&identity.instance) => return Err(TakeoverError::Replaced { pid, reason }),
         Message::Refused { reason } => return Err(TakeoverError::Refused { pid, reason }),
         other => {
             return Err(proto(ProtocolError::Io(std::io::Error::other(format!("expected listeners, got {other:?}")))));
@@ -88,7 +96,7 @@ pub fn begin(flags: &Flags) -> Result<Option<(Takeover, ListenerSet)>, TakeoverE
             what: format!("{} TCP and {} UDP listener pairs for {} workers", set.tcp.len(), set.udp.len(), flags.workers),
         });
     }
-    Ok(Some((Takeover { stream, predecessor: pid, predecessor_binary: binary }, set)))
+    Ok(Some((Takeover { stream, predecessor: pid, predecessor_binary: binary, identity: successor }, set)))
 }
 
 /// Each received descriptor must be a listening socket of the right kind on our port.
@@ -135,7 +143,7 @@ impl Takeover {
             }
         };
         // The predecessor frees the name right after Released.
-        Ok((released, Ownership::claim_within(flags, CLAIM_WITHIN)))
+        Ok((released, Ownership::claim_within(flags, &self.identity, CLAIM_WITHIN)))
     }
 }
 
@@ -164,7 +172,7 @@ mod tests {
     }
 
     fn error(flags: &Flags) -> String {
-        match begin(flags) {
+        match begin(flags, &Identity::default()) {
             Ok(_) => String::from("took over"),
             Err(e) => e.to_string(),
         }
@@ -172,7 +180,7 @@ mod tests {
 
     #[test]
     fn nobody_to_take_over_from_is_a_cold_start() {
-        assert!(matches!(begin(&flags(&format!("test-{}-nobody", std::process::id()))), Ok(None)));
+        assert!(matches!(begin(&flags(&format!("test-{}-nobody", std::process::id())), &Identity::default()), Ok(None)));
     }
 
     #[test]
@@ -182,7 +190,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(200));
         });
         let e = error(&f);
-        assert!(e.contains("the peer speaks hand-over protocol version 9; this binary speaks 2"), "{e}");
+        assert!(e.contains("the peer speaks hand-over protocol version 9; this binary speaks 3"), "{e}");
     }
 
     #[test]
@@ -190,7 +198,7 @@ mod tests {
         let f = fake_owner("flags", |mut s| {
             let Ok(table) = ownership_table(&s) else { return };
             let theirs = Flags { fwmark: 0x1, ..flags(&table) };
-            let _ = handover::write_message(&mut s, &Message::Hello { pid: 42, binary: "0.0.0".into(), flags: theirs });
+            let _ = handover::write_message(&mut s, &Message::Hello { pid: 42, binary: "0.0.0".into(), flags: theirs, instance: String::new(), replaced: Vec::new() });
             std::thread::sleep(Duration::from_millis(200));
         });
         let e = error(&f);
@@ -201,7 +209,7 @@ mod tests {
     fn listeners_that_are_not_ours_are_refused() {
         let f = fake_owner("wrong", |mut s| {
             let Ok(table) = ownership_table(&s) else { return };
-            let _ = handover::write_message(&mut s, &Message::Hello { pid: 42, binary: "x".into(), flags: flags(&table) });
+            let _ = handover::write_message(&mut s, &Message::Hello { pid: 42, binary: "x".into(), flags: flags(&table), instance: String::new(), replaced: Vec::new() });
             if !matches!(handover::read_message(&mut s), Ok(Message::TakeOver { .. })) {
                 return;
             }

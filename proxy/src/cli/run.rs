@@ -45,6 +45,12 @@ pub struct RunArgs {
     /// so the kubelet's SIGKILL never comes first.
     #[arg(long, default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Who this instance is, for hand-overs: an instance that handed over may not take over
+    /// again from its successor (or theirs); refused, it stands by owning nothing until
+    /// stopped. The DaemonSet passes the pod's UID, the same across restarts of the pod's
+    /// container and different for every new pod. Empty (the default): never refused.
+    #[arg(long, value_name = "ID", env = "TPVS_INSTANCE_ID", default_value = "")]
+    pub instance_id: String,
     /// Kubeconfig for the API source (used when --manifests is not given); without it, the
     /// in-cluster service account, then KUBECONFIG / ~/.kube/config.
     #[arg(long, value_name = "PATH")]

@@ -176,6 +176,23 @@ pub fn connect_in(ns: &str, dst: &str, timeout: Duration) -> io::Result<TcpStrea
     Ok(stream)
 }
 
+/// Waits (bounded) for `child` (a tpvs the lab no longer tracks) to exit by itself; its exit
+/// status, or None when it had to be killed.
+pub fn wait_child(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
 /// What a backend said on connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {

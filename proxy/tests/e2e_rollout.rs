@@ -1,0 +1,95 @@
+//! A DaemonSet rollout on one node, against the real `tpvs run` in the namespace lab, under the
+//! DaemonSet's capability set: the new pod's instance takes over from the old pod's, whose
+//! container then exits 0 and is restarted by the kubelet (`restartPolicy: Always`) until the
+//! DaemonSet controller deletes the pod. The restarted old instance must not take the node
+//! back: it is refused and stands by, owning nothing, until stopped. Root and
+//! nftables/iproute2 required (or `TPVS_SKIP_E2E=1`).
+
+mod lab;
+
+use std::process::Child;
+use std::time::Duration;
+
+use lab::{Lab, Privileges, Svc, lab, manifests, wait_child};
+
+const VIP: &str = "10.96.0.10:80";
+
+fn start(instance: &str) -> Option<Lab> {
+    let mut lab = lab(1, &[0])?;
+    lab.privileges = Privileges::DaemonSet;
+    lab.write_manifests(&manifests(&[Svc::new("web", "10.96.0.10").endpoint("10.1.0.2", "node1")]));
+    as_instance(&mut lab, instance);
+    lab.start_tpvs(&[]);
+    lab.wait_serving(VIP);
+    Some(lab)
+}
+
+/// The next `tpvs run` gets `--instance-id` from the environment, as the DaemonSet passes
+/// the pod's UID.
+fn as_instance(lab: &mut Lab, instance: &str) {
+    lab.wrapper = vec!["env".into(), format!("TPVS_INSTANCE_ID={instance}")];
+}
+
+/// Starts the instance of pod `instance` beside the tracked one; returns the one it replaces.
+fn successor(lab: &mut Lab, instance: &str) -> Child {
+    as_instance(lab, instance);
+    lab.start_successor(&[]).unwrap_or_else(|| panic!("no running instance"))
+}
+
+/// Listening sockets (TCP and UDP) held by process `pid` in the node's namespace.
+fn listening(lab: &Lab, pid: u32) -> Vec<String> {
+    let out = lab.node_sh(&["ss", "-Hltunp"]).unwrap_or_default();
+    out.lines().filter(|l| l.contains(&format!("pid={pid},"))).map(str::to_string).collect()
+}
+
+/// What `tpvs cleanup` says about the owner of the table (it refuses while one runs).
+fn owner(lab: &Lab) -> String {
+    match lab.node_sh(&[env!("CARGO_BIN_EXE_tpvs"), "cleanup"]) {
+        Ok(out) => format!("nobody (cleanup ran: {out})"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn a_restarted_old_instance_is_refused_and_stands_by_while_the_new_one_serves() {
+    let Some(mut lab) = start("pod-x") else { return };
+    // The new pod starts beside the old one: Y takes over, X exits 0.
+    let mut x = successor(&mut lab, "pod-y");
+    let status = wait_child(&mut x, Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "X must hand over and exit 0: {status:?}\n{}", lab.tpvs_log_of(0));
+    let y_pid = lab.tpvs_pid().unwrap_or_default();
+
+    // The kubelet restarts the old pod's container: X again, with the pod's UID.
+    let mut y = successor(&mut lab, "pod-x");
+    let x_again = lab.tpvs_pid().unwrap_or_default();
+    let standing = lab.wait_for(Duration::from_secs(10), || lab.tpvs_log_of(2).contains("standing by, owning nothing").then_some(()));
+    assert!(standing.is_some(), "the restarted X did not stand by:\n{}", lab.tpvs_log_of(2));
+    let log = lab.tpvs_log_of(2);
+    assert!(
+        log.contains(r#"instance "pod-x" already handed over to this one (instance "pod-y") and is being replaced"#),
+        "the refusal names both instances:\n{log}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(matches!(y.try_wait(), Ok(None)), "Y must keep running:\n{}", lab.tpvs_log_of(1));
+    assert_eq!(listening(&lab, x_again), Vec::<String>::new(), "the standing-by X holds a listening socket");
+    assert!(owner(&lab).contains(&format!("pid {y_pid}")), "Y must still own the table: {}", owner(&lab));
+    assert!(lab.tpvs_log_of(1).contains("a takeover was refused or failed; still serving"), "{}", lab.tpvs_log_of(1));
+    for _ in 0..5 {
+        lab.hello(VIP).unwrap_or_else(|e| panic!("Y stopped serving beside the standing-by X: {e}\n{}", lab.tpvs_log_of(1)));
+    }
+
+    // A later rollout: a new pod Z still takes over from Y, while X keeps standing by.
+    let mut x_again_child = successor(&mut lab, "pod-z");
+    assert!(matches!(x_again_child.try_wait(), Ok(None)), "the refused X must stay up (an exit would only be restarted):\n{log}");
+    let status = wait_child(&mut y, Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "Y must hand over to Z and exit 0: {status:?}\n{}", lab.tpvs_log_of(1));
+    lab.hello(VIP).unwrap_or_else(|e| panic!("Z does not serve: {e}\n{}", lab.tpvs_log()));
+    assert!(matches!(x_again_child.try_wait(), Ok(None)), "X must keep standing by");
+
+    // Deleting the old pod stops X at once (it owns nothing to drain).
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(libc::pid_t::try_from(x_again).unwrap_or(0), libc::SIGTERM) };
+    let status = wait_child(&mut x_again_child, Duration::from_secs(2));
+    assert!(status.is_some_and(|s| s.success()), "a standing-by instance exits 0 on SIGTERM: {status:?}");
+    lab.hello(VIP).unwrap_or_else(|e| panic!("after X stopped: {e}\n{}", lab.tpvs_log()));
+}
