@@ -140,8 +140,13 @@ fn container_has_exactly_the_needed_capabilities_and_health_probes() {
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
 
     assert_eq!(http_probe(c.liveness_probe.as_ref(), "liveness"), ("/livez".to_string(), HEALTH_PORT));
-    assert_eq!(http_probe(c.readiness_probe.as_ref(), "readiness"), ("/healthz".to_string(), HEALTH_PORT));
-    assert!(c.ports.iter().flatten().any(|p| p.container_port == HEALTH_PORT));
+    // Ready when this pod's instance owns the node (and /healthz says 200): an HTTP probe on
+    // the host's shared health port would be answered by the old pod during a rollout.
+    let ready = c.readiness_probe.as_ref().and_then(|p| p.exec.as_ref()).and_then(|e| e.command.clone());
+    assert_eq!(ready, Some(vec!["/usr/local/bin/tpvs".to_string(), "ready".to_string()]), "readiness must be `tpvs ready`");
+    // In the host network a declared port is a hostPort, which keeps a rollout's new pod off
+    // the node while the old one runs.
+    assert!(c.ports.as_ref().is_none_or(Vec::is_empty), "no container ports: {:?}", c.ports);
 
     let res = c.resources.as_ref().unwrap_or_else(|| panic!("no resources"));
     for key in ["cpu", "memory"] {
@@ -160,6 +165,25 @@ fn node_name_reaches_hostname_override() {
     let env = c.env.iter().flatten().find(|e| e.name == "NODE_NAME").unwrap_or_else(|| panic!("no NODE_NAME env"));
     let field = env.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str());
     assert_eq!(field, Some("spec.nodeName"), "NODE_NAME must come from the downward API");
+}
+
+#[test]
+fn a_rollout_starts_the_new_pod_beside_the_old_one_which_cannot_take_the_node_back() {
+    // maxSurge 1, maxUnavailable 0: the new pod takes over from the old one on the same node
+    // (no node is left without a proxy), and the old pod's restarted container is refused by
+    // its instance identity, the pod's UID (the same across container restarts).
+    let ds: DaemonSet = parse("daemonset.yaml");
+    let strategy = ds.spec.as_ref().and_then(|s| s.update_strategy.as_ref()).unwrap_or_else(|| panic!("no updateStrategy"));
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let rolling = strategy.rolling_update.as_ref().unwrap_or_else(|| panic!("no rollingUpdate"));
+    assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)), "maxSurge");
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)), "maxUnavailable");
+    let c = tpvs_container(&ds);
+    let env = c.env.iter().flatten().find(|e| e.name == "TPVS_INSTANCE_ID").unwrap_or_else(|| panic!("no TPVS_INSTANCE_ID env"));
+    let field = env.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str());
+    assert_eq!(field, Some("metadata.uid"), "the instance identity must be the pod's UID");
+    let pod = ds.spec.as_ref().and_then(|s| s.template.spec.as_ref()).unwrap_or_else(|| panic!("no pod spec"));
+    assert!(matches!(pod.restart_policy.as_deref(), None | Some("Always")), "a DaemonSet's pods restart their containers");
 }
 
 #[test]

@@ -15,7 +15,8 @@
 //!   health-check node-port servers, over a small HTTP/1 server (`admin::http`).
 //! - [`logging`]: tracing setup shared by every subcommand.
 //! - [`run`]: `tpvs run`, the daemon: wires the control plane's table to the data path and
-//!   the interception; [`cleanup`]: `tpvs cleanup`, removes the interception.
+//!   the interception; [`cleanup`]: `tpvs cleanup`, removes the interception; [`ready`]:
+//!   `tpvs ready`, the DaemonSet's readiness check (this pod's instance owns the node).
 //! - [`ownership`]: the per-namespace lock naming the instance that owns the nft table, and
 //!   the owner's side of a hand-over; [`takeover`]: the successor's side; [`handover`]: the
 //!   versioned protocol between them; [`listeners`]: the listener sets they pass;
@@ -55,6 +56,7 @@ pub mod limits;
 pub mod listeners;
 pub mod netfilter;
 pub mod ownership;
+pub mod ready;
 pub mod run;
 pub mod slots;
 pub mod startup_guard;

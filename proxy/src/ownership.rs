@@ -188,13 +188,15 @@ impl Ownership {
 }
 
 /// What a probe learned about the owner.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
     /// As seen from this process: `SO_PEERCRED` when the owner is in our pid namespace,
     /// else the pid its hello states (in its own pid namespace).
     pub pid: Option<u32>,
     /// The hello's protocol version, when the owner sent one in time.
     pub version: Option<u8>,
+    /// The owner's `--instance-id`, from its hello (empty: none given).
+    pub instance: Option<String>,
 }
 
 /// The current owner of `table` in this network namespace, if any.
@@ -208,19 +210,19 @@ pub fn owner(table: &str) -> std::io::Result<Option<Owner>> {
     };
     let cred_pid = handover::peer_cred(&stream).and_then(|c| (c.pid > 0).then(|| c.pid.unsigned_abs()));
     stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
-    let (version, hello_pid) = match handover::read_message(&mut stream) {
-        Ok(Message::Hello { pid, .. }) => (Some(HELLO_VERSION), Some(pid)),
+    let (version, hello_pid, instance) = match handover::read_message(&mut stream) {
+        Ok(Message::Hello { pid, instance, .. }) => (Some(HELLO_VERSION), Some(pid), Some(instance)),
         Ok(other) => {
             debug!(?other, "the owner said something other than hello");
-            (None, None)
+            (None, None, None)
         }
-        Err(ProtocolError::Version { theirs }) => (Some(theirs), None),
+        Err(ProtocolError::Version { theirs }) => (Some(theirs), None, None),
         Err(e) => {
             debug!(error = %e, "no hello from the owner");
-            (None, None)
+            (None, None, None)
         }
     };
-    Ok(Some(Owner { pid: cred_pid.or(hello_pid), version }))
+    Ok(Some(Owner { pid: cred_pid.or(hello_pid), version, instance }))
 }
 
 /// Accepts probes and successors until one successor has taken over; then frees the name.
@@ -354,7 +356,7 @@ mod tests {
         let pid = std::process::id();
         assert!(err.contains("another tpvs owns nft table") && err.contains(&format!("pid {pid}")), "{err}");
         let o = owner(&table).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(o, Some(Owner { pid: Some(pid), version: Some(HELLO_VERSION) }));
+        assert_eq!(o, Some(Owner { pid: Some(pid), version: Some(HELLO_VERSION), instance: Some(String::new()) }));
     }
 
     #[test]

@@ -50,9 +50,15 @@ fn owner(lab: &Lab) -> String {
     }
 }
 
+/// `tpvs ready` as the pod of `instance` runs it (the DaemonSet's readiness check).
+fn ready(lab: &Lab, instance: &str) -> Result<String, String> {
+    lab.node_sh(&["env", &format!("TPVS_INSTANCE_ID={instance}"), env!("CARGO_BIN_EXE_tpvs"), "ready"])
+}
+
 #[test]
 fn a_restarted_old_instance_is_refused_and_stands_by_while_the_new_one_serves() {
     let Some(mut lab) = start("pod-x") else { return };
+    assert_eq!(ready(&lab, "pod-x"), Ok(String::new()), "the old pod is ready while it owns the node");
     // The new pod starts beside the old one: Y takes over, X exits 0.
     let mut x = successor(&mut lab, "pod-y");
     let status = wait_child(&mut x, Duration::from_secs(5));
@@ -77,6 +83,10 @@ fn a_restarted_old_instance_is_refused_and_stands_by_while_the_new_one_serves() 
     for _ in 0..5 {
         lab.hello(VIP).unwrap_or_else(|e| panic!("Y stopped serving beside the standing-by X: {e}\n{}", lab.tpvs_log_of(1)));
     }
+    // The readiness check: Y's pod is ready, the old pod (X standing by) is not.
+    assert_eq!(ready(&lab, "pod-y"), Ok(String::new()));
+    let not_ready = ready(&lab, "pod-x").err().unwrap_or_default();
+    assert!(not_ready.contains(&format!(r#"owned by instance "pod-y" (pid {y_pid}), not by this one ("pod-x")"#)), "{not_ready}");
 
     // A later rollout: a new pod Z still takes over from Y, while X keeps standing by.
     let mut x_again_child = successor(&mut lab, "pod-z");

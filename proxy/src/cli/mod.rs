@@ -10,6 +10,7 @@ mod cleanup;
 mod interception;
 mod list;
 mod outlier;
+mod ready;
 mod run;
 mod table;
 
@@ -20,6 +21,7 @@ pub use cleanup::CleanupArgs;
 pub use interception::InterceptionArgs;
 pub use list::ListArgs;
 pub use outlier::OutlierArgs;
+pub use ready::ReadyArgs;
 pub use run::RunArgs;
 pub use table::TableArgs;
 
@@ -43,6 +45,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Remove every rule and route `tpvs run` installs in this network namespace.
     Cleanup(CleanupArgs),
+    /// Succeed when this instance (--instance-id) owns the node's table and is healthy: the
+    /// DaemonSet's readiness check, which an HTTP probe on the shared host port cannot make.
+    Ready(ReadyArgs),
 }
 
 impl Command {
@@ -51,7 +56,7 @@ impl Command {
         match self {
             Command::List(_) => "warn",
             Command::Run(_) => "info",
-            Command::Cleanup(_) => "warn",
+            Command::Cleanup(_) | Command::Ready(_) => "warn",
         }
     }
 }
