@@ -18,7 +18,8 @@
 //!              ◀──────────────────  Hello { pid, binary, flags, instance, replaced }
 //!     TakeOver { binary, flags,   ─▶   (version, flags and instance checked: Refused { reason }
 //!                instance }             ends it)
-//!              ◀──────────────────  Listeners { tcp, udp } + SCM_RIGHTS (every listener)
+//!              ◀──────────────────  Listeners { tcp, udp, admin } + SCM_RIGHTS (every
+//!                                     listener, the admin and health-check ones too)
 //!   workers start on those sockets, table published, rules re-synced (adopted, not re-made)
 //!     Ready  ────────────────────▶    stops accepting, closes its copies, frees the name
 //!              ◀──────────────────  Released { open_connections }
@@ -34,11 +35,11 @@
 //! The predecessor gives up nothing before `Ready`: a successor that fails, hangs or lies
 //! before that leaves it serving as before. A probe (`tpvs cleanup`) reads the hello and
 //! hangs up. Not handed over yet: established TCP connections (the predecessor relays them
-//! until they end, up to `--shutdown-grace`), UDP flows (their replies keep flowing through
+//! until they end, up to `--shutdown-grace`) and UDP flows (their replies keep flowing through
 //! the predecessor's upstream sockets until it exits; the client's next datagram after the
-//! hand-over opens a flow in the successor) and the admin and health-check node-port sockets
-//! (bound with `SO_REUSEPORT` by both, so a probe finds one of them listening throughout; one
-//! queued on the old instance's listener when it exits is reset).
+//! hand-over opens a flow in the successor). The admin and health-check node-port listeners
+//! pass like the data path's: the successor serves the same accept queues once the
+//! predecessor has let go, so no probe is refused or reset.
 
 use std::io::{self, Read as _, Write as _};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
@@ -123,10 +124,13 @@ pub enum Message {
     Refused {
         reason: String,
     },
-    /// Listeners present per worker (`[v4, v6]`); their descriptors follow.
+    /// Listeners present per worker (`[v4, v6]`), then the admin servers' listeners (metrics,
+    /// `/healthz`, health-check node ports) by address; their descriptors follow, in that order.
     Listeners {
         tcp: Vec<[bool; 2]>,
         udp: Vec<[bool; 2]>,
+        #[serde(default)]
+        admin: Vec<std::net::SocketAddr>,
     },
     Ready,
     Released {

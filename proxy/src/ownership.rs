@@ -94,10 +94,16 @@ impl Identity {
 pub struct Offer {
     /// Second descriptors of the workers' listeners.
     pub listeners: ListenerSet,
+    /// Second descriptors of the admin servers' listeners, by address, as they are at the
+    /// moment of the hand-over (health-check node ports come and go with the table).
+    pub admin: Box<dyn Fn() -> std::io::Result<AdminListeners> + Send>,
     /// Makes this instance let go: stop accepting, stop touching the rules. Returns the
     /// connections still open (they drain here).
     pub release: Box<dyn FnOnce() -> usize + Send>,
 }
+
+/// Admin listeners by address (what [`Offer::admin`] gives).
+pub type AdminListeners = Vec<(std::net::SocketAddr, std::os::fd::OwnedFd)>;
 
 /// A completed hand-over, as the predecessor reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,17 +309,24 @@ fn serve_peer(
         return Err(format!("incompatible flags: {}", differences.join("; ")));
     }
     // The listeners are sent from copies: until Ready this instance keeps serving on its own.
-    let copies = {
+    let (copies, admin) = {
         let guard = offer.lock().unwrap_or_else(|p| p.into_inner());
         let Some(o) = guard.as_ref() else {
             return Err("the running instance is not offering its listeners (still starting, or shutting down); try again".into());
         };
-        o.listeners.try_clone().map_err(|e| format!("cannot duplicate the listeners: {e}"))?
+        let copies = o.listeners.try_clone().map_err(|e| format!("cannot duplicate the listeners: {e}"))?;
+        (copies, (o.admin)().map_err(|e| format!("cannot duplicate the admin listeners: {e}"))?)
     };
-    let count = copies.len();
-    let announce = Message::Listeners { tcp: ListenerSet::shape(&copies.tcp), udp: ListenerSet::shape(&copies.udp) };
+    let count = copies.len() + admin.len();
+    let announce = Message::Listeners {
+        tcp: ListenerSet::shape(&copies.tcp),
+        udp: ListenerSet::shape(&copies.udp),
+        admin: admin.iter().map(|(a, _)| *a).collect(),
+    };
     handover::write_message(stream, &announce).map_err(text)?;
-    handover::send_fds(stream, &copies.into_fds()).map_err(text)?;
+    let mut fds = copies.into_fds();
+    fds.extend(admin.into_iter().map(|(_, fd)| fd));
+    handover::send_fds(stream, &fds).map_err(text)?;
     info!(successor_binary = %binary, listeners = count, "listeners sent to a successor; waiting for it to be ready");
     let _ = stream.set_read_timeout(Some(handover::READY_TIMEOUT));
     match handover::read_message(stream) {

@@ -32,6 +32,7 @@ use anyhow::Context as _;
 use controlplane::{BESIDE_KUBE_PROXY, KubeSource, KubeSourceConfig, ManifestSource, Publisher};
 use tracing::{info, warn};
 
+use crate::admin::AdminSockets;
 use crate::cli::RunArgs;
 use crate::dispatch::telemetry::MetricsRegistry;
 use crate::forward::{self, ForwardConfig, Shared};
@@ -124,7 +125,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             // The first signal here is usually the kubelet stopping the old pod once the new
             // one is ready: this instance is already draining, so only a second one cuts it.
             let drained = runtime.block_on(drain(&serving.shared, args.shutdown_grace, 2, &mut term, &mut int));
+            // Probes this instance accepted before letting go are answered before it exits.
+            let admin_cut = serving.admin.wait_closed(crate::admin::http::IDLE_TIMEOUT);
             info!(
+                admin_connections_cut = admin_cut,
                 listeners = h.listeners,
                 successor = crate::ownership::owner_text(h.successor_pid),
                 connections_open_at_hand_over = h.open_connections,
@@ -194,6 +198,8 @@ struct Serving {
     health: Arc<crate::admin::healthz::ProxyHealth>,
     /// `None` only when a takeover could not claim the name after the predecessor let go.
     ownership: Option<Ownership>,
+    /// The admin servers' sockets (handed over with the listeners).
+    admin: Arc<AdminSockets>,
 }
 
 /// The workers' switch to stop accepting, shared by a hand-over and a shutdown.
@@ -239,7 +245,9 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
         (Some(o), _) => {
             info!(table = o.table(), lock = %format!("@{}", crate::ownership::lock_name(o.table())), "claimed the nft table for this network namespace")
         }
-        (None, Some((t, set))) => info!(predecessor = t.predecessor, listeners = set.len(), "received the running instance's listeners"),
+        (None, Some((t, set))) => {
+            info!(predecessor = t.predecessor, listeners = set.len(), admin_listeners = t.admin.len(), "received the running instance's listeners")
+        }
         (None, None) => {}
     }
     let mut guard = StartupGuard::new();
@@ -308,6 +316,11 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
         }
     };
     let offered = listeners.try_clone().context("duplicating the listeners for a later hand-over")?;
+    // The admin servers likewise: a successor serves the predecessor's sockets, once it let go.
+    let (admin_sockets, admin_gate) = match takeover.as_mut() {
+        Some((t, _)) => (Arc::new(AdminSockets::new(std::mem::take(&mut t.admin))), Gate::closed()),
+        None => (Arc::new(AdminSockets::new(Vec::new())), Gate::open()),
+    };
     let release = Release::default();
     let running = forward::start(Arc::clone(&shared), listeners.tcp, gate.clone(), release.clone())?;
     info!(workers, port = args.proxy_port, ipv6 = running.ipv6, "transparent listeners ready");
@@ -361,7 +374,7 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
         TableSource::Manifests(path) => {
             let source = ManifestSource::new(path, opts, Arc::clone(&publisher)).with_settle(args.manifests_settle);
             // Before the first publish, so health and sync metrics see it.
-            health = start_admin(args, &publisher, &interception, &shared, &udp, Some(source.stats()), None)?;
+            health = start_admin(args, &publisher, &interception, &shared, &udp, (Some(source.stats()), None), (&admin_sockets, &admin_gate))?;
             // The first load happens inside `spawn`, on this thread, so the rules for the
             // manifests are in place when this returns; the watcher thread applies changes.
             let _watcher = source.spawn(args.manifests_poll_interval);
@@ -377,7 +390,7 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
             };
             let kube = KubeSource::spawn(args.kubeconfig.clone(), opts, Arc::clone(&publisher), config)
                 .context("starting the Kubernetes API source")?;
-            health = start_admin(args, &publisher, &interception, &shared, &udp, None, Some(kube.stats()))?;
+            health = start_admin(args, &publisher, &interception, &shared, &udp, (None, Some(kube.stats())), (&admin_sockets, &admin_gate))?;
             // Nothing is published until every initial list is complete; /healthz says 503
             // until then, and the interception forwards nothing it does not know.
             info!("waiting for the initial Services, EndpointSlices and Node lists");
@@ -392,6 +405,7 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
         let (released, claimed) = t.finish(&flags)?;
         // From here on this instance serves whatever happens: the predecessor has let go.
         gate.lift();
+        admin_gate.lift();
         info!(predecessor_connections_draining = released.open_connections, "took over the listeners and the rules");
         match claimed {
             Ok(o) => ownership = Some(o),
@@ -412,18 +426,21 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
     });
     if let Some(o) = &ownership {
         let (ic, sh, stop) = (Arc::clone(&interception), Arc::clone(&shared), Arc::clone(&stop_accepting));
+        let (offered_admin, released_admin) = (Arc::clone(&admin_sockets), Arc::clone(&admin_sockets));
         o.offer(Offer {
             listeners: offered,
+            admin: Box::new(move || offered_admin.offer()),
             release: Box::new(move || {
                 // Rules first: nothing here may touch them once the successor owns them.
                 ic.relinquish();
                 stop();
+                released_admin.release();
                 sh.open_connections()
             }),
         });
     }
     info!(generation = publisher.generation(), frontends = publisher.current().len(), "serving");
-    Ok(Serving { interception, shared, stop_accepting, health, ownership })
+    Ok(Serving { interception, shared, stop_accepting, health, ownership, admin: admin_sockets })
 }
 
 /// Binds the data path's listeners (a cold start).
@@ -457,8 +474,8 @@ fn start_admin(
     interception: &Arc<Interception>,
     shared: &Arc<Shared>,
     udp: &Option<Arc<udp::UdpShared>>,
-    manifests: Option<Arc<controlplane::SourceStats>>,
-    kube: Option<Arc<controlplane::KubeSourceStats>>,
+    (manifests, kube): (Option<Arc<controlplane::SourceStats>>, Option<Arc<controlplane::KubeSourceStats>>),
+    (sockets, gate): (&Arc<AdminSockets>, &Gate),
 ) -> anyhow::Result<Arc<crate::admin::healthz::ProxyHealth>> {
     let sources = crate::admin::Sources {
         publisher: Arc::clone(publisher),
@@ -468,7 +485,7 @@ fn start_admin(
         kube,
         udp: udp.clone(),
     };
-    crate::admin::start(&args.admin, sources)
+    crate::admin::start(&args.admin, sources, Arc::clone(sockets), gate.clone())
 }
 
 /// The UDP data path, unless `--udp-proxy-port 0` turned it off. Bound before any rule sends

@@ -2,6 +2,7 @@
 //! nft table, check that it speaks our protocol and runs with our flags, receive its
 //! listeners; later say Ready and become the owner.
 
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -43,6 +44,8 @@ pub struct Takeover {
     pub predecessor_binary: String,
     /// What this instance will be once it owns the table (it remembers the predecessor).
     pub identity: Identity,
+    /// The predecessor's admin and health-check node-port listeners, by address.
+    pub admin: Vec<(SocketAddr, OwnedFd)>,
 }
 
 /// The predecessor's confirmation that it let go.
@@ -77,16 +80,20 @@ pub fn begin(flags: &Flags, identity: &Identity) -> Result<Option<(Takeover, Lis
     info!(predecessor = pid, predecessor_binary = %binary, "taking over from the running tpvs");
     let request = Message::TakeOver { binary: handover::binary_version(), flags: flags.clone(), instance: identity.instance.clone() };
     handover::write_message(&mut stream, &request).map_err(proto)?;
-    let (tcp, udp) = match handover::read_message(&mut stream).map_err(proto)? {
-        Message::Listeners { tcp, udp } => (tcp, udp),
+    let (tcp, udp, admin) = match handover::read_message(&mut stream).map_err(proto)? {
+        Message::Listeners { tcp, udp, admin } => (tcp, udp, admin),
         Message::Refused { reason } if successor.replaced(&identity.instance) => return Err(TakeoverError::Replaced { pid, reason }),
         Message::Refused { reason } => return Err(TakeoverError::Refused { pid, reason }),
         other => {
             return Err(proto(ProtocolError::Io(std::io::Error::other(format!("expected listeners, got {other:?}")))));
         }
     };
-    let n = tcp.iter().chain(&udp).map(|p| p.iter().filter(|x| **x).count()).sum();
-    let fds = handover::recv_fds(&stream, n).map_err(proto)?;
+    let n: usize = tcp.iter().chain(&udp).map(|p| p.iter().filter(|x| **x).count()).sum();
+    let mut fds = handover::recv_fds(&stream, n.saturating_add(admin.len())).map_err(proto)?;
+    let admin: Vec<(SocketAddr, OwnedFd)> = admin.into_iter().zip(fds.split_off(n.min(fds.len()))).collect();
+    for (addr, fd) in &admin {
+        verify(fd, socket2::Type::STREAM, *addr).map_err(|what| TakeoverError::Listeners { pid, what })?;
+    }
     let set = ListenerSet::from_fds(&tcp, &udp, fds)
         .ok_or_else(|| TakeoverError::Listeners { pid, what: "descriptor count does not match the announcement".into() })?;
     check(&set, flags).map_err(|what| TakeoverError::Listeners { pid, what })?;
@@ -96,25 +103,39 @@ pub fn begin(flags: &Flags, identity: &Identity) -> Result<Option<(Takeover, Lis
             what: format!("{} TCP and {} UDP listener pairs for {} workers", set.tcp.len(), set.udp.len(), flags.workers),
         });
     }
-    Ok(Some((Takeover { stream, predecessor: pid, predecessor_binary: binary, identity: successor }, set)))
+    Ok(Some((Takeover { stream, predecessor: pid, predecessor_binary: binary, identity: successor, admin }, set)))
 }
 
 /// Each received descriptor must be a listening socket of the right kind on our port.
 fn check(set: &ListenerSet, flags: &Flags) -> Result<(), String> {
-    let verify = |fd: &OwnedFd, kind: socket2::Type, port: u16| -> Result<(), String> {
-        let s = socket2::SockRef::from(fd);
-        let ty = s.r#type().map_err(|e| format!("not a socket: {e}"))?;
-        let local = s.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port());
-        if ty != kind || local != Some(port) {
-            return Err(format!("a {ty:?} socket on port {local:?} where a {kind:?} listener on port {port} was expected"));
-        }
-        Ok(())
-    };
     for fd in set.tcp.iter().flatten().flatten() {
-        verify(fd, socket2::Type::STREAM, flags.proxy_port)?;
+        verify_port(fd, socket2::Type::STREAM, flags.proxy_port)?;
     }
     for fd in set.udp.iter().flatten().flatten() {
-        verify(fd, socket2::Type::DGRAM, flags.udp_proxy_port)?;
+        verify_port(fd, socket2::Type::DGRAM, flags.udp_proxy_port)?;
+    }
+    Ok(())
+}
+
+fn verify_port(fd: &OwnedFd, kind: socket2::Type, port: u16) -> Result<(), String> {
+    let s = socket2::SockRef::from(fd);
+    let ty = s.r#type().map_err(|e| format!("not a socket: {e}"))?;
+    let local = s.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port());
+    if ty != kind || local != Some(port) {
+        return Err(format!("a {ty:?} socket on port {local:?} where a {kind:?} listener on port {port} was expected"));
+    }
+    Ok(())
+}
+
+/// An admin listener must be a TCP socket bound to the address it was announced with.
+fn verify(fd: &OwnedFd, kind: socket2::Type, addr: SocketAddr) -> Result<(), String> {
+    let s = socket2::SockRef::from(fd);
+    let ty = s.r#type().map_err(|e| format!("not a socket: {e}"))?;
+    let local = s.local_addr().ok().and_then(|a| a.as_socket());
+    // An address announced with port 0 was bound to whatever port the kernel chose.
+    let matches = local.is_some_and(|l| l.ip() == addr.ip() && (addr.port() == 0 || l.port() == addr.port()));
+    if ty != kind || !matches {
+        return Err(format!("a {ty:?} socket on {local:?} where a {kind:?} listener on {addr} was announced"));
     }
     Ok(())
 }
@@ -215,7 +236,7 @@ mod tests {
             }
             // A TCP listener on another port where ours was announced.
             let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else { return };
-            let _ = handover::write_message(&mut s, &Message::Listeners { tcp: vec![[true, false]], udp: vec![] });
+            let _ = handover::write_message(&mut s, &Message::Listeners { tcp: vec![[true, false]], udp: vec![], admin: vec![] });
             let _ = handover::send_fds(&s, &[OwnedFd::from(l)]);
             std::thread::sleep(Duration::from_millis(200));
         });

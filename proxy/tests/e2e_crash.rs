@@ -69,7 +69,10 @@ fn connect_once(client: &str) -> Result<(), String> {
 
 /// Clients connecting in a loop: when each connect started, how long it took, and how it ended.
 #[derive(Default)]
-struct Attempts(Mutex<Vec<(Instant, Duration, Result<(), String>)>>);
+struct Attempts(Mutex<Vec<Attempt>>);
+
+/// When a connect started, how long it took, how it ended.
+type Attempt = (Instant, Duration, Result<(), String>);
 
 fn connect_in_a_loop(ns: &str, clients: usize, stop: &Arc<AtomicBool>, attempts: &Arc<Attempts>) -> Vec<std::thread::JoinHandle<()>> {
     (0..clients)
@@ -162,7 +165,7 @@ fn after_a_sigkill_the_next_instance_adopts_the_rules_and_no_connect_is_refused_
     // A connection in flight at the kill was the killed process's: the kernel closed its
     // sockets (a reset, or an end of stream before the hello). Every later one must succeed.
     let cut = attempts.iter().filter(|a| a.0 < killed && a.0 + a.1 > killed && a.2.is_err()).count();
-    let failed: Vec<&(Instant, Duration, Result<(), String>)> = attempts.iter().filter(|a| a.0 >= killed && a.2.is_err()).collect();
+    let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.0 >= killed && a.2.is_err()).collect();
     let first_after = attempts.iter().filter(|a| a.2.is_ok() && a.0 + a.1 > killed).map(|a| a.0 + a.1).min();
     let spanning: Vec<Duration> = attempts.iter().filter(|a| a.0 >= killed && a.0 < listening).map(|a| a.1).collect();
     let worst = attempts.iter().map(|a| a.1).max().unwrap_or_default();

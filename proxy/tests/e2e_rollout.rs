@@ -2,22 +2,43 @@
 //! DaemonSet's capability set: the new pod's instance takes over from the old pod's, whose
 //! container then exits 0 and is restarted by the kubelet (`restartPolicy: Always`) until the
 //! DaemonSet controller deletes the pod. The restarted old instance must not take the node
-//! back: it is refused and stands by, owning nothing, until stopped. Root and
+//! back: it is refused and stands by, owning nothing, until stopped. Across the takeovers the
+//! health server and the health-check node ports keep their sockets (handed over with the
+//! data path's), so load-balancer probes never meet a refused or reset connection. Root and
 //! nftables/iproute2 required (or `TPVS_SKIP_E2E=1`).
 
+mod admin_http;
 mod lab;
 
 use std::process::Child;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use lab::{Lab, Privileges, Svc, lab, manifests, wait_child};
 
 const VIP: &str = "10.96.0.10:80";
 
+const HEALTHZ: &str = "10.0.0.1:10256";
+const HCNP: u16 = 32100;
+
+/// A ClusterIP Service, and a LoadBalancer one with `externalTrafficPolicy: Local` whose
+/// health-check node port answers 200 (its endpoint is on this node).
+fn services() -> String {
+    let mut lb = Svc::new("lb", "10.96.0.40").endpoint("10.1.0.2", "node1");
+    lb.kind = "LoadBalancer";
+    lb.node_port = Some(30140);
+    lb.external_policy = "Local";
+    lb.lb_ingress = Some("10.99.0.40".into());
+    // The lab's Service has no health-check node port field; it sits beside the policy.
+    let lb = lb.yaml().replacen("  externalTrafficPolicy: Local\n", &format!("  externalTrafficPolicy: Local\n  healthCheckNodePort: {HCNP}\n"), 1);
+    format!("{}---\n{lb}", manifests(&[Svc::new("web", "10.96.0.10").endpoint("10.1.0.2", "node1")]))
+}
+
 fn start(instance: &str) -> Option<Lab> {
     let mut lab = lab(1, &[0])?;
     lab.privileges = Privileges::DaemonSet;
-    lab.write_manifests(&manifests(&[Svc::new("web", "10.96.0.10").endpoint("10.1.0.2", "node1")]));
+    lab.write_manifests(&services());
     as_instance(&mut lab, instance);
     lab.start_tpvs(&[]);
     lab.wait_serving(VIP);
@@ -102,4 +123,69 @@ fn a_restarted_old_instance_is_refused_and_stands_by_while_the_new_one_serves() 
     let status = wait_child(&mut x_again_child, Duration::from_secs(2));
     assert!(status.is_some_and(|s| s.success()), "a standing-by instance exits 0 on SIGTERM: {status:?}");
     lab.hello(VIP).unwrap_or_else(|e| panic!("after X stopped: {e}\n{}", lab.tpvs_log()));
+}
+
+/// Probes from the client: new connections to `addr`, one GET each, in a loop.
+#[derive(Default)]
+struct Probes {
+    stop: AtomicBool,
+    ok: AtomicUsize,
+    failed: Mutex<Vec<String>>,
+}
+
+fn probe_in_a_loop(lab: &Lab, addr: &str, path: &'static str, probes: &Arc<Probes>) -> std::thread::JoinHandle<()> {
+    let (client, addr, probes) = (lab.client.clone(), addr.to_string(), Arc::clone(probes));
+    std::thread::spawn(move || {
+        while !probes.stop.load(Ordering::Relaxed) {
+            match admin_http::get(&client, &addr, path) {
+                Ok(r) if r.status == 200 => {
+                    probes.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                other => probes.failed.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{addr}{path}: {other:?}")),
+            }
+        }
+    })
+}
+
+#[test]
+fn health_probes_meet_no_refused_or_reset_connection_across_takeovers() {
+    let Some(mut lab) = start("pod-0") else { return };
+    let client = lab.client.clone();
+    let hcnp = format!("10.0.0.1:{HCNP}");
+    admin_http::wait_reply(&lab, &client, &hcnp, "/", "the health-check node port", |r| r.status == 200);
+    let probes = Arc::new(Probes::default());
+    let mut threads = Vec::new();
+    for _ in 0..3 {
+        threads.push(probe_in_a_loop(&lab, HEALTHZ, "/healthz", &probes));
+        threads.push(probe_in_a_loop(&lab, &hcnp, "/", &probes));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut took = Vec::new();
+    for round in 1..=5 {
+        let t0 = Instant::now();
+        let mut old = successor(&mut lab, &format!("pod-{round}"));
+        let status = wait_child(&mut old, Duration::from_secs(5));
+        took.push(t0.elapsed());
+        assert!(status.is_some_and(|s| s.success()), "round {round}: {status:?}\n{}", lab.tpvs_log_of(round - 1));
+        let open = lab.wait_for(Duration::from_secs(2), || lab.tpvs_log().contains("health-check node port open").then_some(()));
+        assert!(open.is_some(), "round {round}: the successor did not open the health-check node port:\n{}", lab.tpvs_log());
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    probes.stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let failed = std::mem::take(&mut *probes.failed.lock().unwrap_or_else(|p| p.into_inner()));
+    let ok = probes.ok.load(Ordering::Relaxed);
+    eprintln!("5 takeovers ({took:?}): {ok} probes answered 200, {} failed", failed.len());
+    assert!(failed.is_empty(), "probes failed across the takeovers: {failed:?}");
+    assert!(ok > 500, "too few probes to prove anything: {ok}");
+    // The last owner holds one socket per admin address, not a second one bound beside.
+    let pid = lab.tpvs_pid().unwrap_or_default();
+    let out = lab.node_sh(&["ss", "-Hltnp"]).unwrap_or_default();
+    for port in [":10256 ", &format!(":{HCNP} ")] {
+        let lines = out.lines().filter(|l| l.contains(port)).count();
+        assert_eq!(lines, 1, "one listening socket on {port}: {out}");
+        assert!(out.lines().any(|l| l.contains(port) && l.contains(&format!("pid={pid},"))), "owned by the last instance: {out}");
+    }
 }

@@ -321,10 +321,10 @@ fn bad_hand_over_messages_and_a_vanished_successor_leave_the_first_serving() {
         let mut s = handover_socket(&lab);
         let Ok(Message::Hello { flags, .. }) = handover::read_message(&mut s) else { panic!("no hello") };
         handover::write_message(&mut s, &Message::TakeOver { binary: "test".into(), flags, instance: String::new() }).unwrap_or_else(|e| panic!("{e}"));
-        let Ok(Message::Listeners { tcp, udp }) = handover::read_message(&mut s) else { panic!("no listeners") };
-        let n = tcp.iter().chain(&udp).map(|p| p.iter().filter(|x| **x).count()).sum();
-        let fds = handover::recv_fds(&s, n).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(fds.len(), 8);
+        let Ok(Message::Listeners { tcp, udp, admin }) = handover::read_message(&mut s) else { panic!("no listeners") };
+        let n: usize = tcp.iter().chain(&udp).map(|p| p.iter().filter(|x| **x).count()).sum();
+        let fds = handover::recv_fds(&s, n + admin.len()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fds.len(), 8 + admin.len());
         drop(fds);
         drop(s);
     }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::conns::ConnLimit;
+use super::sockets::AdminSockets;
 use super::healthz::ProxyHealth;
 use super::http::{self, Body, Exec, Req, respond};
 
@@ -81,21 +82,30 @@ pub fn answer(service: Option<&ServiceHealth>, proxy_healthy: bool) -> hyper::Re
 
 type Shared = Arc<RwLock<Arc<BTreeMap<u16, ServiceHealth>>>>;
 
-/// Follows the published tables and keeps one listener per wanted port.
-pub async fn run(mut tables: watch::Receiver<Arc<RoutingTable>>, health: Arc<ProxyHealth>) {
+/// Follows the published tables and keeps one listener per wanted port, until `sockets` is
+/// released (a successor took the ports over): then every port stops accepting.
+pub async fn run(mut tables: watch::Receiver<Arc<RoutingTable>>, health: Arc<ProxyHealth>, sockets: Arc<AdminSockets>) {
     let shared: Shared = Arc::default();
     // One cap for all the ports together: their number follows the table, the budget not.
     let limit = ConnLimit::new(crate::limits::NODE_PORT_CONNECTIONS, http::IDLE_TIMEOUT);
-    let mut running: HashMap<u16, watch::Sender<bool>> = HashMap::new();
+    sockets.track(&limit);
+    let mut running: HashMap<u16, (SocketAddr, watch::Sender<bool>)> = HashMap::new();
     let mut retry = tokio::time::interval(RETRY);
+    let mut released = sockets.released();
+    let mut first = true;
     loop {
+        if *released.borrow_and_update() {
+            // Dropping the senders stops every port's server.
+            return;
+        }
         let want = Arc::new(desired(&tables.borrow_and_update()));
         *shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&want);
-        running.retain(|port, stop| {
+        running.retain(|port, (addr, stop)| {
             let keep = want.contains_key(port);
             if !keep {
                 info!(port, "health-check node port closed");
                 let _ = stop.send(true);
+                sockets.closed(*addr);
             }
             keep
         });
@@ -103,11 +113,12 @@ pub async fn run(mut tables: watch::Receiver<Arc<RoutingTable>>, health: Arc<Pro
             if running.contains_key(port) {
                 continue;
             }
-            match bind(*port).await {
+            match bind(&sockets, *port) {
                 Ok(listener) => {
                     info!(port, service = %format!("{}/{}", svc.namespace, svc.name), "health-check node port open");
                     let (stop, stopped) = watch::channel(false);
-                    running.insert(*port, stop);
+                    let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from((Ipv6Addr::UNSPECIFIED, *port)));
+                    running.insert(*port, (addr, stop));
                     let (shared, health, port) = (Arc::clone(&shared), Arc::clone(&health), *port);
                     let handler: http::Handler = Arc::new(move |_req: &Req| {
                         let map = Arc::clone(&shared.read().unwrap_or_else(|p| p.into_inner()));
@@ -118,20 +129,29 @@ pub async fn run(mut tables: watch::Receiver<Arc<RoutingTable>>, health: Arc<Pro
                 Err(e) => warn!(port, error = %e, "cannot open health-check node port; retrying"),
             }
         }
+        if std::mem::take(&mut first) {
+            // The first table's ports are open: what a predecessor handed over beyond them is
+            // not this instance's to serve.
+            let closed = sockets.close_unused();
+            if closed > 0 {
+                info!(closed, "closed admin sockets handed over but not served here");
+            }
+        }
         let all_bound = want.keys().all(|p| running.contains_key(p));
         tokio::select! {
             changed = tables.changed() => if changed.is_err() { return },
             _ = retry.tick(), if !all_bound => {}
+            _ = released.changed() => {}
         }
     }
 }
 
-/// Dual-stack `[::]:port` when IPv6 is there, else `0.0.0.0:port`; with `SO_REUSEPORT`, so
-/// an instance taking over binds beside the one it replaces.
-async fn bind(port: u16) -> std::io::Result<TcpListener> {
-    let std = match super::reuseport_listener(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
+/// Dual-stack `[::]:port` when IPv6 is there, else `0.0.0.0:port`: the predecessor's socket
+/// when it handed one over, else a new one ([`AdminSockets::listener`]).
+fn bind(sockets: &AdminSockets, port: u16) -> std::io::Result<TcpListener> {
+    let std = match sockets.listener(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
         Ok(l) => l,
-        Err(_) => super::reuseport_listener(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?,
+        Err(_) => sockets.listener(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?,
     };
     TcpListener::from_std(std)
 }

@@ -14,7 +14,7 @@
 //! a flood of scrapes or a loaded data path never delays a probe. [`http`] is the shared
 //! bare-bones HTTP/1 server, [`conns`] its connection caps (idle clients are closed, and
 //! evicted first at a cap); [`on_publish`] moves health and metrics along with every
-//! published table.
+//! published table; [`sockets`] holds the listeners a hand-over passes to a successor.
 
 pub mod conns;
 pub mod healthcheck;
@@ -22,6 +22,7 @@ pub mod healthz;
 pub mod http;
 pub mod metrics;
 pub mod on_publish;
+pub mod sockets;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,8 +38,10 @@ use crate::cli::AdminArgs;
 use crate::forward::Shared;
 use crate::limits;
 use crate::netfilter::Interception;
+use crate::listeners::Gate;
 use conns::ConnLimit;
 use healthz::ProxyHealth;
+pub use sockets::AdminSockets;
 use http::{Exec, Handler, Req, not_found, respond};
 
 /// What `/proxyMode` answers (kube-proxy answers "iptables", "ipvs" or "nftables").
@@ -55,11 +58,12 @@ pub struct Sources {
     pub udp: Option<Arc<crate::udp::UdpShared>>,
 }
 
-/// Binds the admin servers (failing start-up when an address is taken), registers the
-/// publish listener that drives health and sync metrics (call before the first publish), and
-/// starts the admin thread. The servers live as long as the process: nothing is returned to
-/// stop them, and the bound addresses are logged here.
-pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Arc<ProxyHealth>> {
+/// Binds the admin servers (failing start-up when an address is taken) or takes them from
+/// `sockets` (a predecessor's), registers the publish listener that drives health and sync
+/// metrics (call before the first publish), and starts the admin threads, which serve once
+/// `gate` opens (a successor: once the predecessor let go). The servers stop accepting when
+/// `sockets` is released (a successor took them); the bound addresses are logged here.
+pub fn start(args: &AdminArgs, sources: Sources, sockets: Arc<AdminSockets>, gate: Gate) -> anyhow::Result<Arc<ProxyHealth>> {
     let health = Arc::new(ProxyHealth::new(args.healthz_pending_timeout));
     let returned = Arc::clone(&health);
     let metrics = Arc::new(metrics::Metrics::new(sources.clone(), args.metrics_max_backends).context("registering metrics")?);
@@ -77,7 +81,7 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Arc<ProxyHeal
     let health_runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("health runtime")?;
     let bind = |addr: Option<SocketAddr>, what: &str, runtime: &tokio::runtime::Runtime| -> anyhow::Result<Option<TcpListener>> {
         let Some(addr) = addr else { return Ok(None) };
-        let std = reuseport_listener(addr).with_context(|| format!("binding the {what} server on {addr}"))?;
+        let std = sockets.listener(addr).with_context(|| format!("binding the {what} server on {addr}"))?;
         let _guard = runtime.enter();
         Ok(Some(TcpListener::from_std(std).context("registering the listener")?))
     };
@@ -92,19 +96,23 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Arc<ProxyHeal
     let healthz_addr = healthz_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let (publisher, forward) = (Arc::clone(&sources.publisher), sources.forward.clone());
+    let (health_gate, health_sockets) = (gate.clone(), Arc::clone(&sockets));
     std::thread::Builder::new()
         .name("tpvs-health".into())
         .spawn(move || {
+            health_gate.wait();
             health_runtime.block_on(async move {
-                // Never signalled: the servers live as long as the process.
-                let (_keep, stop) = watch::channel(false);
+                let stop = health_sockets.released();
                 if let Some(l) = healthz_listener {
                     let h = Arc::clone(&health);
                     let handler: Handler = Arc::new(move |req: &Req| healthz::handle(&h, req));
                     let limit = ConnLimit::new(limits::HEALTH_CONNECTIONS, http::IDLE_TIMEOUT);
+                    health_sockets.track(&limit);
                     tokio::spawn(http::serve(l, handler, Exec::Inline, limit, stop.clone()));
                 }
-                healthcheck::run(tables_rx, health).await;
+                healthcheck::run(tables_rx, health, health_sockets).await;
+                // Released: the runtime stays, so the connections already accepted finish.
+                std::future::pending::<()>().await;
             });
         })
         .context("starting the health thread")?;
@@ -112,19 +120,22 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Arc<ProxyHeal
         std::thread::Builder::new()
             .name("tpvs-metrics".into())
             .spawn(move || {
+                gate.wait();
                 metrics_runtime.block_on(async move {
-                    let (_keep, stop) = watch::channel(false);
+                    let stop = sockets.released();
                     let (m, p) = (Arc::clone(&metrics), Arc::clone(&publisher));
                     let backend_metrics = forward.as_ref().map(|f| Arc::clone(f.dispatch.metrics()));
                     let handler: Handler = Arc::new(move |req: &Req| metrics_routes(&m, &p, backend_metrics.as_deref(), req));
                     let mut servers = Vec::new();
                     for l in [metrics_listener, table_listener].into_iter().flatten() {
                         let limit = ConnLimit::new(limits::METRICS_CONNECTIONS, http::IDLE_TIMEOUT);
+                        sockets.track(&limit);
                         servers.push(tokio::spawn(http::serve(l, Arc::clone(&handler), Exec::Blocking, limit, stop.clone())));
                     }
                     for s in servers {
                         let _ = s.await;
                     }
+                    std::future::pending::<()>().await;
                 });
             })
             .context("starting the metrics thread")?;
@@ -183,8 +194,8 @@ fn is_loopback(addr: SocketAddr) -> bool {
     addr.ip().to_canonical().is_loopback()
 }
 
-/// A listener bound with `SO_REUSEPORT`, so a successor taking over binds beside this instance
-/// and a probe finds one of the two listening throughout a hand-over.
+/// A listener bound with `SO_REUSEPORT`, so an instance taking over from one that did not hand
+/// its admin sockets over (an older version) binds beside it.
 pub(crate) fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), None)?;

@@ -14,6 +14,7 @@
 //!   3. `socket transparent 1 → mark`: the reply path of upstream sockets bound to a client's
 //!      address (Local policy), so replies addressed to that foreign IP are routed to the
 //!      local socket by the policy-routing rule instead of being forwarded.
+//!
 //!   A Service packet the `tproxy` statement cannot hand to a listener (none listens: a
 //!   restart after a crash, a SIGTERM drain) is dropped in `no_listener`, never routed on:
 //!   the client retransmits its SYN and connects once a listener is back.
