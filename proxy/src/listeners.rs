@@ -6,8 +6,9 @@
 //!   predecessor at a takeover: the same sockets (the same `SO_REUSEPORT` group and accept
 //!   queues), so no SYN or datagram ever meets a closed port.
 //! - [`Gate`]: a worker holding listeners waits at the gate before it serves. A successor's
-//!   workers wait until its routing table is published, or they would take connections off
-//!   the shared queues and reset them for want of a frontend.
+//!   workers wait until the predecessor has let go, a cold start's until its first routing
+//!   table is published (over a killed instance's rules SYNs arrive at once), or they would
+//!   take connections off the queues and reset them for want of a frontend.
 //! - [`Release`]: the predecessor's switch: its workers stop accepting and close their
 //!   copies of the listeners (the successor holds the same sockets, so they stay open).
 

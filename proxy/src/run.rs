@@ -3,8 +3,13 @@
 //!
 //! Start-up order is chosen so that no intercepted packet ever meets a missing piece:
 //! signal handlers first (a SIGTERM during start-up still cleans up), listeners bound next
-//! (TPROXY to a port nobody listens on answers clients "network unreachable"), then policy
-//! routing and rules, then the first table.
+//! (a Service packet TPROXY finds no listener for is dropped by the rules, and retransmitted),
+//! then policy routing and rules, then the first table; the workers serve from the first
+//! table on, and hold what reaches them before it in their accept queues.
+//!
+//! Over the rules an instance left when it was killed, a cold start adopts them as they are
+//! (its first table replaces them in one transaction) rather than installing an empty table
+//! first, which would let Service traffic be routed out of the node until then.
 //!
 //! A SIGTERM (or SIGINT) with no successor means the node is going away (a drain, an
 //! uninstall): the instance stops accepting at once (its listeners close, so new connections
@@ -22,6 +27,10 @@
 //! step that changes the node registers its undo, and a start-up that fails removes what it
 //! installed and nothing else ([`crate::startup_guard`]); an adopted table and routes are
 //! never undone (they are the predecessor's until it lets go).
+//!
+//! An instance whose `--instance-id` already handed over to the owner (an old pod's restarted
+//! container, during a DaemonSet rollout) is refused, and stands by owning nothing until a
+//! signal ends it (exit 0), rather than exiting to be restarted again.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
