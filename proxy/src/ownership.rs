@@ -6,7 +6,9 @@
 //! name is taken exactly while an owner lives, and a crash never leaves a stale lock behind.
 //!
 //! Whoever connects gets a hello ([`crate::handover`]): the owner's pid, binary version and
-//! the flags a successor must share. A probe (`tpvs cleanup`) hangs up after it; a successor
+//! the flags a successor must share, and its instance identity. Each peer is served on a
+//! thread of its own, so a probe is answered while a successor loads its table. A probe
+//! (`tpvs cleanup`, `tpvs ready`) hangs up after the hello; a successor
 //! (`tpvs run` with the same flags) asks to take over and receives the listeners, and the
 //! owner releases everything once the successor says it is ready — and nothing before. The
 //! owner's pid is also read with `SO_PEERCRED`, which the kernel fills from the listener and
@@ -14,6 +16,8 @@
 
 use std::os::linux::net::SocketAddrExt as _;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::fd::AsRawFd as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -231,16 +235,26 @@ pub fn owner(table: &str) -> std::io::Result<Option<Owner>> {
     Ok(Some(Owner { pid: cred_pid.or(hello_pid), version, instance }))
 }
 
-/// Accepts probes and successors until one successor has taken over; then frees the name.
+/// Accepts probes and successors, each served on a thread of its own (a probe — `tpvs ready`,
+/// `tpvs cleanup` — is answered at once while a successor loads its table, which may take a
+/// while), until one successor has taken over; then frees the name.
 fn answer(listener: UnixListener, flags: Flags, identity: Identity, offer: Arc<Mutex<Option<Offer>>>, done: tokio::sync::oneshot::Sender<HandedOver>) {
-    let hello = Message::Hello {
+    let hello = Arc::new(Message::Hello {
         pid: std::process::id(),
         binary: handover::binary_version(),
         flags: flags.clone(),
         instance: identity.instance.clone(),
         replaced: identity.replaced.clone(),
-    };
+    });
+    let (flags, identity) = (Arc::new(flags), Arc::new(identity));
+    let done = Arc::new(Mutex::new(Some(done)));
+    let handed = Arc::new(AtomicBool::new(false));
+    let fd = listener.as_raw_fd();
     for conn in listener.incoming() {
+        if handed.load(Ordering::Acquire) {
+            // The name is freed as `listener` drops, right after this.
+            return;
+        }
         let mut stream = match conn {
             Ok(s) => s,
             Err(e) => {
@@ -249,24 +263,37 @@ fn answer(listener: UnixListener, flags: Flags, identity: Identity, offer: Arc<M
                 continue;
             }
         };
-        let peer = handover::peer_cred(&stream);
-        match serve_peer(&mut stream, &hello, &flags, &identity, &offer, peer) {
-            Ok(Some(handed)) => {
-                info!(
-                    successor = owner_text(handed.successor_pid),
-                    listeners = handed.listeners,
-                    open_connections = handed.open_connections,
-                    "handed the listeners and the rules over to a successor"
-                );
-                // The name is freed when `listener` drops, right after this.
-                let _ = done.send(handed);
-                return;
+        let (hello, flags, identity, offer, done, handed) =
+            (Arc::clone(&hello), Arc::clone(&flags), Arc::clone(&identity), Arc::clone(&offer), Arc::clone(&done), Arc::clone(&handed));
+        let spawned = std::thread::Builder::new().name("tpvs-owner-peer".into()).spawn(move || {
+            let peer = handover::peer_cred(&stream);
+            match serve_peer(&mut stream, &hello, &flags, &identity, &offer, peer) {
+                Ok(Some(h)) => {
+                    info!(
+                        successor = owner_text(h.successor_pid),
+                        listeners = h.listeners,
+                        open_connections = h.open_connections,
+                        "handed the listeners and the rules over to a successor"
+                    );
+                    handed.store(true, Ordering::Release);
+                    if let Some(tx) = done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                        let _ = tx.send(h);
+                    }
+                    // Wakes the accept loop, which then frees the name. Only the one thread
+                    // that took the offer gets here, and the loop keeps the descriptor open
+                    // until it sees `handed`, set above.
+                    // SAFETY: shutdown on a descriptor that is open (see above); no memory.
+                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    warn!(peer = owner_text(peer.and_then(|c| (c.pid > 0).then(|| c.pid.unsigned_abs()))), %reason, "a takeover was refused or failed; still serving");
+                    let _ = handover::write_message(&mut stream, &Message::Refused { reason });
+                }
             }
-            Ok(None) => {}
-            Err(reason) => {
-                warn!(peer = owner_text(peer.and_then(|c| (c.pid > 0).then(|| c.pid.unsigned_abs()))), %reason, "a takeover was refused or failed; still serving");
-                let _ = handover::write_message(&mut stream, &Message::Refused { reason });
-            }
+        });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start a thread for a peer on the ownership socket");
         }
     }
 }

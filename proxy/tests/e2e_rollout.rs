@@ -189,3 +189,30 @@ fn health_probes_meet_no_refused_or_reset_connection_across_takeovers() {
         assert!(out.lines().any(|l| l.contains(port) && l.contains(&format!("pid={pid},"))), "owned by the last instance: {out}");
     }
 }
+
+#[test]
+fn the_old_pod_stays_ready_while_the_new_one_loads_its_table() {
+    let Some(mut lab) = start("pod-a") else { return };
+    // The new pod cannot read its Services yet (an API server still listing, say): it holds
+    // the listeners it received but has not taken over.
+    let aside = lab.dir.join("aside.yaml");
+    std::fs::rename(&lab.manifests, &aside).unwrap_or_else(|e| panic!("{e}"));
+    let mut a = successor(&mut lab, "pod-b");
+    let waiting = lab.wait_for(Duration::from_secs(10), || lab.tpvs_log_of(0).contains("listeners sent to a successor").then_some(()));
+    assert!(waiting.is_some(), "no takeover began:\n{}", lab.tpvs_log_of(0));
+    std::thread::sleep(Duration::from_millis(1500));
+    // Meanwhile the old pod is the node's proxy: ready, answering its probes, serving.
+    for _ in 0..3 {
+        assert_eq!(ready(&lab, "pod-a"), Ok(String::new()), "the old pod must stay ready while the new one loads");
+        let not_yet = ready(&lab, "pod-b").err().unwrap_or_default();
+        assert!(not_yet.contains(r#"owned by instance "pod-a""#), "{not_yet}");
+        lab.hello(VIP).unwrap_or_else(|e| panic!("the old pod stopped serving: {e}"));
+    }
+    assert!(matches!(a.try_wait(), Ok(None)), "the old pod let go before the new one was ready");
+    std::fs::rename(&aside, &lab.manifests).unwrap_or_else(|e| panic!("{e}"));
+    let status = wait_child(&mut a, Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", lab.tpvs_log_of(0));
+    let ready_b = lab.wait_for(Duration::from_secs(5), || ready(&lab, "pod-b").ok());
+    assert!(ready_b.is_some(), "the new pod is ready once it owns the node: {:?}", ready(&lab, "pod-b"));
+    lab.hello(VIP).unwrap_or_else(|e| panic!("{e}"));
+}
