@@ -484,6 +484,7 @@ table inet tpvs {
             service_local_endpoints: backends,
             source_ranges: Arc::from([]),
             scheduler: schedulers::build(SchedulerKind::Rr, Arc::new(BackendSet::new(set)), &SchedulerOptions::default()),
+            explanation: Default::default(),
         };
         (key, Arc::new(fe))
     }
