@@ -15,5 +15,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Run(args) => crate::run::run(*args),
         Command::Cleanup(args) => crate::cleanup::run(&args),
+        Command::Explain(args) => Ok(crate::explain::run(&args)),
     }
 }

@@ -118,6 +118,7 @@ mod tests {
             services: services.iter().map(|s| (s.key.clone(), s.clone())).collect(),
             slices: slices.iter().map(|s| (s.key.clone(), s.clone())).collect(),
             node: zone.map(|z| NodeInfo { name: Some(Arc::from("n")), zone: Some(Arc::from(z)) }),
+            skipped: BTreeMap::new(),
         }
     }
 

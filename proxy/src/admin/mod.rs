@@ -1,8 +1,9 @@
 //! The admin side of `tpvs run`, at kube-proxy's addresses:
 //!
 //! - `--metrics-bind-address` (127.0.0.1:10249): `/metrics` ([`metrics`]), `/proxyMode`
-//!   ("tpvs"), and `/api/table` (the live table with counters, read by `tpvs list`; its
-//!   schema is [`crate::view`]). `/api/table` is unauthenticated, so it is answered only on
+//!   ("tpvs"), `/api/table` (the live table with counters, read by `tpvs list`; its
+//!   schema is [`crate::view`]) and `/api/explain` (`tpvs explain`'s answer, see
+//!   [`crate::explain`]). Both are unauthenticated, so they are answered only on
 //!   connections to a loopback address; a metrics address off loopback gets a second listener
 //!   on 127.0.0.1 at the same port for it.
 //! - `--healthz-bind-address` (0.0.0.0:10256): `/healthz` and `/livez` ([`healthz`]).
@@ -92,6 +93,13 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Arc<ProxyHeal
     let healthz_addr = healthz_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let (publisher, forward) = (Arc::clone(&sources.publisher), sources.forward.clone());
+    let explainer = Arc::new(crate::explain::LiveExplainer {
+        publisher: Arc::clone(&sources.publisher),
+        forward: sources.forward.clone(),
+        interception: sources.interception.clone(),
+        udp: sources.udp.is_some(),
+        health: Arc::clone(&health),
+    });
     std::thread::Builder::new()
         .name("tpvs-health".into())
         .spawn(move || {
@@ -116,7 +124,8 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Arc<ProxyHeal
                     let (_keep, stop) = watch::channel(false);
                     let (m, p) = (Arc::clone(&metrics), Arc::clone(&publisher));
                     let backend_metrics = forward.as_ref().map(|f| Arc::clone(f.dispatch.metrics()));
-                    let handler: Handler = Arc::new(move |req: &Req| metrics_routes(&m, &p, backend_metrics.as_deref(), req));
+                    let handler: Handler =
+                        Arc::new(move |req: &Req| metrics_routes(&m, &p, backend_metrics.as_deref(), Some(&explainer), req));
                     let mut servers = Vec::new();
                     for l in [metrics_listener, table_listener].into_iter().flatten() {
                         let limit = ConnLimit::new(limits::METRICS_CONNECTIONS, http::IDLE_TIMEOUT);
@@ -146,6 +155,7 @@ fn metrics_routes(
     m: &Arc<metrics::Metrics>,
     publisher: &Publisher,
     backend_metrics: Option<&crate::dispatch::telemetry::MetricsRegistry>,
+    explainer: Option<&crate::explain::LiveExplainer>,
     req: &Req,
 ) -> hyper::Response<http::Body> {
     match req.path() {
@@ -160,6 +170,15 @@ fn metrics_routes(
         "/proxyMode" => respond(StatusCode::OK, "text/plain; charset=utf-8", PROXY_MODE),
         // The whole table, unauthenticated: never off the node.
         "/api/table" if !req.local.is_some_and(is_loopback) => not_found(),
+        // `tpvs explain` against the daemon: as private as the table it reads.
+        "/api/explain" if !req.local.is_some_and(is_loopback) => not_found(),
+        "/api/explain" => match explainer {
+            Some(e) => {
+                let (status, body) = e.answer(req.uri.query());
+                respond(status, "application/json", body)
+            }
+            None => not_found(),
+        },
         "/api/table" => {
             let view = crate::view::json_view(&publisher.current(), backend_metrics);
             respond(StatusCode::OK, "application/json", serde_json::to_string(&view).unwrap_or_default())
@@ -213,7 +232,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}")),
         );
         let p = Publisher::new();
-        let status = |path: &str, local: &str| metrics_routes(&m, &p, None, &req(path, local)).status();
+        let status = |path: &str, local: &str| metrics_routes(&m, &p, None, None, &req(path, local)).status();
         assert_eq!(status("/api/table", "127.0.0.1:10249"), StatusCode::OK);
         assert_eq!(status("/api/table", "[::1]:10249"), StatusCode::OK);
         assert_eq!(status("/api/table", "[::ffff:127.0.0.1]:10249"), StatusCode::OK);

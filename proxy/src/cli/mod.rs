@@ -7,6 +7,7 @@
 
 mod admin;
 mod cleanup;
+mod explain;
 mod interception;
 mod list;
 mod outlier;
@@ -17,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 pub use admin::{AdminArgs, BindAddress};
 pub use cleanup::CleanupArgs;
+pub use explain::{ExplainArgs, ExplainProtocol};
 pub use interception::InterceptionArgs;
 pub use list::ListArgs;
 pub use outlier::OutlierArgs;
@@ -43,6 +45,11 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Remove every rule and route `tpvs run` installs in this network namespace.
     Cleanup(CleanupArgs),
+    /// Explain why a connection to DEST goes where it goes, or nowhere: the frontend, the
+    /// Service, each endpoint's verdict, the scheduler's decision, what the client sees, and
+    /// (from the running daemon) the rule and connection counters. Exit code: 0 forwarded,
+    /// 1 refused, dropped or no frontend, 2 bad input.
+    Explain(ExplainArgs),
 }
 
 impl Command {
@@ -52,6 +59,7 @@ impl Command {
             Command::List(_) => "warn",
             Command::Run(_) => "info",
             Command::Cleanup(_) => "warn",
+            Command::Explain(_) => "warn",
         }
     }
 }
