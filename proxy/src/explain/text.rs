@@ -51,19 +51,20 @@ pub fn render(r: &Report) -> String {
             line(format!("{knobs}."));
             let used = r.endpoints.iter().filter(|e| e.used).count();
             line(format!(
-                "3. Endpoints: {} listed by {} EndpointSlice(s); the scheduler sees {used}.",
+                "3. Endpoints: {} listed by {} EndpointSlice(s); the scheduler sees {used} (node/zone, verdict):",
                 r.endpoints.len(),
                 f.slices
             ));
+            let place = |e: &super::report::EndpointView| match (&e.node, &e.zone) {
+                (Some(n), Some(z)) => format!("{n}/{z}"),
+                (Some(n), None) => n.clone(),
+                (None, Some(z)) => format!("-/{z}"),
+                (None, None) => "-".to_string(),
+            };
             let width = r.endpoints.iter().map(|e| e.address.len()).max().unwrap_or(0);
+            let place_width = r.endpoints.iter().map(|e| place(e).len()).max().unwrap_or(0);
             for e in &r.endpoints {
-                let place = match (&e.node, &e.zone) {
-                    (Some(n), Some(z)) => format!("on {n} in {z}"),
-                    (Some(n), None) => format!("on {n}"),
-                    (None, Some(z)) => format!("in {z}"),
-                    (None, None) => "on no named node".to_string(),
-                };
-                line(format!("   {:<width$}  {}: {place}", e.address, e.why));
+                line(format!("   {:<width$}  {:<place_width$}  {}", e.address, place(e), e.why));
             }
             if let Some(d) = &r.decision {
                 line(format!("4. Decision: {}.", d.text));
