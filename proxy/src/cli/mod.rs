@@ -59,7 +59,8 @@ impl Command {
             Command::List(_) => "warn",
             Command::Run(_) => "info",
             Command::Cleanup(_) => "warn",
-            Command::Explain(_) => "warn",
+            // What the table refused is part of the answer, not a warning to log.
+            Command::Explain(_) => "error",
         }
     }
 }

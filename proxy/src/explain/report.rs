@@ -288,6 +288,7 @@ fn no_frontend(q: &Query, src: &Sources<'_>, r: &mut Report) {
         Destination::NodePort(p) => (None, p),
     };
     let table = src.table;
+    let mut headless = Vec::new();
     // What the table left out on purpose, with this address (or NodePort).
     for np in table.not_proxied() {
         let names_ip = ip.is_some_and(|ip| np.addresses.contains(&ip));
@@ -300,6 +301,9 @@ fn no_frontend(q: &Query, src: &Sources<'_>, r: &mut Report) {
                 kind: format!("not_proxied:{}", np.why.code()),
                 text: format!("{} is not proxied: {}", np.service, np.why),
             });
+        } else if np.addresses.is_empty() && names_port {
+            // A headless Service has no address to ask about: its port is the only clue.
+            headless.push(format!("{} has port {port} but is not proxied: {}", np.service, np.why));
         }
     }
     let wanted = format!("{} {}", q.protocol, q.destination);
@@ -330,7 +334,12 @@ fn no_frontend(q: &Query, src: &Sources<'_>, r: &mut Report) {
             other_proto.push(format!("{} is {}, not {}{why}", frontend_text(f), f.key.proto, q.protocol));
         } else if same_ip && f.key.proto == q.protocol && f.key.port != port {
             same_addr.push(frontend_text(f));
-        } else if !same_ip && f.key.port == port && f.key.proto == q.protocol && !f.key.is_node_port() {
+        } else if !same_ip
+            && f.key.port == port
+            && f.key.proto == q.protocol
+            && !f.key.is_node_port()
+            && f.key.addr.is_ipv6() == q.v6()
+        {
             same_port.push(frontend_text(f));
         }
         if f.explanation.load_balancer_pending && f.kind == FrontendKind::ClusterIp && f.key.port == port {
@@ -355,7 +364,7 @@ fn no_frontend(q: &Query, src: &Sources<'_>, r: &mut Report) {
         r.nearest.push(Nearby { kind: "load_balancer_pending".into(), text: t });
     }
     const MAX: usize = 5;
-    for (kind, list) in [("same_address", same_addr), ("same_port", same_port)] {
+    for (kind, list) in [("same_address", same_addr), ("same_port", same_port), ("same_port_not_proxied", headless)] {
         let more = list.len().saturating_sub(MAX);
         for t in list.into_iter().take(MAX) {
             r.nearest.push(Nearby { kind: kind.into(), text: t });
@@ -372,6 +381,7 @@ fn no_frontend(q: &Query, src: &Sources<'_>, r: &mut Report) {
     r.experience = "tpvs does not intercept the packet: it goes wherever the node would route it without tpvs".into();
     r.diagnosis = match r.nearest.first() {
         Some(n) if !n.kind.starts_with("same_") => format!("no frontend for {what}: {}", n.text),
+        Some(n) if n.kind == "same_address" => format!("no Service answers on {what}; this address answers as {}", n.text),
         _ => format!("no Service of this node's table answers on {what}"),
     };
 }

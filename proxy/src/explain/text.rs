@@ -19,7 +19,13 @@ pub fn render(r: &Report) -> String {
         None => {
             line(format!("1. Interception: no frontend matches {asked} (table generation {}).", r.generation));
             for n in &r.nearest {
-                line(format!("   nearest: {}", n.text));
+                let label = match n.kind.as_str() {
+                    "same_address" => "same address, other port",
+                    "same_port" => "same port, other address",
+                    "same_port_not_proxied" => "same port",
+                    _ => "because",
+                };
+                line(format!("   {label}: {}", n.text));
             }
             line(format!("5. Client: {}.", r.experience));
         }
