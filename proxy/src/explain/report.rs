@@ -330,6 +330,7 @@ fn no_frontend(q: &Query, src: &Sources<'_>, r: &mut Report) {
             None => f.key.is_node_port(),
         };
         if same_ip && f.key.port == port && f.key.proto != q.protocol {
+            // (the same frontend, another protocol)
             let why = if f.key.proto == Protocol::Sctp { ": tpvs does not intercept SCTP" } else { "" };
             other_proto.push(format!("{} is {}, not {}{why}", frontend_text(f), f.key.proto, q.protocol));
         } else if same_ip && f.key.proto == q.protocol && f.key.port != port {
@@ -364,7 +365,8 @@ fn no_frontend(q: &Query, src: &Sources<'_>, r: &mut Report) {
         r.nearest.push(Nearby { kind: "load_balancer_pending".into(), text: t });
     }
     const MAX: usize = 5;
-    for (kind, list) in [("same_address", same_addr), ("same_port", same_port), ("same_port_not_proxied", headless)] {
+    let other_ports = if ip.is_some() { "same_address" } else { "other_node_port" };
+    for (kind, list) in [(other_ports, same_addr), ("same_port", same_port), ("same_port_not_proxied", headless)] {
         let more = list.len().saturating_sub(MAX);
         for t in list.into_iter().take(MAX) {
             r.nearest.push(Nearby { kind: kind.into(), text: t });
@@ -382,6 +384,7 @@ fn no_frontend(q: &Query, src: &Sources<'_>, r: &mut Report) {
     r.diagnosis = match r.nearest.first() {
         Some(n) if !n.kind.starts_with("same_") => format!("no frontend for {what}: {}", n.text),
         Some(n) if n.kind == "same_address" => format!("no Service answers on {what}; this address answers as {}", n.text),
+        Some(n) if n.kind == "other_node_port" => format!("no Service has {what}; the NodePorts nearest are {}", n.text),
         _ => format!("no Service of this node's table answers on {what}"),
     };
 }
@@ -429,6 +432,15 @@ fn with_frontend(q: &Query, src: &Sources<'_>, fe: &Frontend, as_node_port: bool
         })
         .collect();
 
+    if rec.load_balancer_pending {
+        r.nearest.push(Nearby {
+            kind: "load_balancer_pending".into(),
+            text: format!(
+                "{} is type LoadBalancer with no status.loadBalancer.ingress yet: no load-balancer frontend until the cloud controller assigns one",
+                fe.service.to_string().split(':').next().unwrap_or_default()
+            ),
+        });
+    }
     let dst = match q.destination {
         Destination::Addr(a) => a,
         Destination::NodePort(p) => SocketAddr::new(fe.key.addr, p),

@@ -23,6 +23,7 @@ pub fn render(r: &Report) -> String {
                     "same_address" => "same address, other port",
                     "same_port" => "same port, other address",
                     "same_port_not_proxied" => "same port",
+                    "other_node_port" => "other NodePort",
                     _ => "because",
                 };
                 line(format!("   {label}: {}", n.text));
@@ -56,8 +57,9 @@ pub fn render(r: &Report) -> String {
             }
             line(format!("{knobs}."));
             let used = r.endpoints.iter().filter(|e| e.used).count();
+            let legend = if r.endpoints.is_empty() { "." } else { " (node/zone, verdict):" };
             line(format!(
-                "3. Endpoints: {} listed by {} EndpointSlice(s); the scheduler sees {used} (node/zone, verdict):",
+                "3. Endpoints: {} listed by {} EndpointSlice(s); the scheduler sees {used}{legend}",
                 r.endpoints.len(),
                 f.slices
             ));
@@ -103,7 +105,10 @@ pub fn render(r: &Report) -> String {
                 )),
                 None => line("6. Live: no rule element for this frontend (nothing intercepts it).".into()),
             }
-            line(format!("   frontend: {} connections through its backends.", l.frontend_connections));
+            line(format!(
+                "   frontend: {} connections to its backends (a backend's counters count every frontend reaching it).",
+                l.frontend_connections
+            ));
             for b in &l.backends {
                 let failures: Vec<String> =
                     b.failures.iter().filter(|(_, n)| **n > 0).map(|(why, n)| format!("{n} {why}")).collect();
