@@ -381,10 +381,12 @@ fn no_frontend(q: &Query, src: &Sources<'_>, r: &mut Report) {
     };
     r.outcome = Outcome::NoFrontend;
     r.experience = "tpvs does not intercept the packet: it goes wherever the node would route it without tpvs".into();
+    // Near misses are clues, not reasons: only a reason decides the diagnosis.
+    let clue = |k: &str| k.starts_with("same_") || k == "other_node_port";
     r.diagnosis = match r.nearest.first() {
-        Some(n) if !n.kind.starts_with("same_") => format!("no frontend for {what}: {}", n.text),
+        Some(n) if !clue(&n.kind) => format!("no frontend for {what}: {}", n.text),
         Some(n) if n.kind == "same_address" => format!("no Service answers on {what}; this address answers as {}", n.text),
-        Some(n) if n.kind == "other_node_port" => format!("no Service has {what}; the NodePorts nearest are {}", n.text),
+        Some(n) if n.kind == "other_node_port" => format!("no Service has {what}; this node's NodePorts include {}", n.text),
         _ => format!("no Service of this node's table answers on {what}"),
     };
 }
