@@ -434,6 +434,17 @@ fn with_frontend(q: &Query, src: &Sources<'_>, fe: &Frontend, as_node_port: bool
         })
         .collect();
 
+    let key = format!("{} {}", fe.key.proto, fe.key);
+    for refusal in src.table.refused() {
+        if let Refusal::Conflict(c) = refusal
+            && c.frontend == key
+        {
+            r.nearest.push(Nearby {
+                kind: "conflict".into(),
+                text: format!("{} asks for this frontend too and is ignored for it: {} holds it", c.loser, c.winner),
+            });
+        }
+    }
     if rec.load_balancer_pending {
         r.nearest.push(Nearby {
             kind: "load_balancer_pending".into(),
