@@ -206,7 +206,7 @@ impl Applier {
                         self.note(at, None);
                     }
                     if let Some(np) = not_proxied {
-                        self.index.upsert_skipped(np);
+                        self.index.upsert_skipped(*np);
                     }
                 }
                 Err(error) => self.object_error("Service", &key.to_string(), &error),

@@ -53,7 +53,7 @@ impl Watched {
 #[derive(Debug)]
 pub(crate) enum Object {
     /// `not_proxied`: what a skipped Service names, for `tpvs explain`.
-    Service { key: ObjectKey, converted: Result<Result<ServiceInfo, Skipped>, ObjectError>, not_proxied: Option<NotProxied> },
+    Service { key: ObjectKey, converted: Result<Result<ServiceInfo, Skipped>, ObjectError>, not_proxied: Option<Box<NotProxied>> },
     Slice { key: ObjectKey, converted: Result<Option<SliceInfo>, ObjectError>, trigger: Option<SystemTime> },
     Node(NodeInfo),
     /// An object without a name: it cannot be keyed, so it can only be counted.
@@ -97,7 +97,7 @@ pub(crate) fn service_object(svc: Service) -> Object {
     let Some((ns, name)) = names(&svc.metadata) else { return Object::Unnamed(Watched::Services) };
     let converted = ServiceInfo::from_service(&svc);
     let not_proxied = match &converted {
-        Ok(Err(why)) => not_proxied(&svc, why.clone()),
+        Ok(Err(why)) => not_proxied(&svc, why.clone()).map(Box::new),
         _ => None,
     };
     Object::Service { key: ObjectKey::new(ns, name), converted, not_proxied }

@@ -98,7 +98,10 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Arc<ProxyHeal
         forward: sources.forward.clone(),
         interception: sources.interception.clone(),
         udp: sources.udp.is_some(),
-        health: Arc::clone(&health),
+        healthy: {
+            let h = Arc::clone(&health);
+            Arc::new(move || h.is_healthy())
+        },
     });
     std::thread::Builder::new()
         .name("tpvs-health".into())

@@ -2,8 +2,9 @@
 //!
 //! Two sources, like `tpvs list`: `--manifests` compiles the manifests exactly as the daemon
 //! would (no root, no daemon) and answers from that table; without it the running daemon
-//! answers from its own table, affinity map and counters (`/api/explain` on its metrics
-//! address, loopback only), adding the live evidence.
+//! answers from its own table, affinity map and counters ([`LiveExplainer`], served at
+//! `/api/explain` on its metrics address, loopback only; asked by [`crate::explain_live`]),
+//! adding the live evidence.
 //!
 //! - [`query`]: DEST, `--from` and `--protocol`, checked first (bad input: one line, exit 2).
 //! - [`report`]: the answer as data (the `--json` schema), read from the table, the compiler's
@@ -14,19 +15,14 @@ pub mod query;
 pub mod report;
 pub mod text;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use controlplane::{ManifestSource, Protocol, Publisher};
 use hyper::StatusCode;
 
 use crate::addrs::NodePortAddrs;
-use crate::admin::healthz::ProxyHealth;
-use crate::admin::http;
 use crate::cli::ExplainArgs;
 use crate::dispatch::Dispatcher;
 use crate::dispatch::outlier::OutlierPolicy;
@@ -39,20 +35,21 @@ use report::{LiveSources, Report, Sources};
 
 /// Exit code for bad input, or a question that could not be asked (no daemon).
 const USAGE: u8 = 2;
-const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `tpvs explain`: prints the answer; the exit code is 0 when the connection is forwarded,
-/// 1 when it is refused, dropped or meets no frontend, 2 when the question is bad.
-pub fn run(args: &ExplainArgs) -> ExitCode {
+/// `tpvs explain --manifests PATH`: the answer from the table the manifests compile to.
+pub fn run_offline(manifests: &Path, args: &ExplainArgs) -> ExitCode {
+    answer(args, |q| offline(manifests, args, q))
+}
+
+/// Checks the question, gets its answer from `ask`, prints it; the exit code is 0 when the
+/// connection is forwarded, 1 when it is refused, dropped or meets no frontend, 2 when the
+/// question is bad or could not be asked.
+pub fn answer(args: &ExplainArgs, ask: impl FnOnce(&Query) -> anyhow::Result<Report>) -> ExitCode {
     let query = match Query::parse(&args.destination, args.from.as_deref(), args.protocol.into()) {
         Ok(q) => q,
         Err(e) => return usage(&e),
     };
-    let report = match &args.table.manifests {
-        Some(path) => offline(path, args, &query),
-        None => ask_daemon(args.server, &query),
-    };
-    let report = match report {
+    let report = match ask(&query) {
         Ok(r) => r,
         Err(e) => return usage(&InputError(format!("{e:#}"))),
     };
@@ -90,7 +87,7 @@ fn offline(manifests: &Path, args: &ExplainArgs, q: &Query) -> anyhow::Result<Re
 
 /// The query string the daemon is asked with: plain fields (an IPv6 address's colons are
 /// allowed in a query; brackets are not).
-fn query_string(q: &Query) -> String {
+pub fn query_string(q: &Query) -> String {
     let mut s = match q.destination {
         Destination::Addr(a) => format!("ip={}&port={}", a.ip(), a.port()),
         Destination::NodePort(p) => format!("port={p}"),
@@ -102,7 +99,7 @@ fn query_string(q: &Query) -> String {
     s
 }
 
-fn parse_query_string(qs: &str) -> Result<Query, InputError> {
+pub fn parse_query_string(qs: &str) -> Result<Query, InputError> {
     let field = |name: &str| qs.split('&').find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')));
     let port = field("port").ok_or_else(|| InputError("port is missing".into()))?;
     let dest = match field("ip") {
@@ -123,18 +120,6 @@ fn parse_query_string(qs: &str) -> Result<Query, InputError> {
     Query::parse(&dest, from.as_deref(), protocol)
 }
 
-fn ask_daemon(server: SocketAddr, q: &Query) -> anyhow::Result<Report> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("runtime")?;
-    runtime.block_on(async {
-        let path = format!("/api/explain?{}", query_string(q));
-        let (status, body) = http::get(server, &path, TIMEOUT)
-            .await
-            .with_context(|| format!("asking tpvs at {server} (is `tpvs run` up? --server sets the address; --manifests explains offline)"))?;
-        anyhow::ensure!(status == StatusCode::OK, "{server}/api/explain answered {status}: {}", String::from_utf8_lossy(&body).trim());
-        serde_json::from_slice(&body).with_context(|| format!("{server}/api/explain: unexpected answer"))
-    })
-}
-
 /// The daemon's side: answers `/api/explain` from the live table, the data path's dispatcher
 /// (its affinity map, node-port filter and per-backend metrics) and the installed rules.
 pub struct LiveExplainer {
@@ -142,7 +127,8 @@ pub struct LiveExplainer {
     pub forward: Option<Arc<Shared>>,
     pub interception: Option<Arc<Interception>>,
     pub udp: bool,
-    pub health: Arc<ProxyHealth>,
+    /// Whether the proxy is healthy (what `/healthz` says), for the health-check answer.
+    pub healthy: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl LiveExplainer {
@@ -168,7 +154,7 @@ impl LiveExplainer {
             interception: self.interception.as_deref(),
             metrics: dispatcher.metrics(),
             udp: self.udp,
-            proxy_healthy: self.health.is_healthy(),
+            proxy_healthy: (self.healthy)(),
         };
         let report = report::explain(&q, &Sources { table: &table, dispatcher, live: Some(live) });
         match serde_json::to_string(&report) {
