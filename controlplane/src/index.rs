@@ -278,3 +278,49 @@ fn rank(kind: FrontendKind, service: &ObjectKey) -> (bool, &ObjectKey) {
 fn same_service(f: &Frontend, key: &ObjectKey) -> bool {
     f.service.namespace == key.namespace && f.service.name == key.name
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::explain::Unserved;
+    use crate::model::Skipped;
+
+    fn skipped(name: &str) -> NotProxied {
+        NotProxied {
+            service: ObjectKey::new("t", name),
+            why: Unserved::Service(Skipped::ExternalName),
+            addresses: vec![IpAddr::from([10, 96, 0, 9])],
+            ports: Vec::new(),
+        }
+    }
+
+    fn names(table: &RoutingTable) -> Vec<(String, &'static str)> {
+        table.not_proxied().iter().map(|n| (n.service.to_string(), n.why.code())).collect()
+    }
+
+    #[test]
+    fn the_table_names_what_it_does_not_proxy_and_forgets_it_when_proxied_or_gone() {
+        let mut index = ClusterIndex::new(CompileOptions::default());
+        index.upsert_skipped(skipped("alias"));
+        assert!(index.has_changes(), "a skipped Service changes what the next table says");
+        let mut lb = ServiceInfo::for_test("lb", vec![IpAddr::from([10, 96, 0, 8])]);
+        lb.ip_mode_proxy_ips = vec![IpAddr::from([192, 0, 2, 8])];
+        index.upsert_service(lb);
+        let (table, _) = index.build();
+        assert_eq!(names(&table), vec![("t/alias".to_string(), "external_name"), ("t/lb".to_string(), "ip_mode_proxy")]);
+        assert!(!index.has_changes());
+        // Proxied now (type changed): the skipped record goes.
+        index.upsert_service(ServiceInfo::for_test("alias", vec![IpAddr::from([10, 96, 0, 9])]));
+        let (table, _) = index.build();
+        assert_eq!(names(&table), vec![("t/lb".to_string(), "ip_mode_proxy")]);
+        // Skipped again, then deleted.
+        index.upsert_skipped(skipped("alias"));
+        let (table, _) = index.build();
+        assert_eq!(names(&table).len(), 2);
+        index.remove_service(&ObjectKey::new("t", "alias"));
+        let (table, _) = index.build();
+        assert_eq!(names(&table), vec![("t/lb".to_string(), "ip_mode_proxy")]);
+    }
+}

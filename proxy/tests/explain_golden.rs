@@ -154,3 +154,55 @@ fn json_schema_and_exit_code_agree() {
         assert!(v["live"].is_null(), "offline has no live evidence");
     }
 }
+
+/// The compiler's record and the backend set it built agree, frontend by frontend, over every
+/// fixture of both golden suites: an endpoint is recorded as used (or as used but of weight 0)
+/// exactly when the scheduler has it, so the explanation cannot drift from the table.
+#[test]
+fn every_recorded_verdict_matches_the_backend_set_the_scheduler_got() {
+    use controlplane::explain::{EndpointVerdict, Exclusion};
+    use controlplane::{CompileOptions, ManifestSource, Publisher};
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    let mut fixtures: Vec<PathBuf> = Vec::new();
+    for dir in ["tests/golden", "tests/explain"] {
+        for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{dir}: {e}")).flatten() {
+            if e.path().extension().is_some_and(|x| x == "yaml") {
+                fixtures.push(e.path());
+            }
+        }
+    }
+    assert!(fixtures.len() >= 15, "{fixtures:?}");
+    let mut checked = 0;
+    for fixture in fixtures {
+        let text = std::fs::read_to_string(&fixture).unwrap_or_default();
+        let node = header(&text, "# node: ").first().map(|s| s.to_string());
+        let publisher = Arc::new(Publisher::new());
+        let opts = CompileOptions { node_name: node, ..CompileOptions::default() };
+        ManifestSource::new(fixture.clone(), opts, Arc::clone(&publisher)).reload();
+        let table = publisher.current();
+        for fe in table.frontends() {
+            let in_set: BTreeSet<String> = fe.backends().iter().map(|b| b.addr.to_string()).collect();
+            let recorded: BTreeSet<String> = fe
+                .explanation
+                .endpoints
+                .iter()
+                .filter(|e| e.verdict.is_used() || e.verdict == EndpointVerdict::Excluded(Exclusion::WeightZero))
+                .map(|e| e.address())
+                .collect();
+            assert_eq!(in_set, recorded, "{fixture:?} {} {}", fe.key, fe.service);
+            let zero: BTreeSet<String> = fe.backends().iter().filter(|b| b.weight == 0).map(|b| b.addr.to_string()).collect();
+            let recorded_zero: BTreeSet<String> = fe
+                .explanation
+                .endpoints
+                .iter()
+                .filter(|e| e.verdict == EndpointVerdict::Excluded(Exclusion::WeightZero))
+                .map(|e| e.address())
+                .collect();
+            assert_eq!(zero, recorded_zero, "{fixture:?} {} {}", fe.key, fe.service);
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "only {checked} frontends checked");
+}
