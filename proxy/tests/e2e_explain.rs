@@ -1,7 +1,8 @@
 //! `tpvs explain` against a running daemon in the namespace lab: the live evidence it shows
 //! (the verdict-map element's packet counter, the backends' connection counters, connect
-//! failures and retries) must move when real traffic passes, and the backend it foretells for
-//! a client under `sh` must be the one the data path then picks.
+//! failures and retries) must move when real traffic passes, the backend it foretells for a
+//! client under `sh` must be the one the data path then picks, and the session-affinity entry
+//! it shows must be the one the data path recorded.
 
 mod lab;
 
@@ -12,6 +13,7 @@ use lab::{Lab, Svc, lab, manifests};
 const WEB: &str = "10.96.0.10:80";
 const EMPTY: &str = "10.96.0.11:80";
 const FLAKY: &str = "10.96.0.12:80";
+const STICKY: &str = "10.96.0.13:80";
 /// The lab's client namespace address.
 const CLIENT: &str = "10.0.0.2";
 
@@ -46,9 +48,13 @@ fn explain_live_counters_move_with_traffic_and_the_foretold_backend_is_the_one_p
     let empty = Svc::new("empty", "10.96.0.11");
     // be2 has no server: its connects are refused and retried on be1.
     let flaky = Svc::new("flaky", "10.96.0.12").endpoint("10.1.1.2", "node1").endpoint("10.1.2.2", "node1");
-    let yaml = manifests(&[web, empty, flaky])
-        .replace("  name: flaky\n  namespace: default\n", "  name: flaky\n  namespace: default\n  annotations:\n    tpvs/scheduler: rr\n");
-    assert!(yaml.contains("tpvs/scheduler: rr"));
+    let mut sticky = Svc::new("sticky", "10.96.0.13").endpoint("10.1.0.2", "node1").endpoint("10.1.1.2", "node1");
+    sticky.affinity_secs = Some(600);
+    let rr = |name: &str| (format!("  name: {name}\n  namespace: default\n"), format!("  name: {name}\n  namespace: default\n  annotations:\n    tpvs/scheduler: rr\n"));
+    let (flaky_from, flaky_to) = rr("flaky");
+    let (sticky_from, sticky_to) = rr("sticky");
+    let yaml = manifests(&[web, empty, flaky, sticky]).replace(&flaky_from, &flaky_to).replace(&sticky_from, &sticky_to);
+    assert_eq!(yaml.matches("tpvs/scheduler: rr").count(), 2);
     lab.write_manifests(&yaml);
     // sh: the backend of a client is a function of its address, so explain can foretell it.
     lab.start_tpvs(&["--scheduler", "sh", "--outlier-consecutive-failures", "0"]);
@@ -101,8 +107,24 @@ fn explain_live_counters_move_with_traffic_and_the_foretold_backend_is_the_one_p
     let text = String::from_utf8_lossy(&explain(&lab, &[FLAKY, "--from", CLIENT]).stdout).into_owned();
     assert!(text.contains("6. Live: rule frontends4 \"10.96.0.12 . tcp . 80 : goto tproxy_tcp\" counted"), "{text}");
     assert!(text.contains("refused connect failures"), "{text}");
+    // Session affinity: no sticky entry before the client's first connection; after it, the
+    // entry the data path recorded, to the backend that served it, for the Service's timeout.
+    let (sticky_before, _) = explain_json(&lab, STICKY);
+    assert!(sticky_before["decision"]["sticky"].is_null(), "{sticky_before}");
+    let h = lab.hello(STICKY).unwrap_or_else(|e| panic!("hello sticky: {e}"));
+    let (sticky_after, _) = explain_json(&lab, STICKY);
+    let served = if h.backend == "be0" { "10.1.0.2:8080" } else { "10.1.1.2:8080" };
+    assert_eq!(sticky_after["decision"]["sticky"]["backend"], served, "{sticky_after}");
+    assert_eq!(sticky_after["decision"]["backend"], served, "{sticky_after}");
+    assert_eq!(sticky_after["decision"]["by"], "affinity", "{sticky_after}");
+    let left = sticky_after["decision"]["sticky"]["expires_in_seconds"].as_u64().unwrap_or(0);
+    assert!((590..=600).contains(&left), "{sticky_after}");
+    for _ in 0..3 {
+        assert_eq!(lab.hello(STICKY).map(|h2| h2.backend).ok(), Some(h.backend.clone()), "affinity holds");
+    }
+
     if std::env::var_os("TPVS_EXPLAIN_SHOW").is_some() {
-        for d in [WEB, EMPTY, FLAKY] {
+        for d in [WEB, EMPTY, FLAKY, STICKY] {
             eprintln!("$ tpvs explain {d} --from {CLIENT}\n{}", String::from_utf8_lossy(&explain(&lab, &[d, "--from", CLIENT]).stdout));
         }
     }
