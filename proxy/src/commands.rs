@@ -17,8 +17,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cleanup(args) => crate::cleanup::run(&args),
         // Likewise: from manifests, or the running daemon's answer.
         Command::Explain(args) => Ok(match &args.table.manifests {
-            Some(path) => crate::explain::run_offline(path, &args),
-            None => crate::explain_live::run(&args),
+            Some(path) => crate::explain_cli::run_offline(path, &args),
+            None => crate::explain_cli::run_live(&args),
         }),
     }
 }

@@ -8,8 +8,9 @@
 //! - [`list`]: `tpvs list --manifests`, the routing table printed in the spirit of
 //!   `ipvsadm -Ln`; [`list_live`]: the same for the running daemon, with counters and rates.
 //! - [`explain`]: `tpvs explain DEST`, why a connection goes where it goes or nowhere, from
-//!   manifests, and the daemon's side of `/api/explain`: read from the compiler's records and
-//!   the dispatcher's own pick; [`explain_live`]: asks the running daemon.
+//!   manifests or the running daemon (the daemon's side of `/api/explain`), read from the
+//!   compiler's records and the dispatcher's own pick; [`explain_cli`]: the command's two ways
+//!   of asking (compile manifests, or ask the daemon).
 //! - [`view`]: the table as data, the schema of `tpvs list --json` and of the daemon's
 //!   `/api/table`.
 //! - [`admin`]: kube-proxy's admin contracts: the metrics server (`admin::metrics`: spec,
@@ -53,7 +54,7 @@ pub mod capabilities;
 pub mod cleanup;
 pub mod dispatch;
 pub mod explain;
-pub mod explain_live;
+pub mod explain_cli;
 pub mod forward;
 pub mod handover;
 pub mod limits;

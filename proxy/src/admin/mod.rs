@@ -98,9 +98,9 @@ pub fn start(args: &AdminArgs, sources: Sources) -> anyhow::Result<Arc<ProxyHeal
         forward: sources.forward.clone(),
         interception: sources.interception.clone(),
         udp: sources.udp.is_some(),
-        healthy: {
+        health_check: {
             let h = Arc::clone(&health);
-            Arc::new(move || h.is_healthy())
+            Arc::new(move |table: &controlplane::RoutingTable, port: u16| healthcheck::status_of(table, port, h.is_healthy()))
         },
     });
     std::thread::Builder::new()

@@ -3,8 +3,8 @@
 //! Two sources, like `tpvs list`: `--manifests` compiles the manifests exactly as the daemon
 //! would (no root, no daemon) and answers from that table; without it the running daemon
 //! answers from its own table, affinity map and counters ([`LiveExplainer`], served at
-//! `/api/explain` on its metrics address, loopback only; asked by [`crate::explain_live`]),
-//! adding the live evidence.
+//! `/api/explain` on its metrics address, loopback only), adding the live evidence. The
+//! command line's two ways of asking are [`crate::explain_cli`]'s.
 //!
 //! - [`query`]: DEST, `--from` and `--protocol`, checked first (bad input: one line, exit 2).
 //! - [`report`]: the answer as data (the `--json` schema), read from the table, the compiler's
@@ -15,31 +15,24 @@ pub mod query;
 pub mod report;
 pub mod text;
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use controlplane::{ManifestSource, Protocol, Publisher};
+use controlplane::{Protocol, Publisher, RoutingTable};
 use hyper::StatusCode;
 
-use crate::addrs::NodePortAddrs;
 use crate::cli::ExplainArgs;
 use crate::dispatch::Dispatcher;
 use crate::dispatch::outlier::OutlierPolicy;
 use crate::dispatch::telemetry::MetricsRegistry;
 use crate::forward::Shared;
-use crate::list::{printable, render_errors};
+use crate::list::printable;
 use crate::netfilter::Interception;
 use query::{Destination, InputError, Query};
 use report::{LiveSources, Report, Sources};
 
 /// Exit code for bad input, or a question that could not be asked (no daemon).
 const USAGE: u8 = 2;
-
-/// `tpvs explain --manifests PATH`: the answer from the table the manifests compile to.
-pub fn run_offline(manifests: &Path, args: &ExplainArgs) -> ExitCode {
-    answer(args, |q| offline(manifests, args, q))
-}
 
 /// Checks the question, gets its answer from `ask`, prints it; the exit code is 0 when the
 /// connection is forwarded, 1 when it is refused, dropped or meets no frontend, 2 when the
@@ -67,22 +60,6 @@ pub fn answer(args: &ExplainArgs, ask: impl FnOnce(&Query) -> anyhow::Result<Rep
 fn usage(e: &InputError) -> ExitCode {
     eprintln!("tpvs explain: {}", printable(&e.0));
     ExitCode::from(USAGE)
-}
-
-/// The table `manifests` compile to, with `args`' settings, asked through a dispatcher of its
-/// own (no live state: no affinity entries, no counters).
-fn offline(manifests: &Path, args: &ExplainArgs, q: &Query) -> anyhow::Result<Report> {
-    let publisher = Arc::new(Publisher::new());
-    let mut source = ManifestSource::new(manifests.to_path_buf(), args.table.compile_options(), Arc::clone(&publisher));
-    let loaded = source.reload();
-    // Problems in the manifests are reported as `tpvs list` reports them; the answer is still
-    // given from what did load, which is what the daemon would serve.
-    eprint!("{}", render_errors(&loaded));
-    anyhow::ensure!(loaded.files > 0, "{}: no manifest files", manifests.display());
-    let table = publisher.current();
-    let dispatcher =
-        Dispatcher::new(publisher.handle(), NodePortAddrs::AllLocal, Arc::new(MetricsRegistry::default()), OutlierPolicy::default());
-    Ok(report::explain(q, &Sources { table: &table, dispatcher: &dispatcher, live: None }))
 }
 
 /// The query string the daemon is asked with: plain fields (an IPv6 address's colons are
@@ -127,8 +104,8 @@ pub struct LiveExplainer {
     pub forward: Option<Arc<Shared>>,
     pub interception: Option<Arc<Interception>>,
     pub udp: bool,
-    /// Whether the proxy is healthy (what `/healthz` says), for the health-check answer.
-    pub healthy: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// What a health-check node port of the table answers now (the health server's rule).
+    pub health_check: Arc<dyn Fn(&RoutingTable, u16) -> Option<(u16, usize)> + Send + Sync>,
 }
 
 impl LiveExplainer {
@@ -150,13 +127,9 @@ impl LiveExplainer {
                 &own
             }
         };
-        let live = LiveSources {
-            interception: self.interception.as_deref(),
-            metrics: dispatcher.metrics(),
-            udp: self.udp,
-            proxy_healthy: (self.healthy)(),
-        };
-        let report = report::explain(&q, &Sources { table: &table, dispatcher, live: Some(live) });
+        let live = LiveSources { interception: self.interception.as_deref(), metrics: dispatcher.metrics(), udp: self.udp };
+        let health_check = |port: u16| (self.health_check)(&table, port);
+        let report = report::explain(&q, &Sources { table: &table, dispatcher, health_check: &health_check, live: Some(live) });
         match serde_json::to_string(&report) {
             Ok(j) => (StatusCode::OK, j),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

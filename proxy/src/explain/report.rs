@@ -187,13 +187,15 @@ pub struct LiveSources<'a> {
     pub metrics: &'a MetricsRegistry,
     /// Whether the UDP data path runs (without it UDP frontends are not intercepted).
     pub udp: bool,
-    pub proxy_healthy: bool,
 }
 
 /// Everything an answer is read from.
 pub struct Sources<'a> {
     pub table: &'a RoutingTable,
     pub dispatcher: &'a Dispatcher,
+    /// What a health-check node port answers (status, local endpoints), asked of the health
+    /// server's own rule.
+    pub health_check: &'a dyn Fn(u16) -> Option<(u16, usize)>,
     pub live: Option<LiveSources<'a>>,
 }
 
@@ -460,11 +462,9 @@ fn with_frontend(q: &Query, src: &Sources<'_>, fe: &Frontend, as_node_port: bool
     };
     let client = q.client.map(ClientAddr);
     let set = fe.backends();
-    let health = fe.health_check_node_port.map(|port| HealthCheckView {
-        port,
-        status: if fe.service_local_endpoints > 0 && src.live.as_ref().is_none_or(|l| l.proxy_healthy) { 200 } else { 503 },
-        local_endpoints: fe.service_local_endpoints,
-    });
+    let health = fe
+        .health_check_node_port
+        .and_then(|port| (src.health_check)(port).map(|(status, local_endpoints)| HealthCheckView { port, status, local_endpoints }));
     r.health_check = health.clone();
     let out_of_range = match q.client {
         Some(c) if !fe.source_ranges.is_empty() => !fe.source_ranges.iter().any(|n| n.contains(&c.ip())),
