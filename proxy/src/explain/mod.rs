@@ -105,8 +105,11 @@ pub struct LiveExplainer {
     pub interception: Option<Arc<Interception>>,
     pub udp: bool,
     /// What a health-check node port of the table answers now (the health server's rule).
-    pub health_check: Arc<dyn Fn(&RoutingTable, u16) -> Option<(u16, usize)> + Send + Sync>,
+    pub health_check: Arc<HealthCheckRule>,
 }
+
+/// Status and local endpoints a health-check node port of a table answers with.
+pub type HealthCheckRule = dyn Fn(&RoutingTable, u16) -> Option<(u16, usize)> + Send + Sync;
 
 impl LiveExplainer {
     /// The JSON answer to one request's query string; a bad query is a 400 with its reason.

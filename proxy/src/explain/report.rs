@@ -332,7 +332,6 @@ fn no_frontend(q: &Query, src: &Sources<'_>, r: &mut Report) {
             None => f.key.is_node_port(),
         };
         if same_ip && f.key.port == port && f.key.proto != q.protocol {
-            // (the same frontend, another protocol)
             let why = if f.key.proto == Protocol::Sctp { ": tpvs does not intercept SCTP" } else { "" };
             other_proto.push(format!("{} is {}, not {}{why}", frontend_text(f), f.key.proto, q.protocol));
         } else if same_ip && f.key.proto == q.protocol && f.key.port != port {
