@@ -14,6 +14,8 @@ const WEB: &str = "10.96.0.10:80";
 const EMPTY: &str = "10.96.0.11:80";
 const FLAKY: &str = "10.96.0.12:80";
 const STICKY: &str = "10.96.0.13:80";
+/// The web Service's NodePort on the node's address.
+const NODE_PORT: &str = "10.0.0.1:30080";
 /// The lab's client namespace address.
 const CLIENT: &str = "10.0.0.2";
 
@@ -44,7 +46,9 @@ fn backend<'a>(v: &'a serde_json::Value, addr: &str) -> &'a serde_json::Value {
 #[test]
 fn explain_live_counters_move_with_traffic_and_the_foretold_backend_is_the_one_picked() {
     let Some(mut lab) = lab(3, &[0, 1]) else { return };
-    let web = Svc::new("web", "10.96.0.10").endpoint("10.1.0.2", "node1").endpoint("10.1.1.2", "node1");
+    let mut web = Svc::new("web", "10.96.0.10").endpoint("10.1.0.2", "node1").endpoint("10.1.1.2", "node1");
+    web.kind = "NodePort";
+    web.node_port = Some(30080);
     let empty = Svc::new("empty", "10.96.0.11");
     // be2 has no server: its connects are refused and retried on be1.
     let flaky = Svc::new("flaky", "10.96.0.12").endpoint("10.1.1.2", "node1").endpoint("10.1.2.2", "node1");
@@ -80,6 +84,25 @@ fn explain_live_counters_move_with_traffic_and_the_foretold_backend_is_the_one_p
     let conns_after = backend(&after, &foretold)["connections"].as_u64().unwrap_or(0);
     assert_eq!(conns_after, conns_before + N, "backend counter: {after}");
     assert_eq!(after["live"]["frontend_connections"].as_u64(), Some(conns_after + other(&after, &foretold)), "{after}");
+
+    // The NodePort recipe: on the node's address it matches the NodePort rule, which counts
+    // the packets that reached the node; an address that is not the node's matches nothing.
+    let (np_before, code) = explain_json(&lab, NODE_PORT);
+    assert_eq!((np_before["outcome"].as_str(), code), (Some("forwarded"), Some(0)), "{np_before}");
+    assert_eq!(np_before["frontend"]["matched_as"], "node_port", "{np_before}");
+    assert_eq!(np_before["live"]["rule"]["map"], "nodeports4", "{np_before}");
+    assert_eq!(np_before["live"]["rule"]["element"], "tcp . 30080 : goto tproxy_tcp", "{np_before}");
+    assert_eq!(lab.hello(NODE_PORT).map(|h| h.backend).ok().as_deref(), Some(be_name));
+    let (np_after, _) = explain_json(&lab, NODE_PORT);
+    assert!(packets(&np_after) >= packets(&np_before) + 3, "{np_after}");
+    let diagnosis = np_after["diagnosis"].as_str().unwrap_or_default();
+    assert!(
+        diagnosis.contains("NodePort 30080 answers on every local address except loopback; its rule counted"),
+        "{diagnosis}"
+    );
+    let (elsewhere, code) = explain_json(&lab, "203.0.113.1:30080");
+    assert_eq!((elsewhere["outcome"].as_str(), code), (Some("no_frontend"), Some(1)), "{elsewhere}");
+    assert!(elsewhere["diagnosis"].as_str().unwrap_or_default().contains("203.0.113.1 is not an address of this node"), "{elsewhere}");
 
     // A Service without endpoints: refused at once by its rule, whose counter moves.
     let (refused, code) = explain_json(&lab, EMPTY);
@@ -124,7 +147,7 @@ fn explain_live_counters_move_with_traffic_and_the_foretold_backend_is_the_one_p
     }
 
     if std::env::var_os("TPVS_EXPLAIN_SHOW").is_some() {
-        for d in [WEB, EMPTY, FLAKY, STICKY] {
+        for d in [WEB, EMPTY, FLAKY, STICKY, NODE_PORT, "203.0.113.1:30080"] {
             eprintln!("$ tpvs explain {d} --from {CLIENT}\n{}", String::from_utf8_lossy(&explain(&lab, &[d, "--from", CLIENT]).stdout));
         }
     }

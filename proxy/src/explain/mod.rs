@@ -130,7 +130,12 @@ impl LiveExplainer {
                 &own
             }
         };
-        let live = LiveSources { interception: self.interception.as_deref(), metrics: dispatcher.metrics(), udp: self.udp };
+        let live = LiveSources {
+            interception: self.interception.as_deref(),
+            metrics: dispatcher.metrics(),
+            udp: self.udp,
+            is_local: &is_local_address,
+        };
         let health_check = |port: u16| (self.health_check)(&table, port);
         let report = report::explain(&q, &Sources { table: &table, dispatcher, health_check: &health_check, live: Some(live) });
         match serde_json::to_string(&report) {
@@ -138,6 +143,12 @@ impl LiveExplainer {
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
+}
+
+/// Whether `ip` is an address of this network namespace: only those can be bound without
+/// `IP_FREEBIND`/`IP_TRANSPARENT` (the kernel's own `fib daddr type local` answer).
+fn is_local_address(ip: std::net::IpAddr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 #[cfg(test)]
@@ -157,5 +168,12 @@ mod tests {
         }
         assert!(parse_query_string("ip=10.0.0.1").is_err());
         assert!(parse_query_string("ip=10.0.0.1&port=80&protocol=sctp").is_err());
+    }
+
+    #[test]
+    fn only_the_namespaces_own_addresses_are_local() {
+        assert!(is_local_address(std::net::IpAddr::from([127, 0, 0, 1])));
+        // TEST-NET-3: never assigned to a test machine.
+        assert!(!is_local_address(std::net::IpAddr::from([203, 0, 113, 254])));
     }
 }

@@ -187,6 +187,8 @@ pub struct LiveSources<'a> {
     pub metrics: &'a MetricsRegistry,
     /// Whether the UDP data path runs (without it UDP frontends are not intercepted).
     pub udp: bool,
+    /// Whether an address is one of this node's own.
+    pub is_local: &'a dyn Fn(IpAddr) -> bool,
 }
 
 /// Everything an answer is read from.
@@ -216,8 +218,8 @@ fn frontend_text(f: &Frontend) -> String {
     }
 }
 
-/// Finds the frontend; `Err` carries why none matches (a NodePort on an address that is not a
-/// node-port address) as a nearby fact.
+/// Finds the frontend, whether it matched as a NodePort, and why a NodePort did not match
+/// the address asked (it is no node-port address of this node) as a nearby fact.
 fn lookup<'t>(q: &Query, src: &Sources<'t>) -> (Option<&'t std::sync::Arc<Frontend>>, bool, Vec<Nearby>) {
     let table = src.table;
     let mut notes = Vec::new();
@@ -233,15 +235,19 @@ fn lookup<'t>(q: &Query, src: &Sources<'t>) -> (Option<&'t std::sync::Arc<Fronte
             let np = table.get(&FrontendKey::node_port(a.ip(), a.port(), q.protocol));
             let Some(np) = np else { return (None, false, notes) };
             // Offline the node's addresses are unknown: any address may be one. Live, the
-            // data path's own filter decides, as it does for every connection.
-            let allowed = src.live.is_none() || src.dispatcher.nodeport_addrs().matches(a.ip());
-            if allowed {
-                return (Some(np), true, notes);
-            }
+            // rules' own conditions decide: an address of this node (`fib daddr type local`)
+            // that the node-port filter admits.
+            let why_not = match &src.live {
+                None => None,
+                Some(l) if !(l.is_local)(a.ip()) => Some("is not an address of this node"),
+                Some(_) if !src.dispatcher.nodeport_addrs().matches(a.ip()) => Some("is not one of them"),
+                Some(_) => None,
+            };
+            let Some(why_not) = why_not else { return (Some(np), true, notes) };
             notes.push(Nearby {
                 kind: "node_port_address".into(),
                 text: format!(
-                    "{} is served on node-port addresses only ({}), and {} is not one",
+                    "{} answers on node-port addresses only ({}), and {} {why_not}",
                     frontend_text(np),
                     node_port_addresses(src.dispatcher),
                     a.ip()
