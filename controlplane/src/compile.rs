@@ -262,6 +262,10 @@ impl SchedulerCache<'_> {
 
 /// The endpoint's `tpvs/weights` weight: by IP, else by targetRef name, else 1.
 fn weight_of(svc: &ServiceInfo, ep: &PortEndpoint<'_>) -> u32 {
+    // Most Services carry no weights: skip formatting the address.
+    if svc.weights.is_empty() {
+        return 1;
+    }
     svc.weights
         .get(&ep.info.ip.to_string())
         .or_else(|| ep.info.target_name.as_deref().and_then(|n| svc.weights.get(n)))
