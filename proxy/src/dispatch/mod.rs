@@ -8,7 +8,8 @@
 //! failed, timed out); a success becomes a [`Lease`] held for the connection's or flow's life.
 //! Every piece of feedback the schedulers and the metrics get (picks, retries, connect time,
 //! timeouts, refusals, first-byte latency, bytes) is written here and nowhere else, so the
-//! callers cannot disagree about what a failure means.
+//! callers cannot disagree about what a failure means. [`Dispatcher::preview`] asks the same
+//! affinity map and scheduler for `tpvs explain`, opening, counting and moving nothing.
 //!
 //! - [`affinity`]: the ClientIP session-affinity map.
 //! - [`telemetry`]: per-backend metrics (connect latency histogram, failures by reason,
