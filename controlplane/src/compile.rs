@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use schedulers::{Backend, BackendAddr, BackendSet, EndpointCondition, Scheduler, SchedulerKind, SchedulerOptions, StatsRegistry};
 
+use crate::explain::{Considered, EndpointVerdict, Exclusion, FrontendRecord, Topology};
 use crate::model::{EndpointInfo, NodeInfo, ServiceInfo, ServicePortInfo, SliceInfo};
 use crate::table::{Frontend, FrontendKey, FrontendKind, ServicePortName, TrafficPolicy, WhenEmpty};
 
@@ -102,42 +103,93 @@ fn available_for_topology(ep: &PortEndpoint<'_>, mode: TopologyMode, node: &Node
     }
 }
 
-/// kube-proxy's `CategorizeEndpoints` for one Service port and one IP family.
+/// kube-proxy's `CategorizeEndpoints` for one Service port and one IP family: each endpoint's
+/// verdict for the Cluster set and for the Local set. The sets are the endpoints whose verdict
+/// is "used", so the reasons `tpvs explain` shows are the decisions themselves.
 struct Categorized<'a> {
-    cluster: Vec<PortEndpoint<'a>>,
-    local: Vec<PortEndpoint<'a>>,
+    eps: Vec<PortEndpoint<'a>>,
+    cluster: Vec<EndpointVerdict>,
+    local: Vec<EndpointVerdict>,
+    topology: Topology,
     /// Some endpoint anywhere is ready or serving-terminating.
     has_any: bool,
     local_ready: usize,
 }
 
-fn categorize<'a>(eps: &[PortEndpoint<'a>], node: &NodeInfo) -> Categorized<'a> {
-    let mode = topology_mode(eps, node);
-    let mut cluster: Vec<_> =
-        eps.iter().filter(|e| e.info.ready && available_for_topology(e, mode, node)).cloned().collect();
+impl<'a> Categorized<'a> {
+    fn used(&self, verdicts: &[EndpointVerdict]) -> Vec<PortEndpoint<'a>> {
+        self.eps.iter().zip(verdicts).filter(|(_, v)| v.is_used()).map(|(e, _)| e.clone()).collect()
+    }
+}
+
+/// Why a not-ready endpoint is out of a set (the fallback having been decided already).
+fn unready_reason(ep: &PortEndpoint<'_>, fallback: bool) -> EndpointVerdict {
+    if ep.serving_terminating() {
+        if fallback { EndpointVerdict::UsedTerminating } else { EndpointVerdict::Excluded(Exclusion::TerminatingWithReadyPeers) }
+    } else if ep.info.terminating {
+        EndpointVerdict::Excluded(Exclusion::TerminatingNotServing)
+    } else {
+        EndpointVerdict::Excluded(Exclusion::NotReady)
+    }
+}
+
+fn categorize<'a>(eps: Vec<PortEndpoint<'a>>, node: &NodeInfo) -> Categorized<'a> {
+    let mode = topology_mode(&eps, node);
+    let in_cluster = |e: &PortEndpoint<'_>| e.info.ready && available_for_topology(e, mode, node);
     // KEP-1669: with no ready endpoint, serving-but-terminating ones still take traffic rather
     // than the client being refused during a rolling update.
-    if cluster.is_empty() {
-        cluster = eps.iter().filter(|e| e.serving_terminating()).cloned().collect();
-    }
+    let cluster_fallback = !eps.iter().any(in_cluster);
+    let cluster = eps
+        .iter()
+        .map(|e| match (e.info.ready, in_cluster(e), mode) {
+            (true, true, _) => EndpointVerdict::Used,
+            (true, false, TopologyMode::Node) => {
+                EndpointVerdict::Excluded(Exclusion::NodeHint { hints: e.info.node_hints.clone() })
+            }
+            (true, false, _) => EndpointVerdict::Excluded(Exclusion::ZoneHint { hints: e.info.zone_hints.clone() }),
+            (false, _, _) => unready_reason(e, cluster_fallback),
+        })
+        .collect();
     let has_any = eps.iter().any(|e| e.info.ready || e.serving_terminating());
     let local_ready = eps.iter().filter(|e| e.local && e.info.ready).count();
-    let local = if local_ready > 0 {
-        eps.iter().filter(|e| e.local && e.info.ready).cloned().collect()
-    } else {
-        eps.iter().filter(|e| e.local && e.serving_terminating()).cloned().collect()
+    let local = eps
+        .iter()
+        .map(|e| match (e.local, e.info.ready) {
+            (false, _) => EndpointVerdict::Excluded(Exclusion::OtherNode),
+            (true, true) => EndpointVerdict::Used,
+            (true, false) => unready_reason(e, local_ready == 0),
+        })
+        .collect();
+    let topology = match mode {
+        TopologyMode::None => Topology::Unused,
+        TopologyMode::Node => node.name.clone().map_or(Topology::Unused, Topology::Node),
+        TopologyMode::Zone => node.zone.clone().map_or(Topology::Unused, Topology::Zone),
     };
-    Categorized { cluster, local, has_any, local_ready }
+    Categorized { eps, cluster, local, topology, has_any, local_ready }
 }
 
 /// Endpoints of `port` across the Service's slices, deduplicated by address (slices may overlap
 /// while the endpoint controller moves endpoints between them), in a stable order.
-fn endpoints_for_port<'a>(port: &ServicePortInfo, slices: &[&'a SliceInfo], node: &NodeInfo) -> Vec<PortEndpoint<'a>> {
+fn endpoints_for_port<'a>(
+    port: &ServicePortInfo,
+    slices: &[&'a SliceInfo],
+    node: &NodeInfo,
+    portless: &mut Vec<Considered>,
+) -> Vec<PortEndpoint<'a>> {
     let mut by_addr: BTreeMap<SocketAddr, PortEndpoint<'a>> = BTreeMap::new();
     for slice in slices {
         // The endpoint controller names each slice port after the Service port it serves and
         // has already resolved a named targetPort to a number; match by name and protocol.
         let Some(sp) = slice.ports.iter().find(|sp| sp.name == port.name && sp.protocol == port.protocol) else {
+            // explain: recorded, never used.
+            let slice_ports: Vec<Arc<str>> = slice.ports.iter().map(|p| Arc::clone(&p.name)).collect();
+            portless.extend(slice.endpoints.iter().map(|info| Considered {
+                ip: info.ip,
+                port: None,
+                node: info.node.clone(),
+                zone: info.zone.clone(),
+                verdict: EndpointVerdict::Excluded(Exclusion::PortNotInSlice { slice_ports: slice_ports.clone() }),
+            }));
             continue;
         };
         for info in &slice.endpoints {
@@ -197,23 +249,69 @@ impl SchedulerCache<'_> {
     }
 
     fn backend(&self, ep: &PortEndpoint<'_>) -> Backend {
-        let ip_key = ep.info.ip.to_string();
-        let weight = self
-            .svc
-            .weights
-            .get(&ip_key)
-            .or_else(|| ep.info.target_name.as_deref().and_then(|n| self.svc.weights.get(n)))
-            .copied()
-            .unwrap_or(1);
         Backend {
             addr: BackendAddr(ep.addr),
-            weight,
+            weight: weight_of(self.svc, ep),
             condition: if ep.info.ready { EndpointCondition::Ready } else { EndpointCondition::ServingTerminating },
             node: ep.info.node.clone(),
             zone: ep.info.zone.clone(),
             stats: self.opts.registry.get(BackendAddr(ep.addr)),
         }
     }
+}
+
+/// The endpoint's `tpvs/weights` weight: by IP, else by targetRef name, else 1.
+fn weight_of(svc: &ServiceInfo, ep: &PortEndpoint<'_>) -> u32 {
+    // Most Services carry no weights: skip formatting the address.
+    if svc.weights.is_empty() {
+        return 1;
+    }
+    svc.weights
+        .get(&ep.info.ip.to_string())
+        .or_else(|| ep.info.target_name.as_deref().and_then(|n| svc.weights.get(n)))
+        .copied()
+        .unwrap_or(1)
+}
+
+/// explain: the record of one frontend's endpoints, shared by the frontends of one Service
+/// port, family and policy. `portless` are the endpoints of slices without this port; every
+/// endpoint of the other family is listed as such.
+fn record(
+    svc: &ServiceInfo,
+    slices: usize,
+    cat: &Categorized<'_>,
+    verdicts: &[EndpointVerdict],
+    other_family: &[PortEndpoint<'_>],
+    portless: &[Considered],
+) -> Arc<FrontendRecord> {
+    let considered = |e: &PortEndpoint<'_>, verdict: EndpointVerdict| Considered {
+        ip: e.addr.ip(),
+        port: Some(e.addr.port()),
+        node: e.info.node.clone(),
+        zone: e.info.zone.clone(),
+        verdict,
+    };
+    let mut endpoints: Vec<Considered> = cat
+        .eps
+        .iter()
+        .zip(verdicts)
+        .map(|(e, v)| {
+            // A used endpoint of weight 0 is in the scheduler's set but never picked.
+            let v = if v.is_used() && weight_of(svc, e) == 0 { EndpointVerdict::Excluded(Exclusion::WeightZero) } else { v.clone() };
+            considered(e, v)
+        })
+        .collect();
+    endpoints.extend(other_family.iter().map(|e| considered(e, EndpointVerdict::Excluded(Exclusion::OtherFamily))));
+    endpoints.extend(portless.iter().cloned());
+    Arc::new(FrontendRecord {
+        service_type: Arc::clone(&svc.service_type),
+        load_balancer_pending: &*svc.service_type == "LoadBalancer"
+            && svc.load_balancer_ips.is_empty()
+            && svc.ip_mode_proxy_ips.is_empty(),
+        slices,
+        topology: cat.topology.clone(),
+        endpoints,
+    })
 }
 
 /// Every frontend of one Service, taking its addresses as given: the index vets them first
@@ -232,7 +330,17 @@ pub fn compile_service(
             families.push(*ip);
         }
     }
-    let per_port: Vec<Vec<PortEndpoint<'_>>> = svc.ports.iter().map(|p| endpoints_for_port(p, slices, node)).collect();
+    let mut portless: Vec<Vec<Considered>> = Vec::new();
+    let per_port: Vec<Vec<PortEndpoint<'_>>> = svc
+        .ports
+        .iter()
+        .map(|p| {
+            let mut none = Vec::new();
+            let eps = endpoints_for_port(p, slices, node, &mut none);
+            portless.push(none);
+            eps
+        })
+        .collect();
     // kube-proxy's health-check count: distinct local ready IPs over all ports, per family.
     let service_local = |family: IpAddr| -> usize {
         per_port
@@ -243,11 +351,15 @@ pub fn compile_service(
             .collect::<BTreeSet<IpAddr>>()
             .len()
     };
-    for (port, all) in svc.ports.iter().zip(&per_port) {
+    for ((port, all), portless) in svc.ports.iter().zip(&per_port).zip(&portless) {
         let mut cache = SchedulerCache { kind, svc, opts, built: Vec::new() };
         for family in &families {
-            let eps: Vec<_> = all.iter().filter(|e| family_matches(e.addr.ip(), *family)).cloned().collect();
-            let cat = categorize(&eps, node);
+            let (eps, other_family): (Vec<_>, Vec<_>) =
+                all.iter().cloned().partition(|e| family_matches(e.addr.ip(), *family));
+            let cat = categorize(eps, node);
+            let (cluster_set, local_set) = (cat.used(&cat.cluster), cat.used(&cat.local));
+            // explain: built lazily, once per policy, only for policies a frontend uses.
+            let (mut cluster_record, mut local_record) = (None, None);
             let service_local_endpoints = service_local(*family);
             // kube-proxy keeps the ranges of its own family only; with none of them left the
             // frontend is open (a v6-only list does not close a v4 address).
@@ -264,11 +376,14 @@ pub fn compile_service(
             };
             let mut add = |key: FrontendKey, fkind: FrontendKind| {
                 let local = if fkind.is_external() { svc.external_policy_local } else { svc.internal_policy_local };
-                let (policy, chosen) = if local {
-                    (TrafficPolicy::Local, &cat.local)
+                let (policy, chosen, verdicts, slot) = if local {
+                    (TrafficPolicy::Local, &local_set, &cat.local, &mut local_record)
                 } else {
-                    (TrafficPolicy::Cluster, &cat.cluster)
+                    (TrafficPolicy::Cluster, &cluster_set, &cat.cluster, &mut cluster_record)
                 };
+                let explanation = Arc::clone(
+                    slot.get_or_insert_with(|| record(svc, slices.len(), &cat, verdicts, &other_family, portless)),
+                );
                 let when_empty = if local && cat.has_any { WhenEmpty::Drop } else { WhenEmpty::Reject };
                 out.push(Frontend {
                     key,
@@ -290,6 +405,7 @@ pub fn compile_service(
                         Arc::from([])
                     },
                     scheduler: cache.get(chosen),
+                    explanation,
                 });
             };
             for ip in svc.cluster_ips.iter().filter(|ip| family_matches(**ip, *family)) {

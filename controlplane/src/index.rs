@@ -13,6 +13,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::addresses::{AddressBook, vet};
 use crate::compile::{CompileOptions, compile_service};
 use crate::error::{FrontendConflict, Refusal};
+use crate::explain::{NotProxied, PortSpec, Unserved};
 use crate::model::{NodeInfo, ObjectKey, ServiceInfo, SliceInfo};
 use crate::table::{Frontend, FrontendKey, FrontendKind, RoutingTable};
 
@@ -39,6 +40,9 @@ pub struct ClusterIndex {
     /// What each Service asked for and was refused, as of its last compile (or its loss of a
     /// frontend to another Service since).
     refused: FxHashMap<ObjectKey, Vec<Refusal>>,
+    /// explain: Services the sources skip (headless, ExternalName, another proxy's), by key.
+    skipped: FxHashMap<ObjectKey, NotProxied>,
+    skipped_changed: bool,
 }
 
 impl ClusterIndex {
@@ -56,6 +60,8 @@ impl ClusterIndex {
             conflicted: FxHashSet::default(),
             addresses: AddressBook::default(),
             refused: FxHashMap::default(),
+            skipped: FxHashMap::default(),
+            skipped_changed: false,
         }
     }
 
@@ -69,7 +75,7 @@ impl ClusterIndex {
 
     /// Whether a [`Self::build`] would change anything.
     pub fn has_changes(&self) -> bool {
-        !self.dirty.is_empty()
+        !self.dirty.is_empty() || self.skipped_changed
     }
 
     pub fn services(&self) -> impl Iterator<Item = &ServiceInfo> {
@@ -100,6 +106,7 @@ impl ClusterIndex {
         if self.services.get(&info.key) == Some(&info) {
             return;
         }
+        self.remove_skipped(&info.key);
         let key = info.key.clone();
         self.dirty.insert(key.clone());
         // A ClusterIP appearing or leaving changes which addresses other Services may claim.
@@ -109,11 +116,34 @@ impl ClusterIndex {
     }
 
     pub fn remove_service(&mut self, key: &ObjectKey) {
+        self.remove_skipped(key);
         if let Some(old) = self.services.remove(key) {
             self.dirty.insert(key.clone());
             let touched = self.addresses.update(Some(&old), None);
             self.dirty.extend(touched);
         }
+    }
+
+    /// explain: remembers a Service that is not proxied (and forgets a proxied one of that
+    /// name); it changes no frontend, only what the next table says about it.
+    pub fn upsert_skipped(&mut self, skipped: NotProxied) {
+        if self.skipped.get(&skipped.service) == Some(&skipped) {
+            return;
+        }
+        self.remove_service(&skipped.service);
+        self.skipped_changed = true;
+        self.skipped.insert(skipped.service.clone(), skipped);
+    }
+
+    /// explain: forgets a skipped Service (deleted, or proxied now).
+    pub fn remove_skipped(&mut self, key: &ObjectKey) {
+        if self.skipped.remove(key).is_some() {
+            self.skipped_changed = true;
+        }
+    }
+
+    pub fn skipped(&self) -> impl Iterator<Item = &NotProxied> {
+        self.skipped.values()
     }
 
     pub fn upsert_slice(&mut self, info: SliceInfo) {
@@ -220,7 +250,22 @@ impl ClusterIndex {
         let mut all: Vec<(&ObjectKey, &Vec<Refusal>)> = self.refused.iter().collect();
         all.sort_by(|a, b| a.0.cmp(b.0));
         let all: Arc<[Refusal]> = all.into_iter().flat_map(|(_, r)| r.iter().cloned()).collect();
-        (RoutingTable::new(0, self.frontends.clone()).with_refused(all), found)
+        self.skipped_changed = false;
+        let table = RoutingTable::new(0, self.frontends.clone()).with_refused(all).with_not_proxied(self.not_proxied());
+        (table, found)
+    }
+
+    /// explain: the skipped Services and every `ipMode: Proxy` ingress address, by Service.
+    fn not_proxied(&self) -> Arc<[NotProxied]> {
+        let ip_mode = self.services.values().filter(|s| !s.ip_mode_proxy_ips.is_empty()).map(|s| NotProxied {
+            service: s.key.clone(),
+            why: Unserved::IpModeProxy,
+            addresses: s.ip_mode_proxy_ips.clone(),
+            ports: s.ports.iter().map(|p| PortSpec { port: p.port, protocol: p.protocol, node_port: p.node_port }).collect(),
+        });
+        let mut all: Vec<NotProxied> = self.skipped.values().cloned().chain(ip_mode).collect();
+        all.sort_by(|a, b| a.service.cmp(&b.service));
+        all.into()
     }
 }
 
@@ -232,4 +277,50 @@ fn rank(kind: FrontendKind, service: &ObjectKey) -> (bool, &ObjectKey) {
 
 fn same_service(f: &Frontend, key: &ObjectKey) -> bool {
     f.service.namespace == key.namespace && f.service.name == key.name
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::explain::Unserved;
+    use crate::model::Skipped;
+
+    fn skipped(name: &str) -> NotProxied {
+        NotProxied {
+            service: ObjectKey::new("t", name),
+            why: Unserved::Service(Skipped::ExternalName),
+            addresses: vec![IpAddr::from([10, 96, 0, 9])],
+            ports: Vec::new(),
+        }
+    }
+
+    fn names(table: &RoutingTable) -> Vec<(String, &'static str)> {
+        table.not_proxied().iter().map(|n| (n.service.to_string(), n.why.code())).collect()
+    }
+
+    #[test]
+    fn the_table_names_what_it_does_not_proxy_and_forgets_it_when_proxied_or_gone() {
+        let mut index = ClusterIndex::new(CompileOptions::default());
+        index.upsert_skipped(skipped("alias"));
+        assert!(index.has_changes(), "a skipped Service changes what the next table says");
+        let mut lb = ServiceInfo::for_test("lb", vec![IpAddr::from([10, 96, 0, 8])]);
+        lb.ip_mode_proxy_ips = vec![IpAddr::from([192, 0, 2, 8])];
+        index.upsert_service(lb);
+        let (table, _) = index.build();
+        assert_eq!(names(&table), vec![("t/alias".to_string(), "external_name"), ("t/lb".to_string(), "ip_mode_proxy")]);
+        assert!(!index.has_changes());
+        // Proxied now (type changed): the skipped record goes.
+        index.upsert_service(ServiceInfo::for_test("alias", vec![IpAddr::from([10, 96, 0, 9])]));
+        let (table, _) = index.build();
+        assert_eq!(names(&table), vec![("t/lb".to_string(), "ip_mode_proxy")]);
+        // Skipped again, then deleted.
+        index.upsert_skipped(skipped("alias"));
+        let (table, _) = index.build();
+        assert_eq!(names(&table).len(), 2);
+        index.remove_service(&ObjectKey::new("t", "alias"));
+        let (table, _) = index.build();
+        assert_eq!(names(&table), vec![("t/lb".to_string(), "ip_mode_proxy")]);
+    }
 }

@@ -18,6 +18,9 @@
 //! - [`kube_source`]: the cluster source: kube-rs watchers on Services, EndpointSlices and this
 //!   Node, publishing only after complete lists, coalescing bursts, measuring programming latency.
 //! - [`error`]: what gets reported and counted when input is bad.
+//! - [`explain`]: why the table is what it is (each endpoint left out, each Service or address
+//!   not proxied), recorded by the compiler and the index for `tpvs explain`; never read by
+//!   the data path.
 //!
 //! The model, compiler, index and table are pure: no I/O, no clock. The manifests source reads
 //! files; the kube source's client talks to the Kubernetes API server. Nothing here touches
@@ -27,6 +30,7 @@
 pub mod addresses;
 pub mod compile;
 pub mod error;
+pub mod explain;
 pub mod index;
 pub mod kube_source;
 pub mod manifests;

@@ -18,6 +18,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use schedulers::SchedulerKind;
 
 use crate::error::ObjectError;
+use crate::explain::{NotProxied, PortSpec, Unserved};
 use crate::table::{Affinity, Protocol};
 
 /// The label kube-proxy uses to let another proxy own a Service.
@@ -89,6 +90,10 @@ pub struct ServiceInfo {
     /// Weight per endpoint IP or targetRef name.
     pub weights: BTreeMap<String, u32>,
     pub traffic_distribution: Option<String>,
+    /// `spec.type` ("ClusterIP" when unset), for `tpvs explain`.
+    pub service_type: Arc<str>,
+    /// Load-balancer ingress IPs with `ipMode: Proxy`: never frontends, kept to explain why.
+    pub ip_mode_proxy_ips: Vec<IpAddr>,
 }
 
 /// Why a Service is not proxied at all (not an error: kube-proxy skips these too).
@@ -177,6 +182,8 @@ impl ServiceInfo {
             scheduler: None,
             weights: BTreeMap::new(),
             traffic_distribution: None,
+            service_type: Arc::from("ClusterIP"),
+            ip_mode_proxy_ips: Vec::new(),
         }
     }
 }
@@ -222,14 +229,14 @@ impl ServiceInfo {
             .collect::<Result<Vec<_>, _>>()?;
         // kube-proxy leaves ingress IPs with ipMode "Proxy" to the load balancer: traffic to
         // them arrives already addressed to the node, so intercepting the VIP would be wrong.
-        let load_balancer_ips = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .into_iter()
-            .flatten()
+        let ingress = || svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref()).into_iter().flatten();
+        let load_balancer_ips = ingress()
             .filter(|ing| ing.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|ing| ing.ip.as_deref())
+            .map(|s| parse_ip("status.loadBalancer.ingress[].ip", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ip_mode_proxy_ips = ingress()
+            .filter(|ing| ing.ip_mode.as_deref() == Some("Proxy"))
             .filter_map(|ing| ing.ip.as_deref())
             .map(|s| parse_ip("status.loadBalancer.ingress[].ip", s))
             .collect::<Result<Vec<_>, _>>()?;
@@ -305,8 +312,47 @@ impl ServiceInfo {
             scheduler,
             weights,
             traffic_distribution: spec.traffic_distribution.clone(),
+            service_type: Arc::from(svc_type),
+            ip_mode_proxy_ips,
         }))
     }
+}
+
+/// What a Service kube-proxy would not proxy names (the addresses and ports that parse), so
+/// `tpvs explain` can say why an address of it does not answer.
+pub fn not_proxied(svc: &Service, why: Skipped) -> Option<NotProxied> {
+    let meta = &svc.metadata;
+    let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
+    let key = ObjectKey::new(meta.namespace.as_deref().unwrap_or("default"), name);
+    let spec = svc.spec.as_ref();
+    let addresses = spec
+        .into_iter()
+        .flat_map(|s| s.cluster_ips.iter().flatten().chain(s.cluster_ip.iter()).chain(s.external_ips.iter().flatten()))
+        .chain(
+            svc.status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.as_ref()),
+        )
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .fold(Vec::new(), |mut v, ip| {
+            if !v.contains(&ip) {
+                v.push(ip);
+            }
+            v
+        });
+    let ports = spec
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, p)| convert_port(i, p).ok())
+        .map(|p| PortSpec { port: p.port, protocol: p.protocol, node_port: p.node_port })
+        .collect();
+    Some(NotProxied { service: key, why: Unserved::Service(why), addresses, ports })
 }
 
 fn convert_port(i: usize, p: &ServicePort) -> Result<ServicePortInfo, ObjectError> {

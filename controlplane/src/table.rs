@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 use schedulers::{BackendSet, Scheduler, SchedulerKind};
 
 use crate::error::Refusal;
+use crate::explain::{FrontendRecord, NotProxied};
 
 /// Transport protocol of a frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -200,6 +201,8 @@ pub struct Frontend {
     /// leaves NodePorts, ClusterIPs and externalIPs open.
     pub source_ranges: Arc<[ipnet::IpNet]>,
     pub scheduler: Arc<dyn Scheduler>,
+    /// Why the backend set is what it is (for `tpvs explain`; the data path never reads it).
+    pub explanation: Arc<FrontendRecord>,
 }
 
 impl Frontend {
@@ -220,11 +223,25 @@ pub struct RoutingTable {
     frontends: FxHashMap<FrontendKey, Arc<Frontend>>,
     /// What the input asked for and the table left out, sorted by Service.
     refused: Arc<[Refusal]>,
+    /// Services and addresses not proxied on purpose (for `tpvs explain`), sorted by Service.
+    not_proxied: Arc<[NotProxied]>,
 }
 
 impl RoutingTable {
     pub fn new(generation: u64, frontends: FxHashMap<FrontendKey, Arc<Frontend>>) -> Self {
-        RoutingTable { generation, frontends, refused: Arc::new([]) }
+        RoutingTable { generation, frontends, refused: Arc::new([]), not_proxied: Arc::new([]) }
+    }
+
+    /// The table with the Services and addresses it does not proxy on purpose.
+    pub fn with_not_proxied(mut self, not_proxied: Arc<[NotProxied]>) -> Self {
+        self.not_proxied = not_proxied;
+        self
+    }
+
+    /// Services (headless, ExternalName, another proxy's) and addresses (`ipMode: Proxy`)
+    /// left out on purpose, with the addresses and ports they name.
+    pub fn not_proxied(&self) -> &[NotProxied] {
+        &self.not_proxied
     }
 
     /// The table with the frontends its inputs named but it refused.

@@ -16,5 +16,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => crate::run::run(*args),
         Command::Cleanup(args) => crate::cleanup::run(&args),
         Command::Ready(args) => crate::ready::run(&args),
+        // Likewise: from manifests, or the running daemon's answer.
+        Command::Explain(args) => Ok(match &args.table.manifests {
+            Some(path) => crate::explain_cli::run_offline(path, &args),
+            None => crate::explain_cli::run_live(&args),
+        }),
     }
 }

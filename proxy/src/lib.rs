@@ -3,10 +3,14 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line's flag definitions (`tpvs run`, `tpvs list`, `tpvs cleanup`),
-//!   one file per subcommand plus the shared table, interception and admin flags; it depends
+//!   one file per subcommand (`explain` too) plus the shared table, interception and admin flags; it depends
 //!   on no command. [`commands`]: runs the subcommand the command line chose.
 //! - [`list`]: `tpvs list --manifests`, the routing table printed in the spirit of
 //!   `ipvsadm -Ln`; [`list_live`]: the same for the running daemon, with counters and rates.
+//! - [`explain`]: `tpvs explain DEST`, why a connection goes where it goes or nowhere, from
+//!   manifests or the running daemon (the daemon's side of `/api/explain`), read from the
+//!   compiler's records and the dispatcher's own pick; [`explain_cli`]: the command's two ways
+//!   of asking (compile manifests, or ask the daemon).
 //! - [`view`]: the table as data, the schema of `tpvs list --json` and of the daemon's
 //!   `/api/table`.
 //! - [`admin`]: kube-proxy's admin contracts: the metrics server (`admin::metrics`: spec,
@@ -50,6 +54,8 @@ pub mod addrs;
 pub mod capabilities;
 pub mod cleanup;
 pub mod dispatch;
+pub mod explain;
+pub mod explain_cli;
 pub mod forward;
 pub mod handover;
 pub mod limits;

@@ -44,5 +44,5 @@ pub use addr::{BackendAddr, ClientAddr, OrigDstAddr};
 pub use backend::{Backend, BackendSet, EndpointCondition};
 pub use build::{SchedulerOptions, build};
 pub use context::{PickContext, Tried};
-pub use scheduler::{BackendIndex, Scheduler, SchedulerKind, UnknownScheduler};
+pub use scheduler::{BackendIndex, PickKey, Scheduler, SchedulerKind, UnknownScheduler};
 pub use stats::{ActiveGuard, BackendStats, StatsRegistry};

@@ -94,6 +94,33 @@ impl SchedulerKind {
     }
 }
 
+/// What a scheduler's first pick for a new connection depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PickKey {
+    /// Only the client's IP (sh): the same client always gets the same backend.
+    ClientIp,
+    /// Only the destination IP (dh).
+    Destination,
+    /// The client's IP and port and the destination (maglev's flow hash).
+    Flow,
+    /// Live state (a cursor, counters, randomness): no pick can be foretold, and asking for
+    /// one would move that state.
+    State,
+}
+
+impl SchedulerKind {
+    /// What the first pick depends on: a pick keyed on addresses alone is a pure function of
+    /// them, so a tool may call it for a synthetic connection to say where a client goes.
+    pub fn pick_key(self) -> PickKey {
+        match self {
+            SchedulerKind::Sh => PickKey::ClientIp,
+            SchedulerKind::Dh => PickKey::Destination,
+            SchedulerKind::Maglev => PickKey::Flow,
+            _ => PickKey::State,
+        }
+    }
+}
+
 impl fmt::Display for SchedulerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

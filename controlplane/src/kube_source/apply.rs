@@ -152,8 +152,14 @@ impl Applier {
         let mut removed = 0usize;
         match seen {
             Seen::Services(seen) => {
-                let gone: Vec<ObjectKey> =
-                    self.index.services().map(|s| s.key.clone()).filter(|k| !seen.contains(k)).collect();
+                let gone: Vec<ObjectKey> = self
+                    .index
+                    .services()
+                    .map(|s| &s.key)
+                    .chain(self.index.skipped().map(|s| &s.service))
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
                 for k in &gone {
                     self.index.remove_service(k);
                 }
@@ -186,7 +192,7 @@ impl Applier {
 
     fn apply_object(&mut self, object: Object, at: Instant) {
         match object {
-            Object::Service { key, converted } => match converted {
+            Object::Service { key, converted, not_proxied } => match converted {
                 Ok(Ok(info)) => {
                     if self.index.service(&key) != Some(&info) {
                         self.index.upsert_service(info);
@@ -198,6 +204,9 @@ impl Applier {
                     if self.index.service(&key).is_some() {
                         self.index.remove_service(&key);
                         self.note(at, None);
+                    }
+                    if let Some(np) = not_proxied {
+                        self.index.upsert_skipped(*np);
                     }
                 }
                 Err(error) => self.object_error("Service", &key.to_string(), &error),

@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::error::ObjectError;
-use crate::model::{NodeInfo, ObjectKey, ServiceInfo, Skipped, SliceInfo};
+use crate::explain::NotProxied;
+use crate::model::{NodeInfo, ObjectKey, ServiceInfo, Skipped, SliceInfo, not_proxied};
 
 /// The annotation the EndpointSlice controller stamps with the time of the change that
 /// triggered the slice's update (what kube-proxy's network programming latency starts from).
@@ -51,7 +52,8 @@ impl Watched {
 /// One object as received, already converted.
 #[derive(Debug)]
 pub(crate) enum Object {
-    Service { key: ObjectKey, converted: Result<Result<ServiceInfo, Skipped>, ObjectError> },
+    /// `not_proxied`: what a skipped Service names, for `tpvs explain`.
+    Service { key: ObjectKey, converted: Result<Result<ServiceInfo, Skipped>, ObjectError>, not_proxied: Option<Box<NotProxied>> },
     Slice { key: ObjectKey, converted: Result<Option<SliceInfo>, ObjectError>, trigger: Option<SystemTime> },
     Node(NodeInfo),
     /// An object without a name: it cannot be keyed, so it can only be counted.
@@ -93,7 +95,12 @@ fn names(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> O
 
 pub(crate) fn service_object(svc: Service) -> Object {
     let Some((ns, name)) = names(&svc.metadata) else { return Object::Unnamed(Watched::Services) };
-    Object::Service { key: ObjectKey::new(ns, name), converted: ServiceInfo::from_service(&svc) }
+    let converted = ServiceInfo::from_service(&svc);
+    let not_proxied = match &converted {
+        Ok(Err(why)) => not_proxied(&svc, why.clone()).map(Box::new),
+        _ => None,
+    };
+    Object::Service { key: ObjectKey::new(ns, name), converted, not_proxied }
 }
 
 pub(crate) fn slice_object(slice: EndpointSlice) -> Object {

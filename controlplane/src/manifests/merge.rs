@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::parse::FileObjects;
 use crate::index::ClusterIndex;
+use crate::explain::NotProxied;
 use crate::model::{ObjectKey, ServiceInfo, SliceInfo};
 
 /// What a file that had errors holds: what it yielded now, plus whatever it held before and
@@ -24,6 +25,9 @@ pub(super) fn keep_last_good(mut now: FileObjects, previous: Option<&FileObjects
     for (k, v) in &prev.slices {
         now.slices.entry(k.clone()).or_insert_with(|| v.clone());
     }
+    for (k, v) in &prev.skipped {
+        now.skipped.entry(k.clone()).or_insert_with(|| v.clone());
+    }
     if now.node.is_none() {
         now.node = prev.node.clone();
     }
@@ -35,6 +39,8 @@ pub(super) fn keep_last_good(mut now: FileObjects, previous: Option<&FileObjects
 pub(super) struct Union<'a> {
     pub services: BTreeMap<&'a ObjectKey, &'a ServiceInfo>,
     pub slices: BTreeMap<&'a ObjectKey, &'a SliceInfo>,
+    /// explain: Services not proxied.
+    pub skipped: BTreeMap<&'a ObjectKey, &'a NotProxied>,
     /// This node's zone, from the last file (in path order) holding its Node.
     pub zone: Option<Arc<str>>,
 }
@@ -48,6 +54,9 @@ pub(super) fn union(by_file: &BTreeMap<PathBuf, FileObjects>) -> Union<'_> {
         }
         for (k, v) in &objects.slices {
             out.slices.entry(k).or_insert(v);
+        }
+        for (k, v) in &objects.skipped {
+            out.skipped.entry(k).or_insert(v);
         }
         if let Some(n) = &objects.node {
             out.zone = n.zone.clone();
@@ -68,11 +77,22 @@ pub(super) fn sync_index(index: &mut ClusterIndex, union: Union<'_>) {
     for k in &gone_slices {
         index.remove_slice(k);
     }
-    for s in union.services.into_values() {
-        index.upsert_service(s.clone());
+    for s in union.services.values() {
+        index.upsert_service((*s).clone());
     }
     for s in union.slices.into_values() {
         index.upsert_slice(s.clone());
+    }
+    let gone_skipped: Vec<ObjectKey> =
+        index.skipped().map(|s| s.service.clone()).filter(|k| !union.skipped.contains_key(k)).collect();
+    for k in &gone_skipped {
+        index.remove_skipped(k);
+    }
+    for s in union.skipped.into_values() {
+        // A name both proxied (in one file) and skipped (in another): the proxied one wins.
+        if !union.services.contains_key(&s.service) {
+            index.upsert_skipped(s.clone());
+        }
     }
     index.set_node_zone(union.zone);
 }
@@ -98,6 +118,7 @@ mod tests {
             services: services.iter().map(|s| (s.key.clone(), s.clone())).collect(),
             slices: slices.iter().map(|s| (s.key.clone(), s.clone())).collect(),
             node: zone.map(|z| NodeInfo { name: Some(Arc::from("n")), zone: Some(Arc::from(z)) }),
+            skipped: BTreeMap::new(),
         }
     }
 

@@ -15,7 +15,8 @@ use tracing::debug;
 
 use super::limits::{self, Broken, ManifestLimits};
 use crate::error::ManifestError;
-use crate::model::{NodeInfo, ObjectKey, ServiceInfo, Skipped, SliceInfo};
+use crate::explain::NotProxied;
+use crate::model::{NodeInfo, ObjectKey, ServiceInfo, Skipped, SliceInfo, not_proxied};
 
 /// The objects one file holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub(super) struct FileObjects {
     pub slices: BTreeMap<ObjectKey, SliceInfo>,
     /// This node's Node object, when the file holds it.
     pub node: Option<NodeInfo>,
+    /// explain: the Services not proxied, with what they name.
+    pub skipped: BTreeMap<ObjectKey, NotProxied>,
 }
 
 /// What parsing one file found.
@@ -106,13 +109,16 @@ impl Document<'_> {
                 }
             }
             "Service" => match typed::<Service>(value)
-                .and_then(|s| ServiceInfo::from_service(&s).map_err(|e| e.to_string()))
+                .and_then(|s| ServiceInfo::from_service(&s).map(|c| (s, c)).map_err(|e| e.to_string()))
             {
-                Ok(Ok(info)) => {
+                Ok((_, Ok(info))) => {
                     parsed.objects.services.insert(info.key.clone(), info);
                 }
-                Ok(Err(skipped)) => {
+                Ok((svc, Err(skipped))) => {
                     debug!(service = %name, reason = %skipped, "service not proxied");
+                    if let Some(np) = not_proxied(&svc, skipped.clone()) {
+                        parsed.objects.skipped.insert(np.service.clone(), np);
+                    }
                     let (ns, n) = name.split_once('/').unwrap_or(("default", &name));
                     parsed.skipped.push((ObjectKey::new(ns, n), skipped));
                 }

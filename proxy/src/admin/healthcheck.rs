@@ -52,6 +52,15 @@ pub fn desired(table: &RoutingTable) -> BTreeMap<u16, ServiceHealth> {
     out
 }
 
+/// What health-check node port `port` answers for `table` now: its status code and the local
+/// endpoints it reports; `None` when no Service of the table asks for that port. For
+/// `tpvs explain`, so it says what the server says.
+pub fn status_of(table: &RoutingTable, port: u16, proxy_healthy: bool) -> Option<(u16, usize)> {
+    let want = desired(table);
+    let service = want.get(&port)?;
+    Some((answer(Some(service), proxy_healthy).status().as_u16(), service.local_endpoints))
+}
+
 #[derive(Serialize)]
 struct Name<'a> {
     namespace: &'a str,

@@ -1,8 +1,9 @@
 //! The admin side of `tpvs run`, at kube-proxy's addresses:
 //!
 //! - `--metrics-bind-address` (127.0.0.1:10249): `/metrics` ([`metrics`]), `/proxyMode`
-//!   ("tpvs"), and `/api/table` (the live table with counters, read by `tpvs list`; its
-//!   schema is [`crate::view`]). `/api/table` is unauthenticated, so it is answered only on
+//!   ("tpvs"), `/api/table` (the live table with counters, read by `tpvs list`; its
+//!   schema is [`crate::view`]) and `/api/explain` (`tpvs explain`'s answer, see
+//!   [`crate::explain`]). Both are unauthenticated, so they are answered only on
 //!   connections to a loopback address; a metrics address off loopback gets a second listener
 //!   on 127.0.0.1 at the same port for it.
 //! - `--healthz-bind-address` (0.0.0.0:10256): `/healthz` and `/livez` ([`healthz`]).
@@ -97,6 +98,16 @@ pub fn start(args: &AdminArgs, sources: Sources, sockets: Arc<AdminSockets>, gat
 
     let (publisher, forward) = (Arc::clone(&sources.publisher), sources.forward.clone());
     let (health_gate, health_sockets) = (gate.clone(), Arc::clone(&sockets));
+    let explainer = Arc::new(crate::explain::LiveExplainer {
+        publisher: Arc::clone(&sources.publisher),
+        forward: sources.forward.clone(),
+        interception: sources.interception.clone(),
+        udp: sources.udp.is_some(),
+        health_check: {
+            let h = Arc::clone(&health);
+            Arc::new(move |table: &controlplane::RoutingTable, port: u16| healthcheck::status_of(table, port, h.is_healthy()))
+        },
+    });
     std::thread::Builder::new()
         .name("tpvs-health".into())
         .spawn(move || {
@@ -125,7 +136,8 @@ pub fn start(args: &AdminArgs, sources: Sources, sockets: Arc<AdminSockets>, gat
                     let stop = sockets.released();
                     let (m, p) = (Arc::clone(&metrics), Arc::clone(&publisher));
                     let backend_metrics = forward.as_ref().map(|f| Arc::clone(f.dispatch.metrics()));
-                    let handler: Handler = Arc::new(move |req: &Req| metrics_routes(&m, &p, backend_metrics.as_deref(), req));
+                    let handler: Handler =
+                        Arc::new(move |req: &Req| metrics_routes(&m, &p, backend_metrics.as_deref(), Some(&explainer), req));
                     let mut servers = Vec::new();
                     for l in [metrics_listener, table_listener].into_iter().flatten() {
                         let limit = ConnLimit::new(limits::METRICS_CONNECTIONS, http::IDLE_TIMEOUT);
@@ -157,6 +169,7 @@ fn metrics_routes(
     m: &Arc<metrics::Metrics>,
     publisher: &Publisher,
     backend_metrics: Option<&crate::dispatch::telemetry::MetricsRegistry>,
+    explainer: Option<&crate::explain::LiveExplainer>,
     req: &Req,
 ) -> hyper::Response<http::Body> {
     match req.path() {
@@ -171,6 +184,15 @@ fn metrics_routes(
         "/proxyMode" => respond(StatusCode::OK, "text/plain; charset=utf-8", PROXY_MODE),
         // The whole table, unauthenticated: never off the node.
         "/api/table" if !req.local.is_some_and(is_loopback) => not_found(),
+        // `tpvs explain` against the daemon: as private as the table it reads.
+        "/api/explain" if !req.local.is_some_and(is_loopback) => not_found(),
+        "/api/explain" => match explainer {
+            Some(e) => {
+                let (status, body) = e.answer(req.uri.query());
+                respond(status, "application/json", body)
+            }
+            None => not_found(),
+        },
         "/api/table" => {
             let view = crate::view::json_view(&publisher.current(), backend_metrics);
             respond(StatusCode::OK, "application/json", serde_json::to_string(&view).unwrap_or_default())
@@ -224,7 +246,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}")),
         );
         let p = Publisher::new();
-        let status = |path: &str, local: &str| metrics_routes(&m, &p, None, &req(path, local)).status();
+        let status = |path: &str, local: &str| metrics_routes(&m, &p, None, None, &req(path, local)).status();
         assert_eq!(status("/api/table", "127.0.0.1:10249"), StatusCode::OK);
         assert_eq!(status("/api/table", "[::1]:10249"), StatusCode::OK);
         assert_eq!(status("/api/table", "[::ffff:127.0.0.1]:10249"), StatusCode::OK);

@@ -7,6 +7,7 @@
 
 mod admin;
 mod cleanup;
+mod explain;
 mod interception;
 mod list;
 mod outlier;
@@ -18,6 +19,7 @@ use clap::{Parser, Subcommand};
 
 pub use admin::{AdminArgs, BindAddress};
 pub use cleanup::CleanupArgs;
+pub use explain::{ExplainArgs, ExplainProtocol};
 pub use interception::InterceptionArgs;
 pub use list::ListArgs;
 pub use outlier::OutlierArgs;
@@ -48,6 +50,11 @@ pub enum Command {
     /// Succeed when this instance (--instance-id) owns the node's table and is healthy: the
     /// DaemonSet's readiness check, which an HTTP probe on the shared host port cannot make.
     Ready(ReadyArgs),
+    /// Explain why a connection to DEST goes where it goes, or nowhere: the frontend, the
+    /// Service, each endpoint's verdict, the scheduler's decision, what the client sees, and
+    /// (from the running daemon) the rule and connection counters. Exit code: 0 forwarded,
+    /// 1 refused, dropped or no frontend, 2 bad input.
+    Explain(ExplainArgs),
 }
 
 impl Command {
@@ -57,6 +64,8 @@ impl Command {
             Command::List(_) => "warn",
             Command::Run(_) => "info",
             Command::Cleanup(_) | Command::Ready(_) => "warn",
+            // What the table refused is part of the answer, not a warning to log.
+            Command::Explain(_) => "error",
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The flags every subcommand that compiles a table shares (`list`, `run`).
+//! The flags every subcommand that compiles a table shares (`list`, `explain`, `run`).
 
 use std::path::PathBuf;
 

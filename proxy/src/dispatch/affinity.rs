@@ -63,6 +63,14 @@ impl AffinityTable {
         }
     }
 
+    /// The backend this client stuck to and how long the stickiness has left, without
+    /// touching the entry (for `tpvs explain`).
+    pub fn peek(&self, frontend: FrontendKey, client: IpAddr, now: Instant) -> Option<(BackendAddr, Duration)> {
+        let key = (frontend, client);
+        let shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
+        shard.get(&key).filter(|s| s.expires > now).map(|s| (s.backend, s.expires - now))
+    }
+
     /// Records (or refreshes) that `client` reached `backend` through `frontend`.
     pub fn record(&self, frontend: FrontendKey, client: IpAddr, backend: BackendAddr, timeout: Duration, now: Instant) {
         let key = (frontend, client);

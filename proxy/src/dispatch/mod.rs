@@ -8,7 +8,8 @@
 //! failed, timed out); a success becomes a [`Lease`] held for the connection's or flow's life.
 //! Every piece of feedback the schedulers and the metrics get (picks, retries, connect time,
 //! timeouts, refusals, first-byte latency, bytes) is written here and nowhere else, so the
-//! callers cannot disagree about what a failure means.
+//! callers cannot disagree about what a failure means. [`Dispatcher::preview`] asks the same
+//! affinity map and scheduler for `tpvs explain`, opening, counting and moving nothing.
 //!
 //! - [`affinity`]: the ClientIP session-affinity map.
 //! - [`telemetry`]: per-backend metrics (connect latency histogram, failures by reason,
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use controlplane::{Frontend, Protocol, RoutingTable, TableHandle, TrafficPolicy};
 use schedulers::stats::now_nanos;
-use schedulers::{ActiveGuard, Backend, BackendAddr, ClientAddr, OrigDstAddr, PickContext, Tried};
+use schedulers::{ActiveGuard, Backend, BackendAddr, ClientAddr, OrigDstAddr, PickContext, PickKey, Tried};
 use tracing::warn;
 
 use crate::addrs::NodePortAddrs;
@@ -75,6 +76,47 @@ impl Dispatcher {
         table.lookup(dst.0, proto, self.nodeport_addrs.matches(dst.ip())).cloned()
     }
 
+    /// The node-port addresses this data path treats as NodePort destinations.
+    pub fn nodeport_addrs(&self) -> &NodePortAddrs {
+        &self.nodeport_addrs
+    }
+
+    /// What a new connection from `client` to `dst` on `fe` would get now, asking the same
+    /// affinity map and scheduler [`Self::choose`] asks, and opening, counting and moving
+    /// nothing: the scheduler is asked only when its pick depends on addresses alone.
+    pub fn preview(&self, fe: &Frontend, client: Option<ClientAddr>, dst: OrigDstAddr) -> Preview {
+        let set = fe.backends();
+        let now = Instant::now();
+        let sticky = match (fe.affinity, client) {
+            (Some(_), Some(c)) => self
+                .affinity
+                .peek(fe.key, c.ip(), now)
+                .and_then(|(addr, left)| set.iter().position(|b| b.addr == addr && b.is_pickable()).map(|i| (i, left))),
+            _ => None,
+        };
+        let key = fe.scheduler_kind().pick_key();
+        let foretold = match (key, client) {
+            (PickKey::State, _) => false,
+            (PickKey::Destination, _) => true,
+            // sh reads the client's IP only; `--from IP` leaves the port 0, which it ignores.
+            (PickKey::ClientIp, Some(_)) => true,
+            (PickKey::Flow, Some(c)) => c.port() != 0,
+            (_, None) => false,
+        };
+        let ctx = PickContext::new(client.unwrap_or(ClientAddr(std::net::SocketAddr::new(dst.ip(), 0))), dst);
+        let pick = if foretold { fe.scheduler.pick(&ctx, &Tried::new()) } else { None };
+        let ejected = |i: usize| {
+            set.get(i).and_then(|b| self.metrics.peek(b.addr)).is_some_and(|m| m.outlier.is_ejected(now_nanos()))
+        };
+        Preview {
+            sticky,
+            pick,
+            pick_key: key,
+            foretold,
+            pick_ejected: pick.is_some_and(ejected),
+        }
+    }
+
     /// The backends to try for one new connection or flow from `client` to `dst` on `fe`, at
     /// most `max_attempts` of them.
     pub fn choose<'a>(&'a self, fe: &'a Frontend, client: ClientAddr, dst: OrigDstAddr, max_attempts: usize) -> Choice<'a> {
@@ -96,6 +138,20 @@ impl Dispatcher {
             skipped_ejected: None,
         }
     }
+}
+
+/// What [`Dispatcher::preview`] found.
+#[derive(Debug, Clone, Copy)]
+pub struct Preview {
+    /// The client's live affinity entry: the backend's index in the set, and the time left.
+    pub sticky: Option<(usize, Duration)>,
+    /// The scheduler's first choice, when it could be foretold.
+    pub pick: Option<usize>,
+    pub pick_key: PickKey,
+    /// Whether the scheduler was asked (its pick depends on addresses the caller gave).
+    pub foretold: bool,
+    /// The first choice is ejected as an outlier: a connection goes to the next candidate.
+    pub pick_ejected: bool,
 }
 
 /// The candidates of one new connection or flow, tried in order.

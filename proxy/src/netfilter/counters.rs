@@ -89,9 +89,14 @@ fn zero_counters(v: &mut serde_json::Value) {
             map.remove("metainfo");
             for (k, child) in map.iter_mut() {
                 if k == "elem" {
-                    if let Some(items) = child.as_array_mut() {
-                        items.iter_mut().for_each(zero_counters);
-                        items.sort_by_cached_key(|e| e.to_string());
+                    match child.as_array_mut() {
+                        Some(items) => {
+                            items.iter_mut().for_each(zero_counters);
+                            items.sort_by_cached_key(|e| e.to_string());
+                        }
+                        // One element of a map with per-element counters:
+                        // `{"val": ..., "counter": {...}}`.
+                        None => zero_counters(child),
                     }
                 } else if k == "counter" {
                     if let Some(c) = child.as_object_mut() {
@@ -109,6 +114,49 @@ fn zero_counters(v: &mut serde_json::Value) {
         serde_json::Value::Array(items) => items.iter_mut().for_each(zero_counters),
         _ => {}
     }
+}
+
+/// What one verdict-map element has counted since the table was last replaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ElementCount {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Reads the counter of the element keyed `key` (as nft prints it: `10.96.0.10 . tcp . 80`)
+/// in map `map` of table `inet <table>`; `None` when the table, map or element is missing.
+pub fn element(table: &str, map: &str, key: &str) -> Result<Option<ElementCount>, CommandError> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "map", "inet", table, map])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| CommandError::Spawn { program: "nft", package: "nftables", source })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if stderr.contains("No such file or directory") {
+            return Ok(None);
+        }
+        return Err(CommandError::Failed { command: format!("nft -j list map inet {table} {map}"), stderr });
+    }
+    Ok(parse_element(&String::from_utf8_lossy(&out.stdout), key))
+}
+
+/// The counter of element `key` in `nft -j list map` output.
+pub fn parse_element(json: &str, key: &str) -> Option<ElementCount> {
+    let doc = serde_json::from_str::<serde_json::Value>(json).ok()?;
+    let items = doc.get("nftables")?.as_array()?;
+    let elems = items.iter().find_map(|i| i.get("map"))?.get("elem")?.as_array()?;
+    elems.iter().find_map(|pair| {
+        // `[{"elem": {"val": {"concat": [...]}, "counter": {...}}}, {verdict}]`
+        let elem = pair.as_array()?.first()?.get("elem")?;
+        let parts = elem.get("val")?.get("concat")?.as_array()?;
+        let text: Vec<String> = parts.iter().map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_string)).collect();
+        if text.join(" . ") != key {
+            return None;
+        }
+        let c = elem.get("counter")?;
+        Some(ElementCount { packets: c.get("packets")?.as_u64()?, bytes: c.get("bytes")?.as_u64()? })
+    })
 }
 
 /// Sums the `counter` statements of the verdict chains in `nft -j` output.
@@ -179,6 +227,30 @@ mod tests {
         assert_ne!(a.fingerprint, parse_listing(r#"{"nftables": []}"#).fingerprint);
         let elems = |order: &str| parse_listing(&format!(r#"{{"nftables": [{{"map": {{"name": "m", "elem": {order}}}}}]}}"#)).fingerprint;
         assert_eq!(elems(r#"["a", "b"]"#), elems(r#"["b", "a"]"#), "element order is not content");
+    }
+
+    /// `nft -j list map` of a map with per-element counters, as nft 1.0.6 prints it.
+    const MAP: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"map": {"family": "inet", "name": "frontends4",
+        "table": "tpvs", "type": ["ipv4_addr", "inet_proto", "inet_service"], "handle": 3, "map": "verdict",
+        "elem": [[{"elem": {"val": {"concat": ["10.96.0.10", "tcp", 80]}, "counter": {"packets": 7, "bytes": 420}}},
+                  {"goto": {"target": "tproxy_tcp"}}],
+                 [{"elem": {"val": {"concat": ["10.96.0.11", "tcp", 80]}, "counter": {"packets": 2, "bytes": 120}}},
+                  {"goto": {"target": "refuse"}}]],
+        "stmt": [{"counter": null}]}}]}"#;
+
+    #[test]
+    fn an_elements_counter_is_found_by_its_key() {
+        assert_eq!(parse_element(MAP, "10.96.0.10 . tcp . 80"), Some(ElementCount { packets: 7, bytes: 420 }));
+        assert_eq!(parse_element(MAP, "10.96.0.11 . tcp . 80"), Some(ElementCount { packets: 2, bytes: 120 }));
+        assert_eq!(parse_element(MAP, "10.96.0.12 . tcp . 80"), None);
+        assert_eq!(parse_element("garbage", "10.96.0.10 . tcp . 80"), None);
+    }
+
+    #[test]
+    fn element_counters_do_not_change_the_fingerprint() {
+        let more = MAP.replace(r#""packets": 7, "bytes": 420"#, r#""packets": 9000, "bytes": 540000"#);
+        assert_ne!(more, MAP);
+        assert_eq!(parse_listing(MAP).fingerprint, parse_listing(&more).fingerprint);
     }
 
     #[test]

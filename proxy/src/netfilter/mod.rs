@@ -2,7 +2,8 @@
 //!
 //! - [`ruleset`]: the rule text for a routing table (pure).
 //! - [`command`]: running `nft` and `ip`, with errors that say which command failed and why.
-//! - [`counters`]: the packets the rules refused or dropped (read back for the metrics).
+//! - [`counters`]: the packets the rules refused or dropped (read back for the metrics), and
+//!   the per-element counters of the verdict maps (read back by `tpvs explain`).
 //! - [`Interception`]: installs, re-syncs (one atomic `nft -f -` per table change that alters
 //!   the rules), re-asserts the rules when they change under it (periodic check) and removes
 //!   everything; safe to call from the publisher's thread, the checker's and the shutdown
@@ -15,11 +16,11 @@ pub mod ruleset;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use controlplane::RoutingTable;
+use controlplane::{FrontendKey, RoutingTable};
 use tracing::{debug, info, warn};
 
 pub use command::CommandError;
-pub use counters::{Listing, VerdictCounts};
+pub use counters::{ElementCount, Listing, VerdictCounts};
 pub use ruleset::{Plan, RulesetConfig, Verdict};
 
 /// Policy-routing knobs: packets carrying `mark` are looked up in `table`, which routes
@@ -243,6 +244,26 @@ impl Interception {
             },
         };
         Ok(carried.plus(counts))
+    }
+
+    /// The rule element `key` is installed as in the current rules, and the packets it has
+    /// counted since they were last replaced (`tpvs explain`'s live evidence). `None` when
+    /// no rule serves the frontend.
+    pub fn element(&self, table: &RoutingTable, key: &FrontendKey) -> Option<(ruleset::RuleElement, Option<ElementCount>)> {
+        let element = ruleset::element(&ruleset::plan(table, &self.rules), key)?;
+        let count = match counters::element(&self.rules.table, element.map, &element.key) {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "reading a rule element's counter");
+                None
+            }
+        };
+        Some((element, count))
+    }
+
+    /// The node-port addresses the rules match (`--nodeport-addresses`).
+    pub fn nodeport_addrs(&self) -> &crate::addrs::NodePortAddrs {
+        &self.rules.nodeport_addrs
     }
 
     /// The periodic check: re-applies the rules if the nft table was deleted, flushed or

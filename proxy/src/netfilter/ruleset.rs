@@ -158,10 +158,12 @@ pub fn render(plan: &Plan, cfg: &RulesetConfig) -> String {
                     Some(i) => format!("goto source{i}"),
                     None => verdict_text(*v, k.proto).to_string(),
                 };
-                format!("{} . {} . {} : {}", k.addr, proto(k.proto), k.port, target)
+                format!("{} : {}", exact_key(k), target)
             })
             .collect();
-        let _ = writeln!(s, "\tmap {name} {{\n\t\ttype {addr_type} . inet_proto . inet_service : verdict");
+        // `counter`: each element counts its packets, which `tpvs explain` shows as proof
+        // that traffic reached the rule (the kernel keeps the counters per CPU).
+        let _ = writeln!(s, "\tmap {name} {{\n\t\ttype {addr_type} . inet_proto . inet_service : verdict\n\t\tcounter");
         elements(&mut s, &items);
         let _ = writeln!(s, "\t}}");
     }
@@ -181,9 +183,9 @@ pub fn render(plan: &Plan, cfg: &RulesetConfig) -> String {
             .node_ports
             .iter()
             .filter(|((is6, _, _), _)| *is6 == v6)
-            .map(|((_, p, port), v)| format!("{} . {} : {}", proto(*p), port, verdict_text(*v, *p)))
+            .map(|((_, p, port), v)| format!("{} : {}", node_port_key(*p, *port), verdict_text(*v, *p)))
             .collect();
-        let _ = writeln!(s, "\tmap {name} {{\n\t\ttype inet_proto . inet_service : verdict");
+        let _ = writeln!(s, "\tmap {name} {{\n\t\ttype inet_proto . inet_service : verdict\n\t\tcounter");
         elements(&mut s, &items);
         let _ = writeln!(s, "\t}}");
     }
@@ -282,6 +284,45 @@ pub fn render(plan: &Plan, cfg: &RulesetConfig) -> String {
     s
 }
 
+fn exact_key(k: &FrontendKey) -> String {
+    format!("{} . {} . {}", k.addr, proto(k.proto), k.port)
+}
+
+fn node_port_key(p: Protocol, port: u16) -> String {
+    format!("{} . {}", proto(p), port)
+}
+
+/// The verdict-map element a frontend's packets meet, as the rule set writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleElement {
+    /// The map: `frontends4`, `frontends6`, `nodeports4` or `nodeports6`.
+    pub map: &'static str,
+    /// Its key as nft prints it (`10.96.0.10 . tcp . 80`, `tcp . 30080`).
+    pub key: String,
+    /// The element whole, key and verdict (`10.96.0.10 . tcp . 80 : goto tproxy_tcp`).
+    pub text: String,
+}
+
+/// The element of `plan` that `key` is installed as; `None` when the frontend has no rule
+/// (an SCTP frontend, or UDP without the UDP data path).
+pub fn element(plan: &Plan, key: &FrontendKey) -> Option<RuleElement> {
+    let v6 = key.addr.is_ipv6();
+    if key.is_node_port() {
+        let v = plan.node_ports.get(&(v6, key.proto, key.port))?;
+        let k = node_port_key(key.proto, key.port);
+        let text = format!("{k} : {}", verdict_text(*v, key.proto));
+        return Some(RuleElement { map: if v6 { "nodeports6" } else { "nodeports4" }, key: k, text });
+    }
+    let v = plan.exact.get(key)?;
+    let target = match plan.source_ranges.keys().position(|k| k == key) {
+        Some(i) => format!("goto source{i}"),
+        None => verdict_text(*v, key.proto).to_string(),
+    };
+    let k = exact_key(key);
+    let text = format!("{k} : {target}");
+    Some(RuleElement { map: if v6 { "frontends6" } else { "frontends4" }, key: k, text })
+}
+
 /// The transaction that removes the table (idempotent: creating an empty one first means the
 /// delete never fails for a table that was already gone).
 pub fn render_delete(table: &str) -> String {
@@ -328,12 +369,14 @@ delete table inet tpvs
 table inet tpvs {
 \tmap frontends4 {
 \t\ttype ipv4_addr . inet_proto . inet_service : verdict
+\t\tcounter
 \t\telements = { 10.96.0.10 . tcp . 80 : goto tproxy_tcp,
 \t\t\t10.96.0.11 . tcp . 80 : goto refuse,
 \t\t\t192.0.2.10 . tcp . 443 : goto no_local }
 \t}
 \tmap frontends6 {
 \t\ttype ipv6_addr . inet_proto . inet_service : verdict
+\t\tcounter
 \t\telements = { fd00:96::10 . tcp . 80 : goto tproxy_tcp }
 \t}
 \tset local4 {
@@ -348,11 +391,13 @@ table inet tpvs {
 \t}
 \tmap nodeports4 {
 \t\ttype inet_proto . inet_service : verdict
+\t\tcounter
 \t\telements = { tcp . 30080 : goto tproxy_tcp,
 \t\t\tudp . 30053 : goto refuse }
 \t}
 \tmap nodeports6 {
 \t\ttype inet_proto . inet_service : verdict
+\t\tcounter
 \t}
 \tset nodeport_addrs4 {
 \t\ttype ipv4_addr
@@ -419,6 +464,7 @@ table inet tpvs {
             section(&text, "\tmap frontends4 {"),
             "\tmap frontends4 {
 \t\ttype ipv4_addr . inet_proto . inet_service : verdict
+\t\tcounter
 \t\telements = { 10.96.0.10 . tcp . 53 : goto tproxy_tcp,
 \t\t\t10.96.0.10 . udp . 53 : goto tproxy_udp,
 \t\t\t10.96.0.11 . udp . 53 : goto refuse }
@@ -429,6 +475,7 @@ table inet tpvs {
             section(&text, "\tmap frontends6 {"),
             "\tmap frontends6 {
 \t\ttype ipv6_addr . inet_proto . inet_service : verdict
+\t\tcounter
 \t\telements = { fd00:96::10 . udp . 53 : goto tproxy_udp }
 \t}
 "
@@ -437,6 +484,7 @@ table inet tpvs {
             section(&text, "\tmap nodeports4 {"),
             "\tmap nodeports4 {
 \t\ttype inet_proto . inet_service : verdict
+\t\tcounter
 \t\telements = { udp . 30053 : goto tproxy_udp }
 \t}
 "
@@ -503,6 +551,7 @@ table inet tpvs {
             service_local_endpoints: backends,
             source_ranges: Arc::from([]),
             scheduler: schedulers::build(SchedulerKind::Rr, Arc::new(BackendSet::new(set)), &SchedulerOptions::default()),
+            explanation: Default::default(),
         };
         (key, Arc::new(fe))
     }
@@ -561,6 +610,7 @@ table inet tpvs {
             section(&text, "\tmap frontends4 {"),
             "\tmap frontends4 {
 \t\ttype ipv4_addr . inet_proto . inet_service : verdict
+\t\tcounter
 \t\telements = { 10.96.0.10 . tcp . 80 : goto tproxy_tcp,
 \t\t\t10.96.0.11 . tcp . 80 : goto refuse,
 \t\t\t192.0.2.10 . tcp . 443 : goto source0 }

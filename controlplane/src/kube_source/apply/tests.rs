@@ -252,6 +252,17 @@ fn a_service_handed_to_another_proxy_is_removed() {
     feed(&mut a, Update::Applied(service_object(other)));
     assert!(a.index.service(&key("web")).is_none());
     assert!(a.wants_publish());
+    // The table says why it has no frontend for it (for `tpvs explain`), until a relist
+    // without it, or its return to tpvs, forgets that.
+    let table = publish(&mut a);
+    let why: Vec<(String, &str)> = table.not_proxied().iter().map(|n| (n.service.to_string(), n.why.code())).collect();
+    assert_eq!(why, vec![("t/web".to_string(), "other_proxy")]);
+    assert_eq!(table.not_proxied()[0].addresses, vec!["10.96.0.1".parse::<std::net::IpAddr>().unwrap_or_else(|e| panic!("{e}"))]);
+    list(&mut a, Watched::Services, Vec::new());
+    assert!(publish(&mut a).not_proxied().is_empty(), "a relist without it forgets it");
+    feed(&mut a, Update::Applied(service_object(service("web", "10.96.0.1"))));
+    let table = publish(&mut a);
+    assert!(table.not_proxied().is_empty() && backends(&table, "10.96.0.1").is_some());
 }
 
 #[test]
