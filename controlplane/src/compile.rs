@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use schedulers::{Backend, BackendAddr, BackendSet, EndpointCondition, Scheduler, SchedulerKind, SchedulerOptions, StatsRegistry};
 
+use crate::local_traffic::{LocalTrafficOptions, pod_sources};
 use crate::model::{EndpointInfo, NodeInfo, ServiceInfo, ServicePortInfo, SliceInfo};
-use crate::table::{Frontend, FrontendKey, FrontendKind, ServicePortName, TrafficPolicy, WhenEmpty};
+use crate::source_ranges::allowed_sources;
+use crate::table::{Frontend, FrontendKey, FrontendKind, LocalOrigin, ServicePortName, TrafficPolicy, WhenEmpty};
 
 /// Node-wide settings of the compiler.
 #[derive(Clone, Debug)]
@@ -26,6 +28,10 @@ pub struct CompileOptions {
     /// The only ranges externalIPs and load-balancer IPs may come from
     /// (`--external-ip-cidrs`); empty allows all, as kube-proxy does.
     pub external_ip_cidrs: Vec<ipnet::IpNet>,
+    /// This node's IP of its family (`--bind-address`), over the Node object's.
+    pub bind_address: Option<IpAddr>,
+    /// Which clients are this node's pods (`--detect-local-mode`, `--cluster-cidr`).
+    pub local_traffic: LocalTrafficOptions,
 }
 
 impl Default for CompileOptions {
@@ -36,6 +42,8 @@ impl Default for CompileOptions {
             scheduler_options: SchedulerOptions::default(),
             registry: Arc::new(StatsRegistry::new()),
             external_ip_cidrs: Vec::new(),
+            bind_address: None,
+            local_traffic: LocalTrafficOptions::default(),
         }
     }
 }
@@ -232,6 +240,7 @@ pub fn compile_service(
             families.push(*ip);
         }
     }
+    let pods = pod_sources(&opts.local_traffic, node);
     let per_port: Vec<Vec<PortEndpoint<'_>>> = svc.ports.iter().map(|p| endpoints_for_port(p, slices, node)).collect();
     // kube-proxy's health-check count: distinct local ready IPs over all ports, per family.
     let service_local = |family: IpAddr| -> usize {
@@ -249,14 +258,13 @@ pub fn compile_service(
             let eps: Vec<_> = all.iter().filter(|e| family_matches(e.addr.ip(), *family)).cloned().collect();
             let cat = categorize(&eps, node);
             let service_local_endpoints = service_local(*family);
-            // kube-proxy keeps the ranges of its own family only; with none of them left the
-            // frontend is open (a v6-only list does not close a v4 address).
-            let lb_ranges: Arc<[ipnet::IpNet]> = svc
-                .load_balancer_source_ranges
-                .iter()
-                .filter(|r| family_matches(r.addr(), *family))
-                .copied()
-                .collect();
+            let lb_ranges = allowed_sources(svc, *family, node);
+            // kube-proxy short-circuits local traffic to the external addresses of a Local
+            // Service whenever it has endpoints anywhere, local ones or not.
+            let local_origin = (svc.external_policy_local && cat.has_any).then(|| LocalOrigin {
+                pod_sources: pods.iter().filter(|n| family_matches(n.addr(), *family)).copied().collect(),
+                scheduler: cache.get(&cat.cluster),
+            });
             let name = ServicePortName {
                 namespace: Arc::clone(&svc.key.namespace),
                 name: Arc::clone(&svc.key.name),
@@ -290,6 +298,7 @@ pub fn compile_service(
                         Arc::from([])
                     },
                     scheduler: cache.get(chosen),
+                    local_origin: if fkind.is_external() { local_origin.clone() } else { None },
                 });
             };
             for ip in svc.cluster_ips.iter().filter(|ip| family_matches(**ip, *family)) {

@@ -48,6 +48,7 @@ pub fn start_proxy(scheduler: Arc<dyn Scheduler>, name: &str, settings: ProxySet
         service_local_endpoints: local_endpoints,
         source_ranges: Arc::from([]),
         scheduler,
+        local_origin: None,
     };
     let config = ForwardConfig {
         port: 0,

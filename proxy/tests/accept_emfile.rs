@@ -60,6 +60,7 @@ fn out_of_descriptors_the_queued_client_is_reset_not_left_hanging() {
         service_local_endpoints: 1,
         source_ranges: Arc::from([]),
         scheduler,
+        local_origin: None,
     };
     let config = ForwardConfig {
         port: 0,
