@@ -654,6 +654,67 @@ table inet tpvs {
     }
 
     #[test]
+    fn local_only_frontends_let_the_node_and_its_pods_through_and_drop_the_rest() {
+        use controlplane::WhenEmpty;
+        // A Local frontend without local endpoints whose Service has one elsewhere.
+        let short_circuited = |k: FrontendKey, pods: &[&str]| {
+            let (k, fe) = frontend(k, 0, WhenEmpty::Drop);
+            let (_, cluster) = frontend(k, 1, WhenEmpty::Reject);
+            let mut fe = (*fe).clone();
+            fe.local_origin = Some(controlplane::LocalOrigin {
+                pod_sources: pods.iter().map(|p| net(p)).collect(),
+                scheduler: Arc::clone(&cluster.scheduler),
+            });
+            (k, Arc::new(fe))
+        };
+        let table = RoutingTable::new(
+            1,
+            [
+                short_circuited(key("192.0.2.10", 80, Protocol::Tcp), &["10.1.0.0/16"]),
+                short_circuited(key("0.0.0.0", 30080, Protocol::Tcp), &["10.1.0.0/16"]),
+                short_circuited(key("fd00:99::10", 80, Protocol::Tcp), &["fd01::/48"]),
+                // Without a UDP listener there is no one to hand UDP to: a plain drop.
+                short_circuited(key("192.0.2.10", 53, Protocol::Udp), &["10.1.0.0/16"]),
+                frontend(key("192.0.2.11", 80, Protocol::Tcp), 0, WhenEmpty::Drop),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let c = cfg(NodePortAddrs::AllLocal);
+        let p = plan(&table, &c);
+        assert_eq!(p.exact.get(&key("192.0.2.10", 80, Protocol::Tcp)), Some(&Verdict::LocalOriginOnly));
+        assert_eq!(p.exact.get(&key("192.0.2.10", 53, Protocol::Udp)), Some(&Verdict::Drop));
+        assert_eq!(p.exact.get(&key("192.0.2.11", 80, Protocol::Tcp)), Some(&Verdict::Drop), "no short-circuit: still dropped");
+        assert_eq!(p.node_ports.get(&(false, Protocol::Tcp, 30080)), Some(&Verdict::LocalOriginOnly));
+        let pods: Vec<String> = p.pod_sources.iter().map(ToString::to_string).collect();
+        assert_eq!(pods, ["10.1.0.0/16", "fd01::/48"]);
+        let text = render(&p, &c);
+        assert!(section(&text, "\tmap frontends4 {").contains("192.0.2.10 . tcp . 80 : goto local_origin_tcp"));
+        assert!(section(&text, "\tmap nodeports4 {").contains("tcp . 30080 : goto local_origin_tcp"));
+        assert!(section(&text, "\tset pod_sources4 {").contains("elements = { 10.1.0.0/16 }"));
+        assert!(section(&text, "\tset pod_sources6 {").contains("elements = { fd01::/48 }"));
+        assert_eq!(
+            section(&text, "\tchain local_origin_tcp {"),
+            "\tchain local_origin_tcp {
+\t\tfib saddr type local goto tproxy_tcp
+\t\tip saddr @pod_sources4 goto tproxy_tcp
+\t\tip6 saddr @pod_sources6 goto tproxy_tcp
+\t\tgoto no_local
+\t}
+"
+        );
+        assert!(!text.contains("local_origin_udp"), "no UDP listener, no UDP chain");
+        let mut with_udp = cfg(NodePortAddrs::AllLocal);
+        with_udp.udp_port = Some(15002);
+        let p = plan(&table, &with_udp);
+        assert_eq!(p.exact.get(&key("192.0.2.10", 53, Protocol::Udp)), Some(&Verdict::LocalOriginOnly));
+        assert!(render(&p, &with_udp).contains("\tchain local_origin_udp {\n\t\tfib saddr type local goto tproxy_udp\n"));
+        // Nothing short-circuited: none of it is rendered.
+        let plain = render(&sample(), &c);
+        assert!(!plain.contains("local_origin") && !plain.contains("pod_sources"));
+    }
+
+    #[test]
     fn delete_is_idempotent_text() {
         assert_eq!(render_delete("tpvs"), "add table inet tpvs\ndelete table inet tpvs\n");
     }
