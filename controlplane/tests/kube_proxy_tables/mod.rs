@@ -107,3 +107,26 @@ pub fn slice(ns: &str, service: &str, name: &str, address_type: &str, ports: Vec
         ports: Some(ports),
     }
 }
+
+/// A modulus that never divides an endpoint's index (kube-proxy's tables use 999).
+pub const NEVER: u32 = 999;
+
+/// kube-proxy's test helper: slice `{service}-{slice_num}` with `n` endpoints
+/// `10.0.{offset}.{i}` (i from 1); endpoint i is not ready when `i % unready_mod == 0`,
+/// terminating (and so not ready, still serving unless also unready) when
+/// `i % terminating_mod == 0`, and on `hosts[i % len]`; ports `port-{k}`, TCP.
+#[allow(clippy::too_many_arguments)]
+pub fn generated(service: &str, ns: &str, slice_num: u32, offset: u32, n: u32, unready_mod: u32, terminating_mod: u32, hosts: &[&str], ports: &[Option<i32>]) -> EndpointSlice {
+    let ports = ports.iter().enumerate().map(|(k, p)| slice_port(Some(&format!("port-{k}")), *p, "TCP")).collect();
+    let endpoints = (1..=n)
+        .map(|i| {
+            let ready = i % unready_mod != 0;
+            let terminating = i % terminating_mod == 0;
+            let cond = Cond { ready: Some(ready && !terminating), serving: Some(ready), terminating: Some(terminating) };
+            let host = (!hosts.is_empty()).then(|| hosts[i as usize % hosts.len()]);
+            endpoint(&format!("10.0.{offset}.{i}"), cond, host, &[])
+        })
+        .collect();
+    slice(ns, service, &format!("{service}-{slice_num}"), "IPv4", ports, endpoints)
+}
+
