@@ -161,9 +161,10 @@ fn endpoints_for_port<'a>(port: &ServicePortInfo, slices: &[&'a SliceInfo], node
                 }
                 // A pod IP reused before the old Pod is gone appears terminating in one slice
                 // and ready in another: the live copy wins (as in kube-proxy), never the
-                // terminating one, whichever slice comes first.
+                // terminating one, whichever slice comes first. Between otherwise equal
+                // copies the one on this node wins, as kube-proxy favours a local copy.
                 Entry::Occupied(mut o) => {
-                    if precedence(candidate.info) > precedence(o.get().info) {
+                    if precedence(&candidate) > precedence(o.get()) {
                         o.insert(candidate);
                     }
                 }
@@ -173,9 +174,10 @@ fn endpoints_for_port<'a>(port: &ServicePortInfo, slices: &[&'a SliceInfo], node
     by_addr.into_values().collect()
 }
 
-/// Which of two copies of one address to keep: not terminating first, then ready, then serving.
-fn precedence(info: &EndpointInfo) -> (bool, bool, bool) {
-    (!info.terminating, info.ready, info.serving)
+/// Which of two copies of one address to keep: not terminating first, then ready, then
+/// serving, then on this node.
+fn precedence(ep: &PortEndpoint<'_>) -> (bool, bool, bool, bool) {
+    (!ep.info.terminating, ep.info.ready, ep.info.serving, ep.local)
 }
 
 fn family_matches(a: IpAddr, b: IpAddr) -> bool {

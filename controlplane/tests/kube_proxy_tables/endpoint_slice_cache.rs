@@ -18,13 +18,13 @@ use crate::{Case, Expect, Objects, backends, when_empty};
 
 /// `ns/name` with ports `port-0`, `port-1` (1000, 1001; node ports 30100, 30101), external
 /// policy Local, on ClusterIP `cluster_ip`.
-fn svc(ns: &str, name: &str, cluster_ip: &str) -> Service {
+pub fn svc(ns: &str, name: &str, cluster_ip: &str) -> Service {
     let ports = vec![port("port-0", 1000, "TCP", Some(30100)), port("port-1", 1001, "TCP", Some(30101))];
     service(ns, name, "NodePort", cluster_ip, ports, |spec| spec.external_traffic_policy = Some("Local".into()))
 }
 
 /// The Cluster set of `port-k` (on the ClusterIP) and its Local set (on the NodePort).
-fn sets(k: u16, cluster: &[&str], local: &[&str]) -> Vec<Expect> {
+pub fn sets(k: u16, cluster: &[&str], local: &[&str]) -> Vec<Expect> {
     let mut out = vec![backends(&format!("TCP 10.96.1.1:{}", 1000 + k), cluster), backends(&format!("TCP 0.0.0.0:{}", 30100 + k), local)];
     if cluster.is_empty() {
         out.push(when_empty(&format!("TCP 10.96.1.1:{}", 1000 + k), "reject"));
