@@ -137,9 +137,12 @@ fn local_policy_without_local_endpoints_drops() {
     let kind = err.as_ref().map(std::io::Error::kind);
     assert!(matches!(kind, Some(ErrorKind::TimedOut | ErrorKind::WouldBlock)), "dropped, not refused: {err:?}");
     assert!(started.elapsed() >= Duration::from_millis(1400));
-    // ...by tpvs's rule, not by a missing route.
+    // ...by tpvs's rule, not by a missing route: only the node's and its pods' connections
+    // go on (the short-circuit to all endpoints), the rest is dropped.
     let map = lab.node_sh(&["nft", "list", "map", "inet", "tpvs", "frontends4"]).unwrap_or_else(|e| panic!("{e}"));
-    assert!(map.contains("10.99.0.30 . tcp . 80 : goto no_local"), "{map}");
+    assert!(map.contains("10.99.0.30 . tcp . 80 : goto local_origin_tcp"), "{map}");
+    let chain = lab.node_sh(&["nft", "list", "chain", "inet", "tpvs", "local_origin_tcp"]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(chain.contains("goto no_local"), "{chain}");
     // The ClusterIP follows internalTrafficPolicy (Cluster) and still reaches node2.
     let h = lab.hello("10.96.0.30:80").unwrap_or_else(|e| panic!("cluster ip: {e}"));
     assert_eq!(h.backend, "node2");
