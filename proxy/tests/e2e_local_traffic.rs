@@ -1,6 +1,6 @@
 //! End-to-end: traffic that starts on the node, in the namespace lab.
 //!
-//! - kube-proxy's short-circuit of `externalTrafficPolicy: Local`: connections from the node
+//! - kube-proxy's short-circuit of `externalTrafficPolicy: Local` (IPv4 and IPv6): connections from the node
 //!   itself and from a pod on it (a namespace inside `--cluster-cidr`) to the Service's
 //!   load-balancer IP or NodePort are served from all its endpoints, even with none on this
 //!   node, while a client from outside is still dropped (and, with a local endpoint, still
@@ -91,6 +91,28 @@ fn the_node_and_its_pods_reach_a_local_service_without_a_local_endpoint() {
     let listing = lab.node_sh(&[env!("CARGO_BIN_EXE_tpvs"), "list"]).unwrap_or_else(|e| panic!("tpvs list: {e}"));
     assert!(listing.contains("(from this node and pods in 10.1.0.0/16: all endpoints)"), "{listing}");
     assert!(listing.contains("=> 10.2.0.2:8080"), "{listing}");
+}
+
+/// The same in IPv6: the node and a pod (be0, fd01:0::2, inside `--cluster-cidr`) reach the
+/// Local Service whose only endpoint is on node2 (fd02::2); the client (fd00::2) is dropped.
+#[test]
+fn ipv6_the_node_and_its_pods_reach_a_local_service_without_a_local_endpoint() {
+    let Some(mut lab) = lab(1, &[]) else { return };
+    lab.serve_node2();
+    node_sh(&lab, &["ip", "-6", "route", "add", "fd00:99::/64", "via", "fd02::2"]);
+    lab.write_manifests(&manifests(&[local_lb("elsewhere6", "fd00:96::50", "fd00:99::50", 30152, &[("fd02::2", "node2")])]));
+    lab.start_tpvs(&["--cluster-cidr", "10.1.0.0/16,fd01::/32"]);
+    let (node, pod, client) = (lab.node.clone(), lab.backends[0].clone(), lab.client.clone());
+    let from_node = lab
+        .wait_for(Duration::from_secs(15), || hello_from(&node, None, "[fd00:99::50]:80", Duration::from_secs(2)).ok())
+        .unwrap_or_else(|| panic!("the node never reached its Local Service's LB IP; log:\n{}", lab.tpvs_log()));
+    assert_eq!(from_node.backend, "node2", "served from the cluster-wide set");
+    let from_pod = hello_from(&pod, None, "[fd00:99::50]:80", Duration::from_secs(2)).unwrap_or_else(|e| panic!("pod → LB IP: {e}"));
+    assert_eq!(from_pod.backend, "node2");
+    let from_pod = hello_from(&pod, None, "[fd01:0::1]:30152", Duration::from_secs(2)).unwrap_or_else(|e| panic!("pod → NodePort: {e}"));
+    assert_eq!(from_pod.backend, "node2");
+    assert_dropped(&client, None, "[fd00:99::50]:80");
+    assert_dropped(&client, None, "[fd00::1]:30152");
 }
 
 /// With a local endpoint, outsiders get only it (and the backend sees them), while the node's
