@@ -11,8 +11,10 @@ use std::sync::Arc;
 use schedulers::{Backend, BackendAddr, BackendSet, EndpointCondition, Scheduler, SchedulerKind, SchedulerOptions, StatsRegistry};
 
 use crate::explain::{Considered, EndpointVerdict, Exclusion, FrontendRecord, Topology};
+use crate::local_traffic::{LocalTrafficOptions, pod_sources};
 use crate::model::{EndpointInfo, NodeInfo, ServiceInfo, ServicePortInfo, SliceInfo};
-use crate::table::{Frontend, FrontendKey, FrontendKind, ServicePortName, TrafficPolicy, WhenEmpty};
+use crate::source_ranges::allowed_sources;
+use crate::table::{Frontend, FrontendKey, FrontendKind, LocalOrigin, ServicePortName, TrafficPolicy, WhenEmpty};
 
 /// Node-wide settings of the compiler.
 #[derive(Clone, Debug)]
@@ -27,6 +29,10 @@ pub struct CompileOptions {
     /// The only ranges externalIPs and load-balancer IPs may come from
     /// (`--external-ip-cidrs`); empty allows all, as kube-proxy does.
     pub external_ip_cidrs: Vec<ipnet::IpNet>,
+    /// This node's IP of its family (`--bind-address`), over the Node object's.
+    pub bind_address: Option<IpAddr>,
+    /// Which clients are this node's pods (`--detect-local-mode`, `--cluster-cidr`).
+    pub local_traffic: LocalTrafficOptions,
 }
 
 impl Default for CompileOptions {
@@ -37,6 +43,8 @@ impl Default for CompileOptions {
             scheduler_options: SchedulerOptions::default(),
             registry: Arc::new(StatsRegistry::new()),
             external_ip_cidrs: Vec::new(),
+            bind_address: None,
+            local_traffic: LocalTrafficOptions::default(),
         }
     }
 }
@@ -205,9 +213,10 @@ fn endpoints_for_port<'a>(
                 }
                 // A pod IP reused before the old Pod is gone appears terminating in one slice
                 // and ready in another: the live copy wins (as in kube-proxy), never the
-                // terminating one, whichever slice comes first.
+                // terminating one, whichever slice comes first. Between otherwise equal
+                // copies the one on this node wins, as kube-proxy favours a local copy.
                 Entry::Occupied(mut o) => {
-                    if precedence(candidate.info) > precedence(o.get().info) {
+                    if precedence(&candidate) > precedence(o.get()) {
                         o.insert(candidate);
                     }
                 }
@@ -217,9 +226,10 @@ fn endpoints_for_port<'a>(
     by_addr.into_values().collect()
 }
 
-/// Which of two copies of one address to keep: not terminating first, then ready, then serving.
-fn precedence(info: &EndpointInfo) -> (bool, bool, bool) {
-    (!info.terminating, info.ready, info.serving)
+/// Which of two copies of one address to keep: not terminating first, then ready, then
+/// serving, then on this node.
+fn precedence(ep: &PortEndpoint<'_>) -> (bool, bool, bool, bool) {
+    (!ep.info.terminating, ep.info.ready, ep.info.serving, ep.local)
 }
 
 fn family_matches(a: IpAddr, b: IpAddr) -> bool {
@@ -330,6 +340,7 @@ pub fn compile_service(
             families.push(*ip);
         }
     }
+    let pods = pod_sources(&opts.local_traffic, node);
     let mut portless: Vec<Vec<Considered>> = Vec::new();
     let per_port: Vec<Vec<PortEndpoint<'_>>> = svc
         .ports
@@ -361,14 +372,13 @@ pub fn compile_service(
             // explain: built lazily, once per policy, only for policies a frontend uses.
             let (mut cluster_record, mut local_record) = (None, None);
             let service_local_endpoints = service_local(*family);
-            // kube-proxy keeps the ranges of its own family only; with none of them left the
-            // frontend is open (a v6-only list does not close a v4 address).
-            let lb_ranges: Arc<[ipnet::IpNet]> = svc
-                .load_balancer_source_ranges
-                .iter()
-                .filter(|r| family_matches(r.addr(), *family))
-                .copied()
-                .collect();
+            let lb_ranges = allowed_sources(svc, *family, node);
+            // kube-proxy short-circuits local traffic to the external addresses of a Local
+            // Service whenever it has endpoints anywhere, local ones or not.
+            let local_origin = (svc.external_policy_local && cat.has_any).then(|| LocalOrigin {
+                pod_sources: pods.iter().filter(|n| family_matches(n.addr(), *family)).copied().collect(),
+                scheduler: cache.get(&cluster_set),
+            });
             let name = ServicePortName {
                 namespace: Arc::clone(&svc.key.namespace),
                 name: Arc::clone(&svc.key.name),
@@ -406,6 +416,7 @@ pub fn compile_service(
                     },
                     scheduler: cache.get(chosen),
                     explanation,
+                    local_origin: if fkind.is_external() { local_origin.clone() } else { None },
                 });
             };
             for ip in svc.cluster_ips.iter().filter(|ip| family_matches(**ip, *family)) {

@@ -47,7 +47,7 @@ pub struct ClusterIndex {
 
 impl ClusterIndex {
     pub fn new(opts: CompileOptions) -> Self {
-        let node = NodeInfo { name: opts.node_name.as_deref().map(Arc::from), zone: None };
+        let node = node_facts(&opts, None);
         ClusterIndex {
             opts,
             node,
@@ -94,12 +94,16 @@ impl ClusterIndex {
         self.slices.get(key)
     }
 
-    /// Updates this node's zone (from its Node object); every Service may change with it.
-    pub fn set_node_zone(&mut self, zone: Option<Arc<str>>) {
-        if self.node.zone != zone {
-            self.node.zone = zone;
-            self.dirty.extend(self.services.keys().cloned());
+    /// Takes what this node's Node object says (zone, addresses, pod ranges; `None` when it is
+    /// gone); every Service may change with it. Whether anything changed.
+    pub fn set_node(&mut self, object: Option<&NodeInfo>) -> bool {
+        let next = node_facts(&self.opts, object);
+        if self.node == next {
+            return false;
         }
+        self.node = next;
+        self.dirty.extend(self.services.keys().cloned());
+        true
     }
 
     pub fn upsert_service(&mut self, info: ServiceInfo) {
@@ -277,6 +281,24 @@ fn rank(kind: FrontendKind, service: &ObjectKey) -> (bool, &ObjectKey) {
 
 fn same_service(f: &Frontend, key: &ObjectKey) -> bool {
     f.service.namespace == key.namespace && f.service.name == key.name
+}
+
+/// This node as the compiler sees it: its name from the options, the rest from its Node
+/// object, with `--bind-address` taking the place of the object's IP of its family (as
+/// kube-proxy's does).
+fn node_facts(opts: &CompileOptions, object: Option<&NodeInfo>) -> NodeInfo {
+    let mut ips: Vec<std::net::IpAddr> = opts.bind_address.into_iter().collect();
+    for ip in object.map(|o| o.ips.as_slice()).unwrap_or_default() {
+        if !ips.iter().any(|known| known.is_ipv4() == ip.is_ipv4()) {
+            ips.push(*ip);
+        }
+    }
+    NodeInfo {
+        name: opts.node_name.as_deref().map(Arc::from),
+        zone: object.and_then(|o| o.zone.clone()),
+        ips,
+        pod_cidrs: object.map(|o| o.pod_cidrs.clone()).unwrap_or_default(),
+    }
 }
 
 #[cfg(test)]

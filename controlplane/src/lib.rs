@@ -10,6 +10,10 @@
 //!   disallowed address, never another Service's ClusterIP).
 //! - [`compile`]: one Service + its slices → its frontends, with kube-proxy's endpoint
 //!   selection (ready, else serving-terminating; Local vs Cluster; topology hints).
+//! - [`source_ranges`]: the clients a load-balancer IP admits (`loadBalancerSourceRanges`,
+//!   with kube-proxy's allowance for the VIP itself as a source when the node is in range).
+//! - [`local_traffic`]: which clients count as this node's own (`--detect-local-mode`,
+//!   `--cluster-cidr`), for the short-circuit of `externalTrafficPolicy: Local`.
 //! - [`index`]: the live set of objects, recompiling only the Services an event touched.
 //! - [`publish`]: the single writer of the `ArcSwap` the data plane reads, and the one
 //!   build-publish-log step both sources share.
@@ -33,17 +37,20 @@ pub mod error;
 pub mod explain;
 pub mod index;
 pub mod kube_source;
+pub mod local_traffic;
 pub mod manifests;
 pub mod model;
 pub mod publish;
+pub mod source_ranges;
 pub mod table;
 
 pub use compile::CompileOptions;
 pub use error::{AddressProblem, AddressRefused, FrontendConflict, ManifestError, ObjectError, Refusal};
 pub use ipnet::IpNet;
 pub use index::ClusterIndex;
+pub use local_traffic::{DetectLocalMode, DetectLocalModeError, LocalTrafficOptions};
 pub use kube_source::{BESIDE_KUBE_PROXY, KubeSource, KubeSourceConfig, KubeSourceError, KubeSourceHandle, KubeSourceStats};
 pub use manifests::{DEFAULT_SETTLE, ManifestLimits, ManifestSource, ReloadReport, SourceStats};
 pub use model::ObjectKey;
 pub use publish::{Publisher, TableHandle};
-pub use table::{Affinity, Frontend, FrontendKey, FrontendKind, Protocol, RoutingTable, ServicePortName, TrafficPolicy, WhenEmpty};
+pub use table::{Affinity, Frontend, FrontendKey, FrontendKind, LocalOrigin, Protocol, RoutingTable, ServicePortName, TrafficPolicy, WhenEmpty};

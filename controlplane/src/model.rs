@@ -487,13 +487,47 @@ impl SliceInfo {
 pub struct NodeInfo {
     pub name: Option<Arc<str>>,
     pub zone: Option<Arc<str>>,
+    /// The node's IP of each family as kube-proxy picks it from `status.addresses`: the first
+    /// InternalIP of that family, else its first ExternalIP (`--bind-address` overrides it).
+    pub ips: Vec<IpAddr>,
+    /// `spec.podCIDRs` (or the older `spec.podCIDR`): this node's pod ranges, what
+    /// `--detect-local-mode NodeCIDR` counts as local traffic.
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 impl NodeInfo {
     pub fn from_node(node: &Node) -> NodeInfo {
+        let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+        let of_type = |kind: &'static str| {
+            addresses
+                .into_iter()
+                .flatten()
+                .filter(move |a| a.type_ == kind)
+                .filter_map(|a| a.address.trim().parse::<IpAddr>().ok())
+        };
+        let mut ips: Vec<IpAddr> = Vec::new();
+        for ip in of_type("InternalIP").chain(of_type("ExternalIP")) {
+            if !ips.iter().any(|known| known.is_ipv4() == ip.is_ipv4()) {
+                ips.push(ip);
+            }
+        }
+        let spec = node.spec.as_ref();
+        let pod_cidrs = match spec.and_then(|s| s.pod_cidrs.as_ref()).filter(|c| !c.is_empty()) {
+            Some(cidrs) => cidrs.iter().collect::<Vec<_>>(),
+            None => spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().collect(),
+        };
         NodeInfo {
             name: node.metadata.name.as_deref().map(Arc::from),
             zone: node.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).map(|z| Arc::from(z.as_str())),
+            ips,
+            // Malformed ranges are left out: the API server validates them, and a missing
+            // range only means fewer clients count as local.
+            pod_cidrs: pod_cidrs.into_iter().filter_map(|c| c.trim().parse::<IpNet>().ok().map(|n| n.trunc())).collect(),
         }
+    }
+
+    /// The node's IP of `family`'s family, if known.
+    pub fn ip_of_family(&self, family: IpAddr) -> Option<IpAddr> {
+        self.ips.iter().copied().find(|ip| ip.is_ipv4() == family.is_ipv4())
     }
 }

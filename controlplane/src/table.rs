@@ -203,6 +203,32 @@ pub struct Frontend {
     pub scheduler: Arc<dyn Scheduler>,
     /// Why the backend set is what it is (for `tpvs explain`; the data path never reads it).
     pub explanation: Arc<FrontendRecord>,
+    /// Set on the external frontends (NodePort, load-balancer IP, externalIP) of an
+    /// `externalTrafficPolicy: Local` Service with endpoints anywhere: connections that start
+    /// on this node are served from the cluster-wide set (see [`LocalOrigin`]).
+    pub local_origin: Option<LocalOrigin>,
+}
+
+/// kube-proxy's short-circuit of local traffic to an `externalTrafficPolicy: Local` external
+/// address: a connection from this node's own addresses or from `pod_sources` (its pods, per
+/// `--detect-local-mode`) is served from every ready endpoint of the Service (`scheduler`,
+/// what `Cluster` would pick), as if it had gone out to the load balancer and come back in;
+/// any other client gets the Local set. Without it a pod on a node with no local endpoint
+/// could not reach its own Service's external address.
+#[derive(Debug, Clone)]
+pub struct LocalOrigin {
+    /// The pods' source ranges, of this frontend's family only.
+    pub pod_sources: Arc<[ipnet::IpNet]>,
+    pub scheduler: Arc<dyn Scheduler>,
+}
+
+impl LocalOrigin {
+    /// Whether `client` is one of this node's pods (the node's own addresses are the data
+    /// plane's to check).
+    pub fn is_pod(&self, client: IpAddr) -> bool {
+        let client = client.to_canonical();
+        self.pod_sources.iter().any(|n| n.contains(&client))
+    }
 }
 
 impl Frontend {

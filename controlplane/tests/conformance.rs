@@ -1,55 +1,132 @@
 //! kube-proxy conformance, case by case.
 //!
 //! Each case is one fact of kube-proxy's endpoint selection (from its `pkg/proxy` tests:
-//! the service change tracker, the endpoints change tracker, the EndpointSlice cache, the
-//! health-check server), written as the objects the API would send and the frontends and
-//! endpoint sets kube-proxy ends up with. The objects go through the same conversion as both
-//! sources (`ServiceInfo::from_service`, `SliceInfo::from_slice`) and the same index, so a case
-//! fails if tpvs picks differently. Add a case by adding a row to [`cases`].
+//! the topology categorization, the service change tracker, the endpoints change tracker,
+//! the EndpointSlice cache, the health-check server), written as the objects the API would
+//! send and the frontends and endpoint sets kube-proxy ends up with. The objects go through
+//! the same conversion as both sources (`ServiceInfo::from_service`, `SliceInfo::from_slice`,
+//! `NodeInfo::from_node`) and the same index, so a case fails if tpvs picks differently.
+//!
+//! The hand-written cases below pin the fixes of the conformance issue; the tables of
+//! kube-proxy's own tests are ported row by row in [`kube_proxy_tables`], one module per test
+//! file, each row named after the kube-proxy case it mirrors. Add a case by adding a row.
+
+mod kube_proxy_tables;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
-use controlplane::model::{ServiceInfo, SliceInfo};
+use controlplane::model::{NodeInfo, ObjectKey, ServiceInfo, SliceInfo};
 use controlplane::{ClusterIndex, CompileOptions, FrontendKey, Protocol, RoutingTable};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// What kube-proxy does with the case's objects.
-enum Expect {
+pub enum Expect {
     /// The frontend `PROTO addr:port` exists and sends to exactly these endpoints.
-    Backends(&'static str, &'static [&'static str]),
+    Backends(String, Vec<String>),
     /// No frontend `PROTO addr:port`.
-    NoFrontend(&'static str),
+    NoFrontend(String),
     /// The Service `namespace/name` is not proxied at all.
-    NotProxied(&'static str),
+    NotProxied(String),
     /// The health-check node port is open and reports this many local endpoints.
     HealthCheck { port: u16, local_endpoints: usize },
     /// No frontend of the case opens a health-check node port.
     NoHealthCheck,
     /// The frontend `PROTO addr:port` admits only clients in these ranges (none: all).
-    SourceRanges(&'static str, &'static [&'static str]),
+    SourceRanges(String, Vec<String>),
+    /// Connections from this node or its pods to the frontend `PROTO addr:port` are served
+    /// from exactly these endpoints (kube-proxy's short-circuit of an
+    /// `externalTrafficPolicy: Local` external address to its cluster endpoints); `None`: the
+    /// frontend has no such set.
+    ShortCircuit(String, Option<Vec<String>>),
+    /// The frontend `PROTO addr:port`, with no endpoint to pick, drops (`"drop"`: endpoints
+    /// exist on other nodes only) or refuses (`"reject"`: none anywhere).
+    WhenEmpty(String, &'static str),
 }
 
-struct Case {
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn backends(fe: &str, want: &[&str]) -> Expect {
+    Expect::Backends(fe.into(), strings(want))
+}
+
+pub fn no_frontend(fe: &str) -> Expect {
+    Expect::NoFrontend(fe.into())
+}
+
+pub fn not_proxied(svc: &str) -> Expect {
+    Expect::NotProxied(svc.into())
+}
+
+pub fn source_ranges(fe: &str, want: &[&str]) -> Expect {
+    Expect::SourceRanges(fe.into(), strings(want))
+}
+
+pub fn short_circuit(fe: &str, want: Option<&[&str]>) -> Expect {
+    Expect::ShortCircuit(fe.into(), want.map(strings))
+}
+
+pub fn when_empty(fe: &str, what: &'static str) -> Expect {
+    Expect::WhenEmpty(fe.into(), what)
+}
+
+/// Services and EndpointSlices, as the API sends them.
+#[derive(Default)]
+pub struct Objects {
+    pub services: Vec<Service>,
+    pub slices: Vec<EndpointSlice>,
+}
+
+/// Objects from YAML documents (`apiVersion` may be left out).
+fn yaml(text: &str) -> Objects {
+    let mut out = Objects::default();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let mut value = serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("bad YAML: {e}\n{text}"));
+        let kind = value.get("kind").and_then(|k| k.as_str()).map(str::to_string);
+        let api_version = match kind.as_deref() {
+            Some("EndpointSlice") => "discovery.k8s.io/v1",
+            _ => "v1",
+        };
+        if let Some(map) = value.as_mapping_mut() {
+            map.entry("apiVersion".into()).or_insert_with(|| api_version.into());
+        }
+        match kind.as_deref() {
+            Some("Service") => out.services.push(serde_yaml::from_value(value).unwrap_or_else(|e| panic!("{e}\n{text}"))),
+            Some("EndpointSlice") => out.slices.push(serde_yaml::from_value(value).unwrap_or_else(|e| panic!("{e}\n{text}"))),
+            other => panic!("unexpected kind {other:?} in\n{text}"),
+        }
+    }
+    out
+}
+
+pub struct Case {
     /// The kube-proxy test case (`TestFunction/case name`) or, where kube-proxy pins the fact
     /// in code rather than in a table, the function that implements it.
-    mirrors: &'static str,
-    node: &'static str,
-    /// Services and EndpointSlices, as YAML documents.
-    objects: &'static str,
-    expect: Vec<Expect>,
+    pub mirrors: String,
+    pub node: &'static str,
+    /// This node's `topology.kubernetes.io/zone` label, when it has one.
+    pub zone: Option<&'static str>,
+    /// For a change-tracker case: the objects before the change, compiled first; the case's
+    /// `objects` then replace them (what is not in `objects` is deleted).
+    pub before: Objects,
+    pub objects: Objects,
+    pub expect: Vec<Expect>,
 }
 
 fn cases() -> Vec<Case> {
-    use Expect::*;
+    use Expect::{HealthCheck, NoHealthCheck};
     vec![
         // Item: a Service labelled service.kubernetes.io/headless is never seen by kube-proxy
         // (its informer selects !service.kubernetes.io/headless), whatever its clusterIP.
         Case {
-            mirrors: "informer selector !service.kubernetes.io/headless (e2e: Services should implement service.kubernetes.io/headless)",
+            mirrors: "informer selector !service.kubernetes.io/headless (e2e: Services should implement service.kubernetes.io/headless)".into(),
             node: "node-a",
-            objects: r#"
+            zone: None,
+            before: Objects::default(),
+            objects: yaml(r#"
 kind: Service
 metadata: {name: labelled, namespace: ns, labels: {service.kubernetes.io/headless: ""}}
 spec: {clusterIP: 10.96.1.1, ports: [{name: p, port: 80}]}
@@ -69,19 +146,21 @@ metadata: {name: plain-1, namespace: ns, labels: {kubernetes.io/service-name: pl
 addressType: IPv4
 ports: [{name: p, port: 8080}]
 endpoints: [{addresses: [10.1.1.2]}]
-"#,
+"#),
             expect: vec![
-                NotProxied("ns/labelled"),
-                NoFrontend("TCP 10.96.1.1:80"),
-                Backends("TCP 10.96.1.2:80", &["10.1.1.2:8080"]),
+                not_proxied("ns/labelled"),
+                no_frontend("TCP 10.96.1.1:80"),
+                backends("TCP 10.96.1.2:80", &["10.1.1.2:8080"]),
             ],
         },
         // Item: healthCheckNodePort 0 on an eTP=Local LoadBalancer: the Service is proxied,
         // no health server is opened.
         Case {
-            mirrors: "servicechangetracker: healthCheckNodePort 0 is no health check (eTP=Local LoadBalancer still proxied)",
+            mirrors: "servicechangetracker: healthCheckNodePort 0 is no health check (eTP=Local LoadBalancer still proxied)".into(),
             node: "node-a",
-            objects: r#"
+            zone: None,
+            before: Objects::default(),
+            objects: yaml(r#"
 kind: Service
 metadata: {name: lb, namespace: ns}
 spec:
@@ -99,20 +178,22 @@ ports: [{name: p, port: 8080}]
 endpoints:
 - {addresses: [10.1.2.1], nodeName: node-a}
 - {addresses: [10.1.2.2], nodeName: node-b}
-"#,
+"#),
             expect: vec![
-                Backends("TCP 10.96.2.1:80", &["10.1.2.1:8080", "10.1.2.2:8080"]),
-                Backends("TCP 0.0.0.0:30201", &["10.1.2.1:8080"]),
-                Backends("TCP 192.0.2.21:80", &["10.1.2.1:8080"]),
+                backends("TCP 10.96.2.1:80", &["10.1.2.1:8080", "10.1.2.2:8080"]),
+                backends("TCP 0.0.0.0:30201", &["10.1.2.1:8080"]),
+                backends("TCP 192.0.2.21:80", &["10.1.2.1:8080"]),
                 NoHealthCheck,
             ],
         },
         // Item: a single-stack IPv4 Service ignores IPv6 externalIPs and load-balancer
         // ingress IPs (and the reverse): no frontend of the other family.
         Case {
-            mirrors: "TestServiceToServiceMap/service with both ipv4 and ipv6 configurations under ipv4 mode, ipv6 fields should be filtered",
+            mirrors: "TestServiceToServiceMap/service with both ipv4 and ipv6 configurations under ipv4 mode, ipv6 fields should be filtered".into(),
             node: "node-a",
-            objects: r#"
+            zone: None,
+            before: Objects::default(),
+            objects: yaml(r#"
 kind: Service
 metadata: {name: v4, namespace: ns}
 spec:
@@ -127,19 +208,21 @@ metadata: {name: v4-1, namespace: ns, labels: {kubernetes.io/service-name: v4}}
 addressType: IPv4
 ports: [{name: p, port: 8080}]
 endpoints: [{addresses: [10.1.3.1]}]
-"#,
+"#),
             expect: vec![
-                Backends("TCP 192.0.2.31:80", &["10.1.3.1:8080"]),
-                Backends("TCP 192.0.2.32:80", &["10.1.3.1:8080"]),
-                NoFrontend("TCP [2001:db8::31]:80"),
-                NoFrontend("TCP [2001:db8::32]:80"),
-                NoFrontend("TCP [::]:30301"),
+                backends("TCP 192.0.2.31:80", &["10.1.3.1:8080"]),
+                backends("TCP 192.0.2.32:80", &["10.1.3.1:8080"]),
+                no_frontend("TCP [2001:db8::31]:80"),
+                no_frontend("TCP [2001:db8::32]:80"),
+                no_frontend("TCP [::]:30301"),
             ],
         },
         Case {
-            mirrors: "TestServiceToServiceMap/service with both ipv4 and ipv6 configurations under ipv6 mode, ipv4 fields should be filtered",
+            mirrors: "TestServiceToServiceMap/service with both ipv4 and ipv6 configurations under ipv6 mode, ipv4 fields should be filtered".into(),
             node: "node-a",
-            objects: r#"
+            zone: None,
+            before: Objects::default(),
+            objects: yaml(r#"
 kind: Service
 metadata: {name: v6, namespace: ns}
 spec:
@@ -154,22 +237,24 @@ metadata: {name: v6-1, namespace: ns, labels: {kubernetes.io/service-name: v6}}
 addressType: IPv6
 ports: [{name: p, port: 8080}]
 endpoints: [{addresses: ["fd00:1::41"]}]
-"#,
+"#),
             expect: vec![
-                Backends("TCP [2001:db8::41]:80", &["[fd00:1::41]:8080"]),
-                Backends("TCP [2001:db8::42]:80", &["[fd00:1::41]:8080"]),
-                NoFrontend("TCP 192.0.2.41:80"),
-                NoFrontend("TCP 192.0.2.42:80"),
-                NoFrontend("TCP 0.0.0.0:30401"),
+                backends("TCP [2001:db8::41]:80", &["[fd00:1::41]:8080"]),
+                backends("TCP [2001:db8::42]:80", &["[fd00:1::41]:8080"]),
+                no_frontend("TCP 192.0.2.41:80"),
+                no_frontend("TCP 192.0.2.42:80"),
+                no_frontend("TCP 0.0.0.0:30401"),
             ],
         },
         // Item: the health check counts distinct local ready endpoint IPs across all ports,
         // not the largest per-port count: one pod per port makes 2; one pod serving both
         // ports counts once.
         Case {
-            mirrors: "EndpointsMap.LocalReadyEndpoints: multi-port Service, a different local pod per port counts 2",
+            mirrors: "EndpointsMap.LocalReadyEndpoints: multi-port Service, a different local pod per port counts 2".into(),
             node: "node-a",
-            objects: r#"
+            zone: None,
+            before: Objects::default(),
+            objects: yaml(r#"
 kind: Service
 metadata: {name: multi, namespace: ns}
 spec:
@@ -194,17 +279,19 @@ ports: [{name: b, port: 8081}]
 endpoints:
 - {addresses: [10.1.5.2], nodeName: node-a}
 - {addresses: [10.1.5.3], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}
-"#,
+"#),
             expect: vec![
-                Backends("TCP 0.0.0.0:30501", &["10.1.5.1:8080"]),
-                Backends("TCP 0.0.0.0:30502", &["10.1.5.2:8081"]),
+                backends("TCP 0.0.0.0:30501", &["10.1.5.1:8080"]),
+                backends("TCP 0.0.0.0:30502", &["10.1.5.2:8081"]),
                 HealthCheck { port: 32501, local_endpoints: 2 },
             ],
         },
         Case {
-            mirrors: "EndpointsMap.LocalReadyEndpoints: multi-port Service, one local pod on both ports counts 1",
+            mirrors: "EndpointsMap.LocalReadyEndpoints: multi-port Service, one local pod on both ports counts 1".into(),
             node: "node-a",
-            objects: r#"
+            zone: None,
+            before: Objects::default(),
+            objects: yaml(r#"
 kind: Service
 metadata: {name: shared, namespace: ns}
 spec:
@@ -221,16 +308,18 @@ ports: [{name: a, port: 8080}, {name: b, port: 8081}]
 endpoints:
 - {addresses: [10.1.6.1], nodeName: node-a}
 - {addresses: [10.1.6.2], nodeName: node-b}
-"#,
+"#),
             expect: vec![HealthCheck { port: 32601, local_endpoints: 1 }],
         },
         // Item: the same IP in two slices, terminating in one and ready in the other (a pod
         // IP reused before the old Pod is gone): the non-terminating copy wins, whichever
         // slice sorts first.
         Case {
-            mirrors: "EndpointSliceCache.addEndpoints: a pod IP reused while the old Pod terminates, the running one wins",
+            mirrors: "EndpointSliceCache.addEndpoints: a pod IP reused while the old Pod terminates, the running one wins".into(),
             node: "node-a",
-            objects: r#"
+            zone: None,
+            before: Objects::default(),
+            objects: yaml(r#"
 kind: Service
 metadata: {name: reuse, namespace: ns}
 spec: {clusterIP: 10.96.7.1, ports: [{name: p, port: 80}]}
@@ -250,16 +339,18 @@ ports: [{name: p, port: 8080}]
 endpoints:
 - {addresses: [10.1.7.1], conditions: {ready: true, serving: true, terminating: false}}
 - {addresses: [10.1.7.2], conditions: {ready: true, serving: true, terminating: false}}
-"#,
-            expect: vec![Backends("TCP 10.96.7.1:80", &["10.1.7.1:8080", "10.1.7.2:8080"])],
+"#),
+            expect: vec![backends("TCP 10.96.7.1:80", &["10.1.7.1:8080", "10.1.7.2:8080"])],
         },
         // Item: missing conditions. A missing ready or serving reads as true, a missing
         // terminating as false; so a terminating endpoint that does not say serving is a
         // serving-terminating fallback when nothing is ready.
         Case {
-            mirrors: "EndpointSliceCache.addEndpoints: terminating endpoint with serving unset reads as serving",
+            mirrors: "EndpointSliceCache.addEndpoints: terminating endpoint with serving unset reads as serving".into(),
             node: "node-a",
-            objects: r#"
+            zone: None,
+            before: Objects::default(),
+            objects: yaml(r#"
 kind: Service
 metadata: {name: unset, namespace: ns}
 spec: {clusterIP: 10.96.8.1, ports: [{name: p, port: 80}]}
@@ -271,13 +362,15 @@ ports: [{name: p, port: 8080}]
 endpoints:
 - {addresses: [10.1.8.1], conditions: {ready: false, terminating: true}}
 - {addresses: [10.1.8.2], conditions: {ready: false, serving: false, terminating: true}}
-"#,
-            expect: vec![Backends("TCP 10.96.8.1:80", &["10.1.8.1:8080"])],
+"#),
+            expect: vec![backends("TCP 10.96.8.1:80", &["10.1.8.1:8080"])],
         },
         Case {
-            mirrors: "EndpointSliceCache.addEndpoints: absent conditions read ready and serving, not terminating",
+            mirrors: "EndpointSliceCache.addEndpoints: absent conditions read ready and serving, not terminating".into(),
             node: "node-a",
-            objects: r#"
+            zone: None,
+            before: Objects::default(),
+            objects: yaml(r#"
 kind: Service
 metadata: {name: absent, namespace: ns}
 spec: {clusterIP: 10.96.9.1, ports: [{name: p, port: 80}]}
@@ -291,13 +384,15 @@ endpoints:
 - {addresses: [10.1.9.2], conditions: {}}
 - {addresses: [10.1.9.3], conditions: {serving: true}}
 - {addresses: [10.1.9.4], conditions: {ready: false}}
-"#,
-            expect: vec![Backends("TCP 10.96.9.1:80", &["10.1.9.1:8080", "10.1.9.2:8080", "10.1.9.3:8080"])],
+"#),
+            expect: vec![backends("TCP 10.96.9.1:80", &["10.1.9.1:8080", "10.1.9.2:8080", "10.1.9.3:8080"])],
         },
         Case {
-            mirrors: "TestServiceToServiceMap/service with ipv4 configurations under ipv4 mode",
+            mirrors: "TestServiceToServiceMap/service with ipv4 configurations under ipv4 mode".into(),
             node: "node-a",
-            objects: r#"
+            zone: None,
+            before: Objects::default(),
+            objects: yaml(r#"
 kind: Service
 metadata: {name: valid-v4, namespace: ns}
 spec:
@@ -312,16 +407,18 @@ metadata: {name: valid-v4-1, namespace: ns, labels: {kubernetes.io/service-name:
 addressType: IPv4
 ports: [{name: p, port: 8080}]
 endpoints: [{addresses: [10.1.10.1]}]
-"#,
+"#),
             expect: vec![
-                Backends("TCP 192.0.2.101:80", &["10.1.10.1:8080"]),
-                NoFrontend("TCP [2001:db8::101]:80"),
+                backends("TCP 192.0.2.101:80", &["10.1.10.1:8080"]),
+                no_frontend("TCP [2001:db8::101]:80"),
             ],
         },
         Case {
-            mirrors: "TestServiceToServiceMap/service with ipv6 configurations under ipv6 mode",
+            mirrors: "TestServiceToServiceMap/service with ipv6 configurations under ipv6 mode".into(),
             node: "node-a",
-            objects: r#"
+            zone: None,
+            before: Objects::default(),
+            objects: yaml(r#"
 kind: Service
 metadata: {name: valid-v6, namespace: ns}
 spec:
@@ -336,20 +433,22 @@ metadata: {name: valid-v6-1, namespace: ns, labels: {kubernetes.io/service-name:
 addressType: IPv6
 ports: [{name: p, port: 8080}]
 endpoints: [{addresses: ["fd00:1::111"]}]
-"#,
+"#),
             expect: vec![
-                Backends("TCP [2001:db8::111]:80", &["[fd00:1::111]:8080"]),
-                Backends("TCP [::]:31101", &["[fd00:1::111]:8080"]),
-                NoFrontend("TCP 192.0.2.111:80"),
-                NoFrontend("TCP 0.0.0.0:31101"),
+                backends("TCP [2001:db8::111]:80", &["[fd00:1::111]:8080"]),
+                backends("TCP [::]:31101", &["[fd00:1::111]:8080"]),
+                no_frontend("TCP 192.0.2.111:80"),
+                no_frontend("TCP 0.0.0.0:31101"),
             ],
         },
         // Two slices listing the same ten addresses; an address unready in one and ready in
         // the other is ready; unready in both, it is left out.
         Case {
-            mirrors: "TestEndpointsMapFromESC/2 slices, overlapping endpoints, some endpoints unready in 1 or both",
+            mirrors: "TestEndpointsMapFromESC/2 slices, overlapping endpoints, some endpoints unready in 1 or both".into(),
             node: "node-a",
-            objects: r#"
+            zone: None,
+            before: Objects::default(),
+            objects: yaml(r#"
 kind: Service
 metadata: {name: overlap, namespace: ns}
 spec: {clusterIP: 10.96.12.1, ports: [{name: p, port: 80}]}
@@ -385,8 +484,8 @@ endpoints:
 - {addresses: [10.1.12.8]}
 - {addresses: [10.1.12.9]}
 - {addresses: [10.1.12.10]}
-"#,
-            expect: vec![Backends(
+"#),
+            expect: vec![backends(
                 "TCP 10.96.12.1:80",
                 &[
                     "10.1.12.1:8080",
@@ -404,9 +503,11 @@ endpoints:
         // As above, with two addresses serving-terminating in both slices: they are neither
         // ready nor dropped, and stay out while ready endpoints exist.
         Case {
-            mirrors: "TestEndpointsMapFromESC/2 slices, overlapping endpoints, some endpoints unready and some endpoints terminating",
+            mirrors: "TestEndpointsMapFromESC/2 slices, overlapping endpoints, some endpoints unready and some endpoints terminating".into(),
             node: "node-a",
-            objects: r#"
+            zone: None,
+            before: Objects::default(),
+            objects: yaml(r#"
 kind: Service
 metadata: {name: overlap-term, namespace: ns}
 spec: {clusterIP: 10.96.13.1, ports: [{name: p, port: 80}]}
@@ -442,8 +543,8 @@ endpoints:
 - {addresses: [10.1.13.8]}
 - {addresses: [10.1.13.9]}
 - {addresses: [10.1.13.10], conditions: {ready: false, serving: true, terminating: true}}
-"#,
-            expect: vec![Backends(
+"#),
+            expect: vec![backends(
                 "TCP 10.96.13.1:80",
                 &[
                     "10.1.13.1:8080",
@@ -460,9 +561,11 @@ endpoints:
         // proxier's family only; they fence the load-balancer IPs, not the ClusterIP, the
         // NodePort or the externalIPs (its firewall chain hangs off the LB IP rules only).
         Case {
-            mirrors: "servicechangetracker: TestServiceToServiceMap/extra space LoadBalancerSourceRanges + proxier firewall chain for load-balancer IPs only",
+            mirrors: "servicechangetracker: TestServiceToServiceMap/extra space LoadBalancerSourceRanges + proxier firewall chain for load-balancer IPs only".into(),
             node: "node-a",
-            objects: r#"
+            zone: None,
+            before: Objects::default(),
+            objects: yaml(r#"
 kind: Service
 metadata: {name: fenced, namespace: ns}
 spec:
@@ -472,21 +575,23 @@ spec:
   loadBalancerSourceRanges: [" 10.1.2.0/28", "fd00:1::/64"]
   ports: [{name: p, port: 80, nodePort: 30820}]
 status: {loadBalancer: {ingress: [{ip: 198.51.100.20}, {ip: "2001:db8::20"}]}}
-"#,
+"#),
             expect: vec![
-                SourceRanges("TCP 198.51.100.20:80", &["10.1.2.0/28"]),
-                SourceRanges("TCP [2001:db8::20]:80", &["fd00:1::/64"]),
-                SourceRanges("TCP 10.96.20.1:80", &[]),
-                SourceRanges("TCP 0.0.0.0:30820", &[]),
-                SourceRanges("TCP 192.0.2.20:80", &[]),
+                source_ranges("TCP 198.51.100.20:80", &["10.1.2.0/28"]),
+                source_ranges("TCP [2001:db8::20]:80", &["fd00:1::/64"]),
+                source_ranges("TCP 10.96.20.1:80", &[]),
+                source_ranges("TCP 0.0.0.0:30820", &[]),
+                source_ranges("TCP 192.0.2.20:80", &[]),
             ],
         },
         // The other family's ranges are dropped (MapCIDRsByIPFamily); with none of its own
         // left, the load-balancer IP has no firewall.
         Case {
-            mirrors: "servicechangetracker: TestServiceToServiceMap/service with ipv6 configurations under ipv4 mode (source ranges filtered by family)",
+            mirrors: "servicechangetracker: TestServiceToServiceMap/service with ipv6 configurations under ipv4 mode (source ranges filtered by family)".into(),
             node: "node-a",
-            objects: r#"
+            zone: None,
+            before: Objects::default(),
+            objects: yaml(r#"
 kind: Service
 metadata: {name: other-family-ranges, namespace: ns}
 spec:
@@ -495,53 +600,71 @@ spec:
   loadBalancerSourceRanges: ["2001:db8:1::/64"]
   ports: [{name: p, port: 80, nodePort: 30821}]
 status: {loadBalancer: {ingress: [{ip: 198.51.100.21}]}}
-"#,
-            expect: vec![SourceRanges("TCP 198.51.100.21:80", &[])],
+"#),
+            expect: vec![source_ranges("TCP 198.51.100.21:80", &[])],
         },
     ]
+}
+
+/// Feeds `objects` to the index the way both sources do; Services kube-proxy would not see
+/// go to `skipped`, objects tpvs rejects to `rejected`. The keys of what was applied.
+fn apply(index: &mut ClusterIndex, objects: &Objects, skipped: &mut BTreeSet<String>, rejected: &mut Vec<String>) -> (Vec<ObjectKey>, Vec<ObjectKey>) {
+    let (mut services, mut slices) = (Vec::new(), Vec::new());
+    for svc in &objects.services {
+        match ServiceInfo::from_service(svc) {
+            Ok(Ok(info)) => {
+                services.push(info.key.clone());
+                index.upsert_service(info);
+            }
+            Ok(Err(why)) => {
+                let meta = &svc.metadata;
+                skipped.insert(format!("{}/{}", meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or("")));
+                eprintln!("skipped: {why}");
+            }
+            Err(e) => rejected.push(format!("the Service was rejected ({e}); kube-proxy proxies it")),
+        }
+    }
+    for slice in &objects.slices {
+        match SliceInfo::from_slice(slice) {
+            Ok(Some(info)) => {
+                slices.push(info.key.clone());
+                index.upsert_slice(info);
+            }
+            Ok(None) => {}
+            Err(e) => rejected.push(format!("the slice was rejected ({e}); kube-proxy reads it")),
+        }
+    }
+    (services, slices)
+}
+
+/// This node's Node object, as the API would send it.
+fn node_object(name: &str, zone: &str) -> Node {
+    let mut node = Node::default();
+    node.metadata.name = Some(name.to_string());
+    node.metadata.labels = Some([(controlplane::model::ZONE_LABEL.to_string(), zone.to_string())].into());
+    node
 }
 
 /// The case's table, the Services it left out, and the objects it rejected (kube-proxy rejects
 /// none of the cases' objects).
 fn run(case: &Case) -> (RoutingTable, BTreeSet<String>, Vec<String>) {
     let mut rejected = Vec::new();
+    let mut skipped = BTreeSet::new();
     let opts = CompileOptions { node_name: Some(case.node.into()), ..CompileOptions::default() };
     let mut index = ClusterIndex::new(opts);
-    let mut skipped = BTreeSet::new();
-    for doc in serde_yaml::Deserializer::from_str(case.objects) {
-        let mut value =
-            serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: bad YAML: {e}", case.mirrors));
-        let kind = value.get("kind").and_then(|k| k.as_str()).map(str::to_string);
-        let api_version = match kind.as_deref() {
-            Some("EndpointSlice") => "discovery.k8s.io/v1",
-            _ => "v1",
-        };
-        if let Some(map) = value.as_mapping_mut() {
-            map.entry("apiVersion".into()).or_insert_with(|| api_version.into());
-        }
-        match kind.as_deref() {
-            Some("Service") => {
-                let svc: Service = serde_yaml::from_value(value).unwrap_or_else(|e| panic!("{}: {e}", case.mirrors));
-                match ServiceInfo::from_service(&svc) {
-                    Ok(Ok(info)) => index.upsert_service(info),
-                    Ok(Err(why)) => {
-                        let meta = &svc.metadata;
-                        skipped.insert(format!("{}/{}", meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or("")));
-                        eprintln!("{}: skipped: {why}", case.mirrors);
-                    }
-                    Err(e) => rejected.push(format!("the Service was rejected ({e}); kube-proxy proxies it")),
-                }
-            }
-            Some("EndpointSlice") => {
-                let slice: EndpointSlice = serde_yaml::from_value(value).unwrap_or_else(|e| panic!("{}: {e}", case.mirrors));
-                match SliceInfo::from_slice(&slice) {
-                    Ok(Some(info)) => index.upsert_slice(info),
-                    Ok(None) => {}
-                    Err(e) => rejected.push(format!("the slice was rejected ({e}); kube-proxy reads it")),
-                }
-            }
-            other => panic!("{}: unexpected kind {other:?}", case.mirrors),
-        }
+    if let Some(zone) = case.zone {
+        index.set_node(Some(&NodeInfo::from_node(&node_object(case.node, zone))));
+    }
+    let (old_services, old_slices) = apply(&mut index, &case.before, &mut BTreeSet::new(), &mut rejected);
+    if !old_services.is_empty() || !old_slices.is_empty() {
+        index.build();
+    }
+    let (services, slices) = apply(&mut index, &case.objects, &mut skipped, &mut rejected);
+    for gone in old_services.iter().filter(|k| !services.contains(k)) {
+        index.remove_service(gone);
+    }
+    for gone in old_slices.iter().filter(|k| !slices.contains(k)) {
+        index.remove_slice(gone);
     }
     (index.build().0, skipped, rejected)
 }
@@ -558,53 +681,67 @@ fn frontend_key(case: &Case, s: &str) -> FrontendKey {
     FrontendKey::new(addr.ip(), addr.port(), proto)
 }
 
+fn addr_set(set: &schedulers::BackendSet) -> BTreeSet<String> {
+    set.iter().map(|b| b.addr.0.to_string()).collect()
+}
+
+/// What differs from kube-proxy in one expectation, if anything.
+fn check(case: &Case, table: &RoutingTable, skipped: &BTreeSet<String>, expect: &Expect) -> Option<String> {
+    let get = |fe: &str| table.get(&frontend_key(case, fe));
+    let want_set = |want: &[String]| want.iter().cloned().collect::<BTreeSet<String>>();
+    match expect {
+        Expect::Backends(fe, want) => match get(fe) {
+            None => Some(format!("{fe}: no frontend, want {want:?}")),
+            Some(f) => {
+                let got = addr_set(f.backends());
+                (got != want_set(want)).then(|| format!("{fe}: backends {got:?}, want {want:?}"))
+            }
+        },
+        Expect::NoFrontend(fe) => get(fe).map(|f| format!("{fe}: frontend of {} exists", f.service)),
+        Expect::NotProxied(svc) => (!skipped.contains(svc)).then(|| format!("{svc} is proxied")),
+        Expect::HealthCheck { port, local_endpoints } => {
+            let counts: BTreeSet<usize> =
+                table.frontends().filter(|f| f.health_check_node_port == Some(*port)).map(|f| f.service_local_endpoints).collect();
+            let want = BTreeSet::from([*local_endpoints]);
+            (counts != want).then(|| format!("health check :{port} reports {counts:?}, want {want:?}"))
+        }
+        Expect::SourceRanges(fe, want) => match get(fe) {
+            None => Some(format!("{fe}: no frontend, want source ranges {want:?}")),
+            Some(f) => {
+                let got: Vec<String> = f.source_ranges.iter().map(ToString::to_string).collect();
+                (got != *want).then(|| format!("{fe}: source ranges {got:?}, want {want:?}"))
+            }
+        },
+        Expect::NoHealthCheck => {
+            let open: Vec<u16> = table.frontends().filter_map(|f| f.health_check_node_port).collect();
+            (!open.is_empty()).then(|| format!("health check opened on {open:?}"))
+        }
+        Expect::ShortCircuit(fe, want) => match get(fe) {
+            None => Some(format!("{fe}: no frontend, want short-circuit set {want:?}")),
+            Some(f) => {
+                let got = f.local_origin.as_ref().map(|lo| addr_set(lo.scheduler.backends()));
+                let want = want.as_deref().map(want_set);
+                (got != want).then(|| format!("{fe}: short-circuit set {got:?}, want {want:?}"))
+            }
+        },
+        Expect::WhenEmpty(fe, what) => match get(fe) {
+            None => Some(format!("{fe}: no frontend, want it to {what} when empty")),
+            Some(f) => (f.when_empty.as_str() != *what).then(|| format!("{fe}: {} when empty, want {what}", f.when_empty.as_str())),
+        },
+    }
+}
+
 use serde::Deserialize as _;
 
 #[test]
 fn kube_proxy_conformance() {
     let mut failures = Vec::new();
-    for case in cases() {
-        let (table, skipped, rejected) = run(&case);
+    let all: Vec<Case> = cases().into_iter().chain(kube_proxy_tables::cases()).collect();
+    for case in &all {
+        let (table, skipped, rejected) = run(case);
         failures.extend(rejected.iter().map(|r| format!("{}: {r}", case.mirrors)));
-        for expect in &case.expect {
-            let problem = match expect {
-                Expect::Backends(fe, want) => match table.get(&frontend_key(&case, fe)) {
-                    None => Some(format!("{fe}: no frontend, want {want:?}")),
-                    Some(f) => {
-                        let got: BTreeSet<String> = f.backends().iter().map(|b| b.addr.0.to_string()).collect();
-                        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
-                        (got != want).then(|| format!("{fe}: backends {got:?}, want {want:?}"))
-                    }
-                },
-                Expect::NoFrontend(fe) => {
-                    table.get(&frontend_key(&case, fe)).map(|f| format!("{fe}: frontend of {} exists", f.service))
-                }
-                Expect::NotProxied(svc) => (!skipped.contains(*svc)).then(|| format!("{svc} is proxied")),
-                Expect::HealthCheck { port, local_endpoints } => {
-                    let counts: BTreeSet<usize> = table
-                        .frontends()
-                        .filter(|f| f.health_check_node_port == Some(*port))
-                        .map(|f| f.service_local_endpoints)
-                        .collect();
-                    let want = BTreeSet::from([*local_endpoints]);
-                    (counts != want).then(|| format!("health check :{port} reports {counts:?}, want {want:?}"))
-                }
-                Expect::SourceRanges(fe, want) => match table.get(&frontend_key(&case, fe)) {
-                    None => Some(format!("{fe}: no frontend, want source ranges {want:?}")),
-                    Some(f) => {
-                        let got: Vec<String> = f.source_ranges.iter().map(ToString::to_string).collect();
-                        (got != *want).then(|| format!("{fe}: source ranges {got:?}, want {want:?}"))
-                    }
-                },
-                Expect::NoHealthCheck => {
-                    let open: Vec<u16> = table.frontends().filter_map(|f| f.health_check_node_port).collect();
-                    (!open.is_empty()).then(|| format!("health check opened on {open:?}"))
-                }
-            };
-            if let Some(p) = problem {
-                failures.push(format!("{}: {p}", case.mirrors));
-            }
-        }
+        failures.extend(case.expect.iter().filter_map(|e| check(case, &table, &skipped, e)).map(|p| format!("{}: {p}", case.mirrors)));
     }
     assert!(failures.is_empty(), "differs from kube-proxy:\n{}", failures.join("\n"));
+    eprintln!("{} kube-proxy cases agree", all.len());
 }

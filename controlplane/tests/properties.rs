@@ -247,7 +247,7 @@ fn check_invariants_with(
         }
     }
     // Everything a Service asked for is served for it, or refused with a reason naming it.
-    let node = NodeInfo { name: Some(Arc::from(NODE)), zone: None };
+    let node = NodeInfo { name: Some(Arc::from(NODE)), ..NodeInfo::default() };
     for svc in services {
         let own: Vec<&SliceInfo> = slices.iter().filter(|s| s.service == svc.key).collect();
         for wanted in compile_service(svc, &own, &node, &opts()) {

@@ -49,6 +49,7 @@ pub fn start_proxy(scheduler: Arc<dyn Scheduler>, name: &str, settings: ProxySet
         source_ranges: Arc::from([]),
         scheduler,
         explanation: Default::default(),
+        local_origin: None,
     };
     let config = ForwardConfig {
         port: 0,

@@ -27,8 +27,9 @@
 //!   [`startup_guard`]: undoes a start-up that fails.
 //! - [`netfilter`]: the nftables table (rendered by a pure function) and policy routing.
 //! - [`dispatch`]: every per-connection and per-flow decision, TCP and UDP alike: frontend
-//!   lookup, session affinity, pick with retry, and all feedback to the schedulers and the
-//!   per-backend metrics.
+//!   lookup, which endpoint set serves the client (the short-circuit of local traffic to an
+//!   `externalTrafficPolicy: Local` external address, with the node's own addresses), session
+//!   affinity, pick with retry, and all feedback to the schedulers and the per-backend metrics.
 //! - [`forward`]: the TCP data path: per-core event loops on `SO_REUSEPORT` transparent
 //!   listeners, connect, splice relay; and the plain listen mode for load tests.
 //! - [`udp`]: the UDP data path: per-core epoll loops on `SO_REUSEPORT` transparent UDP

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use controlplane::{ManifestSource, Publisher, ReloadReport, RoutingTable};
 
 use crate::cli::ListArgs;
-use crate::view::{JsonTable, json_view};
+use crate::view::{JsonBackend, JsonTable, json_view};
 
 /// `tpvs list --manifests PATH`: the table `manifests` compile to with `args`' settings.
 pub fn run(manifests: &Path, args: &ListArgs) -> anyhow::Result<ExitCode> {
@@ -79,29 +79,39 @@ pub fn render_view(table: &JsonTable) -> String {
         );
         if f.backends.is_empty() {
             let _ = writeln!(out, "  (no endpoints: {})", f.when_empty);
-            continue;
         }
         for b in &f.backends {
-            // An ejected backend says so where its state goes: that is what the operator
-            // looks for when one backend stops getting traffic.
-            let state = match b.ejected_for_seconds {
-                Some(s) => format!("Ejected:{s}s"),
-                None => b.state.clone(),
-            };
-            let _ = writeln!(
-                out,
-                "  -> {:<25} {:<6} {:<11} {:<16} {:<12} {:<10} {}",
-                b.address,
-                b.weight,
-                state,
-                printable(b.node.as_deref().unwrap_or("-")),
-                printable(b.zone.as_deref().unwrap_or("-")),
-                b.active,
-                b.connections,
-            );
+            backend_row(&mut out, "->", b);
+        }
+        if let Some(lo) = &f.local_origin {
+            let pods = if lo.pod_sources.is_empty() { String::new() } else { format!(" and pods in {}", lo.pod_sources.join(",")) };
+            let _ = writeln!(out, "  (from this node{pods}: all endpoints)");
+            for b in &lo.backends {
+                backend_row(&mut out, "=>", b);
+            }
         }
     }
     out
+}
+
+fn backend_row(out: &mut String, arrow: &str, b: &JsonBackend) {
+    // An ejected backend says so where its state goes: that is what the operator looks for
+    // when one backend stops getting traffic.
+    let state = match b.ejected_for_seconds {
+        Some(s) => format!("Ejected:{s}s"),
+        None => b.state.clone(),
+    };
+    let _ = writeln!(
+        out,
+        "  {arrow} {:<25} {:<6} {:<11} {:<16} {:<12} {:<10} {}",
+        b.address,
+        b.weight,
+        state,
+        printable(b.node.as_deref().unwrap_or("-")),
+        printable(b.zone.as_deref().unwrap_or("-")),
+        b.active,
+        b.connections,
+    );
 }
 
 /// The Services the source saw but does not proxy, and why.

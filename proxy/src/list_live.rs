@@ -189,6 +189,7 @@ mod tests {
                         ejected_for_seconds: None,
                     })
                     .collect(),
+                local_origin: None,
             }],
         }
     }

@@ -37,6 +37,18 @@ pub struct JsonFrontend {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_ranges: Vec<String>,
     pub backends: Vec<JsonBackend>,
+    /// The short-circuit of an `externalTrafficPolicy: Local` external frontend: who counts as
+    /// this node's own, and the cluster-wide endpoints they are served from. Absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_origin: Option<JsonLocalOrigin>,
+}
+
+/// Connections from this node (its own addresses) or its pods (`pod_sources`) to a `Local`
+/// Service's external address pick from `backends`: every endpoint, as `Cluster` would.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JsonLocalOrigin {
+    pub pod_sources: Vec<String>,
+    pub backends: Vec<JsonBackend>,
 }
 
 /// One backend; the counters are the backend address's, shared by every frontend that
@@ -83,33 +95,35 @@ pub fn json_view(table: &RoutingTable, metrics: Option<&MetricsRegistry>) -> Jso
                 health_check_node_port: f.health_check_node_port,
                 local_endpoints: f.service_local_endpoints,
                 source_ranges: f.source_ranges.iter().map(ToString::to_string).collect(),
-                backends: f
-                    .backends()
-                    .iter()
-                    .map(|b| {
-                        // Bytes are the data path's metrics: none offline, or before any traffic.
-                        let m = metrics.and_then(|m| m.peek(b.addr));
-                        JsonBackend {
-                        address: b.addr.to_string(),
-                        weight: b.weight,
-                        state: b.condition.to_string(),
-                        node: b.node.as_deref().map(str::to_string),
-                        zone: b.zone.as_deref().map(str::to_string),
-                        active: b.stats.active(),
-                        connections: b.stats.connections(),
-                        picks: b.stats.picks(),
-                        failures: b.stats.failures(),
-                        bytes_to_backend: m.as_ref().map_or(0, |m| m.bytes_to_backend()),
-                        bytes_from_backend: m.as_ref().map_or(0, |m| m.bytes_from_backend()),
-                        ejected_for_seconds: m.as_ref().and_then(|m| {
-                            // Rounded up: a backend ejected for 0.3 s more still says 1 s.
-                            let left = m.outlier.ejected_for_ns(now_nanos());
-                            (left > 0).then(|| left.div_ceil(1_000_000_000))
-                        }),
-                    }
-                    })
-                    .collect(),
+                backends: f.backends().iter().map(|b| json_backend(b, metrics)).collect(),
+                local_origin: f.local_origin.as_ref().map(|lo| JsonLocalOrigin {
+                    pod_sources: lo.pod_sources.iter().map(ToString::to_string).collect(),
+                    backends: lo.scheduler.backends().iter().map(|b| json_backend(b, metrics)).collect(),
+                }),
             })
             .collect(),
+    }
+}
+
+fn json_backend(b: &schedulers::Backend, metrics: Option<&MetricsRegistry>) -> JsonBackend {
+    // Bytes are the data path's metrics: none offline, or before any traffic.
+    let m = metrics.and_then(|m| m.peek(b.addr));
+    JsonBackend {
+        address: b.addr.to_string(),
+        weight: b.weight,
+        state: b.condition.to_string(),
+        node: b.node.as_deref().map(str::to_string),
+        zone: b.zone.as_deref().map(str::to_string),
+        active: b.stats.active(),
+        connections: b.stats.connections(),
+        picks: b.stats.picks(),
+        failures: b.stats.failures(),
+        bytes_to_backend: m.as_ref().map_or(0, |m| m.bytes_to_backend()),
+        bytes_from_backend: m.as_ref().map_or(0, |m| m.bytes_from_backend()),
+        ejected_for_seconds: m.as_ref().and_then(|m| {
+            // Rounded up: a backend ejected for 0.3 s more still says 1 s.
+            let left = m.outlier.ejected_for_ns(now_nanos());
+            (left > 0).then(|| left.div_ceil(1_000_000_000))
+        }),
     }
 }

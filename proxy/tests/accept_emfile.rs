@@ -61,6 +61,7 @@ fn out_of_descriptors_the_queued_client_is_reset_not_left_hanging() {
         source_ranges: Arc::from([]),
         scheduler,
         explanation: Default::default(),
+        local_origin: None,
     };
     let config = ForwardConfig {
         port: 0,

@@ -137,7 +137,8 @@ fn local_policy_without_local_endpoints_drops() {
     let kind = err.as_ref().map(std::io::Error::kind);
     assert!(matches!(kind, Some(ErrorKind::TimedOut | ErrorKind::WouldBlock)), "dropped, not refused: {err:?}");
     assert!(started.elapsed() >= Duration::from_millis(1400));
-    // ...by tpvs's rule, not by a missing route.
+    // ...by tpvs's rule, not by a missing route: only the node's and its pods' connections
+    // go on (the short-circuit to all endpoints), the rest is dropped.
     let map = lab.node_sh(&["nft", "list", "map", "inet", "tpvs", "frontends4"]).unwrap_or_else(|e| panic!("{e}"));
     // Elements carry their packet counters (`... counter packets N bytes M : goto ...`):
     // this one counted the dropped SYNs.
@@ -146,7 +147,9 @@ fn local_policy_without_local_endpoints_drops() {
         .map(str::trim)
         .find(|e| e.starts_with("10.99.0.30 . tcp . 80 "))
         .unwrap_or_else(|| panic!("no element for 10.99.0.30: {map}"));
-    assert!(element.ends_with(": goto no_local"), "{element}");
+    assert!(element.ends_with(": goto local_origin_tcp"), "{element}");
+    let chain = lab.node_sh(&["nft", "list", "chain", "inet", "tpvs", "local_origin_tcp"]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(chain.contains("goto no_local"), "{chain}");
     assert!(!element.contains("counter packets 0 "), "the drops were counted: {element}");
     // The ClusterIP follows internalTrafficPolicy (Cluster) and still reaches node2.
     let h = lab.hello("10.96.0.30:80").unwrap_or_else(|e| panic!("cluster ip: {e}"));

@@ -1,7 +1,9 @@
 //! Golden tests: a manifests fixture → the table `tpvs list` prints, pinned in a `.txt` file.
 //!
 //! Each `tests/golden/NAME.yaml` starts with `# node: NAME`, the node the table is compiled
-//! for; a `# external-ip-cidrs: CIDR,...` line after it sets that flag. Run with `UPDATE_GOLDEN=1` to rewrite the expectations after an intended change, then
+//! for; a `# external-ip-cidrs: CIDR,...` line after it sets that flag, and a `# flags: ...`
+//! line any other `tpvs list` flags (parsed by the real command line). Run with
+//! `UPDATE_GOLDEN=1` to rewrite the expectations after an intended change, then
 //! read the diff: it is the behaviour change.
 
 use std::path::{Path, PathBuf};
@@ -23,10 +25,27 @@ fn cidrs_of(fixture: &Path) -> Vec<IpNet> {
     list.split(',').map(|c| c.trim().parse().unwrap_or_else(|e| panic!("{fixture:?}: {c}: {e}"))).collect()
 }
 
+/// The compile options of the `# flags:` header line, as `tpvs list` would take them.
+fn flags_of(fixture: &Path) -> Option<CompileOptions> {
+    use clap::Parser as _;
+    let text = std::fs::read_to_string(fixture).unwrap_or_default();
+    let flags = text.lines().take_while(|l| l.starts_with('#')).find_map(|l| l.strip_prefix("# flags: "))?;
+    let path = fixture.to_string_lossy().to_string();
+    let argv = ["tpvs", "list", "--manifests", path.as_str()].into_iter().chain(flags.split_whitespace());
+    match tpvs::cli::Cli::try_parse_from(argv).map(|c| c.command) {
+        Ok(tpvs::cli::Command::List(a)) => Some(a.table.compile_options()),
+        Ok(_) => panic!("{fixture:?}: not a list command"),
+        Err(e) => panic!("{fixture:?}: flags: {e}"),
+    }
+}
+
 fn render_fixture(fixture: &Path) -> String {
     let publisher = Arc::new(Publisher::new());
-    let opts =
-        CompileOptions { node_name: node_of(fixture), external_ip_cidrs: cidrs_of(fixture), ..CompileOptions::default() };
+    let opts = CompileOptions {
+        node_name: node_of(fixture),
+        external_ip_cidrs: cidrs_of(fixture),
+        ..flags_of(fixture).unwrap_or_default()
+    };
     let mut source = ManifestSource::new(fixture.to_path_buf(), opts, Arc::clone(&publisher));
     let report = source.reload();
     let table = publisher.current();
@@ -169,4 +188,9 @@ fn json_view_carries_source_ranges() {
     assert!(ranges("198.51.100.8:80").is_empty(), "a v6-only list leaves the v4 address open");
     let json = serde_json::to_string(&view).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(json.matches("\"source_ranges\"").count(), 2, "{json}");
+}
+
+#[test]
+fn golden_node_local() {
+    check("node_local");
 }

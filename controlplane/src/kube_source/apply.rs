@@ -174,8 +174,7 @@ impl Applier {
                 removed = gone.len();
             }
             Seen::Node(seen) => {
-                if !seen && self.index.node().zone.is_some() {
-                    self.index.set_node_zone(None);
+                if !seen && self.index.set_node(None) {
                     removed = 1;
                 }
             }
@@ -228,8 +227,7 @@ impl Applier {
                 Err(error) => self.object_error("EndpointSlice", &key.to_string(), &error),
             },
             Object::Node(info) => {
-                if self.index.node().zone != info.zone {
-                    self.index.set_node_zone(info.zone);
+                if self.index.set_node(Some(&info)) {
                     self.note(at, None);
                 }
             }
@@ -257,11 +255,7 @@ impl Applier {
                 self.index.remove_slice(&key);
                 present
             }
-            Gone::Node => {
-                let had_zone = self.index.node().zone.is_some();
-                self.index.set_node_zone(None);
-                had_zone
-            }
+            Gone::Node => self.index.set_node(None),
             Gone::Unnamed => false,
         };
         if changed {

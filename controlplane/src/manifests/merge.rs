@@ -7,12 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use super::parse::FileObjects;
 use crate::index::ClusterIndex;
 use crate::explain::NotProxied;
-use crate::model::{ObjectKey, ServiceInfo, SliceInfo};
+use crate::model::{NodeInfo, ObjectKey, ServiceInfo, SliceInfo};
 
 /// What a file that had errors holds: what it yielded now, plus whatever it held before and
 /// did not yield this time. A broken edit must not delete what it could not be read to contain;
@@ -41,8 +40,8 @@ pub(super) struct Union<'a> {
     pub slices: BTreeMap<&'a ObjectKey, &'a SliceInfo>,
     /// explain: Services not proxied.
     pub skipped: BTreeMap<&'a ObjectKey, &'a NotProxied>,
-    /// This node's zone, from the last file (in path order) holding its Node.
-    pub zone: Option<Arc<str>>,
+    /// This node's Node object, from the last file (in path order) holding it.
+    pub node: Option<&'a NodeInfo>,
 }
 
 /// Adds up the files' objects; the first file in path order wins a duplicate name.
@@ -59,7 +58,7 @@ pub(super) fn union(by_file: &BTreeMap<PathBuf, FileObjects>) -> Union<'_> {
             out.skipped.entry(k).or_insert(v);
         }
         if let Some(n) = &objects.node {
-            out.zone = n.zone.clone();
+            out.node = Some(n);
         }
     }
     out
@@ -94,16 +93,16 @@ pub(super) fn sync_index(index: &mut ClusterIndex, union: Union<'_>) {
             index.upsert_skipped(s.clone());
         }
     }
-    index.set_node_zone(union.zone);
+    index.set_node(union.node);
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
+    use std::sync::Arc;
 
     use super::*;
     use crate::compile::CompileOptions;
-    use crate::model::NodeInfo;
 
     fn service(name: &str, ip: [u8; 4]) -> ServiceInfo {
         ServiceInfo::for_test(name, vec![IpAddr::from(ip)])
@@ -117,7 +116,7 @@ mod tests {
         FileObjects {
             services: services.iter().map(|s| (s.key.clone(), s.clone())).collect(),
             slices: slices.iter().map(|s| (s.key.clone(), s.clone())).collect(),
-            node: zone.map(|z| NodeInfo { name: Some(Arc::from("n")), zone: Some(Arc::from(z)) }),
+            node: zone.map(|z| NodeInfo { name: Some(Arc::from("n")), zone: Some(Arc::from(z)), ..NodeInfo::default() }),
             skipped: BTreeMap::new(),
         }
     }
@@ -149,7 +148,7 @@ mod tests {
         let web = u.services.get(&ObjectKey::new("t", "web")).map(|s| s.cluster_ips.clone());
         assert_eq!(web, Some(vec![IpAddr::from([10, 0, 0, 1])]));
         assert_eq!((u.services.len(), u.slices.len()), (2, 1));
-        assert_eq!(u.zone.as_deref(), Some("z2"));
+        assert_eq!(u.node.and_then(|n| n.zone.as_deref()), Some("z2"));
     }
 
     #[test]

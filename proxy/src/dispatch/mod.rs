@@ -16,8 +16,11 @@
 //!   retries, bytes), keyed by backend address.
 //! - [`outlier`]: passive outlier detection: backends whose connects keep failing are
 //!   skipped for a backoff period.
+//! - [`node_addrs`]: this node's own addresses, which tell the node's own connections apart
+//!   for the short-circuit of `externalTrafficPolicy: Local` (a frontend's `local_origin`).
 
 pub mod affinity;
+pub mod node_addrs;
 pub mod outlier;
 pub mod telemetry;
 
@@ -26,11 +29,12 @@ use std::time::{Duration, Instant};
 
 use controlplane::{Frontend, Protocol, RoutingTable, TableHandle, TrafficPolicy};
 use schedulers::stats::now_nanos;
-use schedulers::{ActiveGuard, Backend, BackendAddr, ClientAddr, OrigDstAddr, PickContext, PickKey, Tried};
+use schedulers::{ActiveGuard, Backend, BackendAddr, BackendSet, ClientAddr, OrigDstAddr, PickContext, PickKey, Scheduler, Tried};
 use tracing::warn;
 
 use crate::addrs::NodePortAddrs;
 use affinity::AffinityTable;
+use node_addrs::NodeAddrs;
 use outlier::OutlierPolicy;
 use telemetry::{BackendMetrics, ConnectFailure, MetricsRegistry};
 
@@ -47,11 +51,12 @@ pub struct Dispatcher {
     affinity: AffinityTable,
     metrics: Arc<MetricsRegistry>,
     outliers: OutlierPolicy,
+    node_addrs: NodeAddrs,
 }
 
 impl Dispatcher {
     pub fn new(table: TableHandle, nodeport_addrs: NodePortAddrs, metrics: Arc<MetricsRegistry>, outliers: OutlierPolicy) -> Self {
-        Dispatcher { table, nodeport_addrs, affinity: AffinityTable::new(), metrics, outliers }
+        Dispatcher { table, nodeport_addrs, affinity: AffinityTable::new(), metrics, outliers, node_addrs: NodeAddrs::default() }
     }
 
     pub fn table(&self) -> &TableHandle {
@@ -120,7 +125,8 @@ impl Dispatcher {
     /// The backends to try for one new connection or flow from `client` to `dst` on `fe`, at
     /// most `max_attempts` of them.
     pub fn choose<'a>(&'a self, fe: &'a Frontend, client: ClientAddr, dst: OrigDstAddr, max_attempts: usize) -> Choice<'a> {
-        let set = fe.backends();
+        let (scheduler, policy) = self.endpoint_set(fe, client);
+        let set = scheduler.backends();
         // Affinity only while that backend is still in the set and may take connections.
         let sticky = fe
             .affinity
@@ -129,6 +135,8 @@ impl Dispatcher {
         Choice {
             dispatcher: self,
             fe,
+            scheduler,
+            policy,
             ctx: PickContext::new(client, dst),
             tried: Tried::new(),
             sticky,
@@ -136,6 +144,19 @@ impl Dispatcher {
             max_attempts: max_attempts.clamp(1, Tried::CAPACITY),
             exhausted: false,
             skipped_ejected: None,
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Which of a frontend's endpoint sets serves `client`, and under which policy: the
+    /// cluster-wide set, as `Cluster`, for a connection from this node or one of its pods to
+    /// an external address of a `Local` Service (kube-proxy's short-circuit); the frontend's
+    /// own otherwise. Frontends without the short-circuit decide nothing here.
+    fn endpoint_set<'a>(&self, fe: &'a Frontend, client: ClientAddr) -> (&'a Arc<dyn Scheduler>, TrafficPolicy) {
+        match &fe.local_origin {
+            Some(lo) if lo.is_pod(client.ip()) || self.node_addrs.contains(client.ip()) => (&lo.scheduler, TrafficPolicy::Cluster),
+            _ => (&fe.scheduler, fe.policy),
         }
     }
 }
@@ -159,6 +180,9 @@ pub struct Preview {
 pub struct Choice<'a> {
     dispatcher: &'a Dispatcher,
     fe: &'a Frontend,
+    /// The endpoint set this connection picks from (the frontend's, or its short-circuit's).
+    scheduler: &'a Arc<dyn Scheduler>,
+    policy: TrafficPolicy,
     ctx: PickContext,
     tried: Tried,
     sticky: Option<usize>,
@@ -191,10 +215,10 @@ impl<'a> Choice<'a> {
     /// Affinity, else the scheduler, passing over ejected backends (they count as tried, not
     /// as attempts); when only ejected ones are left, the first of them.
     fn next_candidate(&mut self) -> Option<(usize, &'a Backend, Arc<BackendMetrics>)> {
-        let set = self.fe.backends();
+        let set: &'a Arc<BackendSet> = self.scheduler.backends();
         let now = self.dispatcher.outliers.enabled().then(now_nanos);
         loop {
-            let picked = self.sticky.take().or_else(|| self.fe.scheduler.pick(&self.ctx, &self.tried));
+            let picked = self.sticky.take().or_else(|| self.scheduler.pick(&self.ctx, &self.tried));
             let index = picked.or_else(|| self.skipped_ejected.take())?;
             let backend = set.get(index)?;
             let metrics = self.dispatcher.metrics.get(backend.addr);
@@ -238,7 +262,7 @@ impl Attempt<'_, '_> {
     /// The address the backend must see as the source: the client itself under `Local`
     /// (kube-proxy keeps the client IP there), the node's own (`None`) under `Cluster`.
     pub fn spoofed_source(&self) -> Option<ClientAddr> {
-        match self.choice.fe.policy {
+        match self.choice.policy {
             TrafficPolicy::Local => Some(self.choice.ctx.client),
             TrafficPolicy::Cluster => None,
         }
@@ -290,7 +314,7 @@ impl Attempt<'_, '_> {
     fn count_toward_ejection(&self) {
         let dispatcher = self.choice.dispatcher;
         let policy = &dispatcher.outliers;
-        let set = self.choice.fe.backends();
+        let set = self.choice.scheduler.backends();
         let now = now_nanos();
         let share_allows = || {
             let ejected = set.iter().filter(|b| dispatcher.metrics.peek(b.addr).is_some_and(|m| m.outlier.is_ejected(now))).count();

@@ -190,7 +190,8 @@ impl MetricsRegistry {
         self.map.rcu(|map| {
             let mut next = MetricsMap::default();
             for fe in table.frontends() {
-                for b in fe.backends().iter() {
+                let short_circuit = fe.local_origin.iter().flat_map(|lo| lo.scheduler.backends().iter());
+                for b in fe.backends().iter().chain(short_circuit) {
                     let m = map.get(&b.addr).cloned().unwrap_or_default();
                     next.insert(b.addr, m);
                 }

@@ -10,6 +10,10 @@
 //!      with `loadBalancerSourceRanges` go first through a chain of their own that drops
 //!      sources outside their allow set, then take their verdict (kube-proxy's firewall
 //!      check, which also comes before the Service's verdict, refusals included);
+//!      A `Local` frontend without local endpoints but with endpoints elsewhere goes through
+//!      `local_origin_*` instead of the drop: connections from this node (`fib saddr type
+//!      local`) or its pods (`pod_sources*`) go on to TPROXY, where the proxy serves them from
+//!      the cluster-wide set (kube-proxy's short-circuit); the rest are dropped;
 //!   2. NodePorts (`l4proto . dport`) on the node-port addresses, same verdicts;
 //!   3. `socket transparent 1 → mark`: the reply path of upstream sockets bound to a client's
 //!      address (Local policy), so replies addressed to that foreign IP are routed to the
@@ -29,7 +33,7 @@
 //! stale ACK and retransmitted a second later. The TPROXY statement instead recognises a SYN
 //! hitting TIME_WAIT, retires it and hands the SYN to the listener.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -63,6 +67,9 @@ pub enum Verdict {
     /// Silently drop (Local policy, no local endpoint: an external LB's health check steers
     /// away).
     Drop,
+    /// Local policy, no local endpoint, endpoints elsewhere: TPROXY for connections from this
+    /// node or its pods (served from the cluster-wide set), drop for everyone else.
+    LocalOriginOnly,
 }
 
 /// The frontends' verdicts, in stable order.
@@ -75,25 +82,32 @@ pub struct Plan {
     /// The allowed client ranges of the exact frontends that have any (LoadBalancer IPs with
     /// `loadBalancerSourceRanges`).
     pub source_ranges: BTreeMap<FrontendKey, Arc<[IpNet]>>,
+    /// The pods' source ranges the [`Verdict::LocalOriginOnly`] frontends let through.
+    pub pod_sources: BTreeSet<IpNet>,
 }
 
 /// Decides each frontend's verdict.
 pub fn plan(table: &RoutingTable, cfg: &RulesetConfig) -> Plan {
     let mut out = Plan::default();
+    let interceptable = |p: Protocol| match p {
+        Protocol::Tcp => true,
+        Protocol::Udp => cfg.udp_port.is_some(),
+        // No TPROXY for SCTP in the kernel: such frontends are not served (yet).
+        Protocol::Sctp => false,
+    };
     for fe in table.frontends() {
         let verdict = if fe.backends().none_pickable() {
-            match fe.when_empty {
-                controlplane::WhenEmpty::Reject => Verdict::Refuse,
-                controlplane::WhenEmpty::Drop => Verdict::Drop,
+            let short_circuit = fe.local_origin.as_ref().filter(|lo| !lo.scheduler.backends().none_pickable());
+            match (fe.when_empty, short_circuit) {
+                (controlplane::WhenEmpty::Reject, _) => Verdict::Refuse,
+                (controlplane::WhenEmpty::Drop, Some(lo)) if interceptable(fe.key.proto) => {
+                    out.pod_sources.extend(lo.pod_sources.iter().copied());
+                    Verdict::LocalOriginOnly
+                }
+                (controlplane::WhenEmpty::Drop, _) => Verdict::Drop,
             }
         } else {
-            let interceptable = match fe.key.proto {
-                Protocol::Tcp => true,
-                Protocol::Udp => cfg.udp_port.is_some(),
-                // No TPROXY for SCTP in the kernel: such frontends are not served (yet).
-                Protocol::Sctp => false,
-            };
-            if !interceptable {
+            if !interceptable(fe.key.proto) {
                 continue;
             }
             Verdict::Tproxy
@@ -124,6 +138,8 @@ fn verdict_text(v: Verdict, p: Protocol) -> &'static str {
         (Verdict::Tproxy, _) => "goto tproxy_tcp",
         (Verdict::Refuse, _) => "goto refuse",
         (Verdict::Drop, _) => "goto no_local",
+        (Verdict::LocalOriginOnly, Protocol::Udp) => "goto local_origin_udp",
+        (Verdict::LocalOriginOnly, _) => "goto local_origin_tcp",
     }
 }
 
@@ -197,6 +213,16 @@ pub fn render(plan: &Plan, cfg: &RulesetConfig) -> String {
         let _ = writeln!(s, "\t}}");
     }
 
+    let short_circuits = plan.exact.values().chain(plan.node_ports.values()).any(|v| *v == Verdict::LocalOriginOnly);
+    if short_circuits {
+        for (v4, name, addr_type) in [(true, "pod_sources4", "ipv4_addr"), (false, "pod_sources6", "ipv6_addr")] {
+            let items: Vec<String> = plan.pod_sources.iter().filter(|n| n.addr().is_ipv4() == v4).map(ToString::to_string).collect();
+            let _ = writeln!(s, "\tset {name} {{\n\t\ttype {addr_type}\n\t\tflags interval\n\t\tauto-merge");
+            elements(&mut s, &items);
+            let _ = writeln!(s, "\t}}");
+        }
+    }
+
     for (i, (k, ranges)) in plan.source_ranges.iter().enumerate() {
         let addr_type = if k.addr.is_ipv6() { "ipv6_addr" } else { "ipv4_addr" };
         let items: Vec<String> = ranges.iter().map(ToString::to_string).collect();
@@ -265,6 +291,21 @@ pub fn render(plan: &Plan, cfg: &RulesetConfig) -> String {
     let _ = writeln!(s, "\tchain no_local {{");
     let _ = writeln!(s, "\t\tcounter drop");
     let _ = writeln!(s, "\t}}");
+    if short_circuits {
+        // The node's own connections arrive re-routed through lo with one of its addresses
+        // as source; its pods' with theirs. Both go on to the proxy (which serves them from
+        // the cluster-wide set); outsiders meet the Local policy's drop.
+        let protos: &[(&str, Protocol)] = if cfg.udp_port.is_some() { &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)] } else { &[("tcp", Protocol::Tcp)] };
+        for (name, p) in protos {
+            let to_proxy = verdict_text(Verdict::Tproxy, *p);
+            let _ = writeln!(s, "\tchain local_origin_{name} {{");
+            let _ = writeln!(s, "\t\tfib saddr type local {to_proxy}");
+            let _ = writeln!(s, "\t\tip saddr @pod_sources4 {to_proxy}");
+            let _ = writeln!(s, "\t\tip6 saddr @pod_sources6 {to_proxy}");
+            let _ = writeln!(s, "\t\tgoto no_local");
+            let _ = writeln!(s, "\t}}");
+        }
+    }
     for (i, k) in plan.source_ranges.keys().enumerate() {
         let ip = if k.addr.is_ipv6() { "ip6" } else { "ip" };
         let verdict = plan.exact.get(k).map_or("drop", |v| verdict_text(*v, k.proto));
@@ -552,6 +593,7 @@ table inet tpvs {
             source_ranges: Arc::from([]),
             scheduler: schedulers::build(SchedulerKind::Rr, Arc::new(BackendSet::new(set)), &SchedulerOptions::default()),
             explanation: Default::default(),
+            local_origin: None,
         };
         (key, Arc::new(fe))
     }
@@ -678,6 +720,67 @@ table inet tpvs {
         let keys: Vec<String> = p.source_ranges.keys().map(ToString::to_string).collect();
         assert_eq!(keys, vec!["192.0.2.10:80".to_string()]);
         assert_eq!(p.source_ranges.values().next().map(|r| r.to_vec()), Some(vec![net("10.0.0.0/24")]));
+    }
+
+    #[test]
+    fn local_only_frontends_let_the_node_and_its_pods_through_and_drop_the_rest() {
+        use controlplane::WhenEmpty;
+        // A Local frontend without local endpoints whose Service has one elsewhere.
+        let short_circuited = |k: FrontendKey, pods: &[&str]| {
+            let (k, fe) = frontend(k, 0, WhenEmpty::Drop);
+            let (_, cluster) = frontend(k, 1, WhenEmpty::Reject);
+            let mut fe = (*fe).clone();
+            fe.local_origin = Some(controlplane::LocalOrigin {
+                pod_sources: pods.iter().map(|p| net(p)).collect(),
+                scheduler: Arc::clone(&cluster.scheduler),
+            });
+            (k, Arc::new(fe))
+        };
+        let table = RoutingTable::new(
+            1,
+            [
+                short_circuited(key("192.0.2.10", 80, Protocol::Tcp), &["10.1.0.0/16"]),
+                short_circuited(key("0.0.0.0", 30080, Protocol::Tcp), &["10.1.0.0/16"]),
+                short_circuited(key("fd00:99::10", 80, Protocol::Tcp), &["fd01::/48"]),
+                // Without a UDP listener there is no one to hand UDP to: a plain drop.
+                short_circuited(key("192.0.2.10", 53, Protocol::Udp), &["10.1.0.0/16"]),
+                frontend(key("192.0.2.11", 80, Protocol::Tcp), 0, WhenEmpty::Drop),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let c = cfg(NodePortAddrs::AllLocal);
+        let p = plan(&table, &c);
+        assert_eq!(p.exact.get(&key("192.0.2.10", 80, Protocol::Tcp)), Some(&Verdict::LocalOriginOnly));
+        assert_eq!(p.exact.get(&key("192.0.2.10", 53, Protocol::Udp)), Some(&Verdict::Drop));
+        assert_eq!(p.exact.get(&key("192.0.2.11", 80, Protocol::Tcp)), Some(&Verdict::Drop), "no short-circuit: still dropped");
+        assert_eq!(p.node_ports.get(&(false, Protocol::Tcp, 30080)), Some(&Verdict::LocalOriginOnly));
+        let pods: Vec<String> = p.pod_sources.iter().map(ToString::to_string).collect();
+        assert_eq!(pods, ["10.1.0.0/16", "fd01::/48"]);
+        let text = render(&p, &c);
+        assert!(section(&text, "\tmap frontends4 {").contains("192.0.2.10 . tcp . 80 : goto local_origin_tcp"));
+        assert!(section(&text, "\tmap nodeports4 {").contains("tcp . 30080 : goto local_origin_tcp"));
+        assert!(section(&text, "\tset pod_sources4 {").contains("elements = { 10.1.0.0/16 }"));
+        assert!(section(&text, "\tset pod_sources6 {").contains("elements = { fd01::/48 }"));
+        assert_eq!(
+            section(&text, "\tchain local_origin_tcp {"),
+            "\tchain local_origin_tcp {
+\t\tfib saddr type local goto tproxy_tcp
+\t\tip saddr @pod_sources4 goto tproxy_tcp
+\t\tip6 saddr @pod_sources6 goto tproxy_tcp
+\t\tgoto no_local
+\t}
+"
+        );
+        assert!(!text.contains("local_origin_udp"), "no UDP listener, no UDP chain");
+        let mut with_udp = cfg(NodePortAddrs::AllLocal);
+        with_udp.udp_port = Some(15002);
+        let p = plan(&table, &with_udp);
+        assert_eq!(p.exact.get(&key("192.0.2.10", 53, Protocol::Udp)), Some(&Verdict::LocalOriginOnly));
+        assert!(render(&p, &with_udp).contains("\tchain local_origin_udp {\n\t\tfib saddr type local goto tproxy_udp\n"));
+        // Nothing short-circuited: none of it is rendered.
+        let plain = render(&sample(), &c);
+        assert!(!plain.contains("local_origin") && !plain.contains("pod_sources"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! ```text
 //!  client 10.0.0.2 / fd00::2 ── node 10.0.0.1 / fd00::1 (runs `tpvs run`, nodeName node1)
 //!                                 ├── beK 10.1.K.2 / fd01:K::2   (K = 0..backends, local endpoints)
-//!                                 └── node2 10.2.0.2             (nodeName node2, remote endpoint)
+//!                                 └── node2 10.2.0.2 / fd02::2   (nodeName node2, remote endpoint)
 //! ```
 //!
 //! Backends and node2 route everything via the node, so replies to a spoofed client address
@@ -394,8 +394,11 @@ impl Lab {
         // node <-> node2
         self.link(&node, &ifn("s"), &node2, &ifn("r"));
         Self::addr(&node, &ifn("s"), "10.2.0.1/24");
+        Self::addr(&node, &ifn("s"), "fd02::1/64");
         Self::addr(&node2, &ifn("r"), "10.2.0.2/24");
+        Self::addr(&node2, &ifn("r"), "fd02::2/64");
         sh(&["ip", "-n", &node2, "route", "add", "default", "via", "10.2.0.1"]);
+        sh(&["ip", "-n", &node2, "-6", "route", "add", "default", "via", "fd02::1"]);
     }
 
     /// Starts the echo server of local backend `k` on 10.1.k.2:8080 (and its IPv6 twin).
@@ -407,11 +410,13 @@ impl Lab {
         self.servers.push(Server::start(&ns, &format!("be{k}"), v6));
     }
 
-    /// Starts the remote endpoint on node2 (10.2.0.2:8080).
+    /// Starts the remote endpoint on node2 (10.2.0.2:8080 and [fd02::2]:8080).
     pub fn serve_node2(&mut self) {
         let ns = self.node2.clone();
         let v4: SocketAddr = format!("10.2.0.2:{BACKEND_PORT}").parse().unwrap_or_else(|e| panic!("{e}"));
+        let v6: SocketAddr = format!("[fd02::2]:{BACKEND_PORT}").parse().unwrap_or_else(|e| panic!("{e}"));
         self.servers.push(Server::start(&ns, "node2", v4));
+        self.servers.push(Server::start(&ns, "node2", v6));
     }
 
     /// Connections accepted by backend `name` so far (both families).

@@ -70,7 +70,9 @@ pub(super) fn write(table: &RoutingTable, metrics: Option<&MetricsRegistry>, max
             let slot = if fe.kind.is_external() { &mut row.no_local_external } else { &mut row.no_local_internal };
             *slot = Some(slot.unwrap_or(false) || pickable == 0);
         }
-        for b in set.iter() {
+        // A backend only the short-circuit of local traffic reaches is still the Service's.
+        let short_circuit = fe.local_origin.iter().flat_map(|lo| lo.scheduler.backends().iter());
+        for b in set.iter().chain(short_circuit) {
             rows.push(BackendRow { service: key, addr: b.addr, stats: &b.stats, scheduler: fe.scheduler_kind().as_str(), metrics: None });
         }
     }
@@ -192,26 +194,61 @@ mod tests {
 
     use super::*;
 
-    /// One Service with five endpoints, compiled as the daemon would.
-    fn table() -> Arc<RoutingTable> {
-        let dir = std::env::temp_dir().join(format!("tpvs-metrics-table-{}", std::process::id()));
+    /// `yaml` compiled as the daemon would, for node `node`.
+    fn compiled(yaml: &str, node: Option<&str>) -> Arc<RoutingTable> {
+        let dir = std::env::temp_dir().join(format!("tpvs-metrics-table-{}-{}", std::process::id(), yaml.len()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         let path = dir.join("m.yaml");
-        let endpoints: String = (1..=5).map(|i| format!("  - addresses: [10.1.0.{i}]\n    conditions: {{ready: true}}\n")).collect();
-        let yaml = format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
-             spec:\n  clusterIP: 10.96.0.10\n  ports: [{{name: http, port: 80, protocol: TCP}}]\n---\n\
-             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n\
-             addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n{endpoints}"
-        );
         std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("{e}"));
         let publisher = Arc::new(Publisher::new());
-        let mut source = ManifestSource::new(path, CompileOptions::default(), Arc::clone(&publisher));
+        let opts = CompileOptions { node_name: node.map(str::to_string), ..CompileOptions::default() };
+        let mut source = ManifestSource::new(path, opts, Arc::clone(&publisher));
         let report = source.reload();
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         let _ = std::fs::remove_dir_all(&dir);
         publisher.current()
+    }
+
+    /// One Service with five endpoints.
+    fn table() -> Arc<RoutingTable> {
+        let endpoints: String = (1..=5).map(|i| format!("  - addresses: [10.1.0.{i}]\n    conditions: {{ready: true}}\n")).collect();
+        compiled(
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+                 spec:\n  clusterIP: 10.96.0.10\n  ports: [{{name: http, port: 80, protocol: TCP}}]\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n\
+                 addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n{endpoints}"
+            ),
+            None,
+        )
+    }
+
+    #[test]
+    fn a_backend_only_the_short_circuit_reaches_has_its_series() {
+        // Local for both policies, its only endpoint on another node: no frontend's own set
+        // holds it, the NodePort's short-circuit of local traffic does.
+        let table = compiled(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: far, namespace: default}\n\
+             spec:\n  type: NodePort\n  clusterIP: 10.96.0.11\n  externalTrafficPolicy: Local\n  internalTrafficPolicy: Local\n\
+             \x20 ports: [{name: http, port: 80, protocol: TCP, nodePort: 30111}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {name: far-1, namespace: default, labels: {kubernetes.io/service-name: far}}\n\
+             addressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\n\
+             endpoints:\n  - addresses: [10.1.0.9]\n    nodeName: node-b\n",
+            Some("node-a"),
+        );
+        assert!(table.frontends().all(|f| f.backends().is_empty()), "no local endpoint");
+        let lo = table.frontends().find_map(|f| f.local_origin.as_ref()).unwrap_or_else(|| panic!("no short-circuit set"));
+        let _open = lo.scheduler.backends().iter().map(|b| b.stats.open()).collect::<Vec<_>>();
+        let mut text = String::new();
+        {
+            let mut sink = |c: String| text.push_str(&c);
+            let mut w = TextWriter::new(&mut sink);
+            write(&table, None, 10, &mut w);
+        }
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("tpvs_backend_connections_total{")).collect();
+        assert!(series.iter().any(|l| l.contains("10.1.0.9:8080")), "{text}");
     }
 
     #[test]
