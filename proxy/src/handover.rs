@@ -34,6 +34,7 @@
 //! queued on the old instance's listener when it exits is reset).
 
 use std::io::{self, Read as _, Write as _};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -42,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the hand-over protocol. Bump it for any change in the messages' meaning; both
 /// sides refuse a version they do not speak.
-pub const PROTOCOL: u8 = 2;
+pub const PROTOCOL: u8 = 3;
 
 /// Largest frame body accepted (a hello with the longest flags is well under 1 KiB).
 pub const MAX_FRAME: u32 = 64 * 1024;
@@ -112,9 +113,184 @@ pub enum Message {
         udp: Vec<[bool; 2]>,
     },
     Ready,
+    /// A batch of established TCP connections ([`PAIRS_PER_BATCH`] at most). `tail` bytes
+    /// follow the frame: each pair's pending bytes toward the backend, then toward the client,
+    /// in pair order; then two descriptors per pair (client side, backend side).
+    Connections {
+        pairs: Vec<PairRecord>,
+        tail: u32,
+    },
+    /// A batch of UDP flows ([`FLOWS_PER_BATCH`] at most); one descriptor per flow follows
+    /// (its connected upstream socket).
+    Flows {
+        flows: Vec<FlowRecord>,
+    },
+    /// The successor holds the batch just sent and relays it: the sender may close its copies.
+    Adopted {
+        count: usize,
+    },
     Released {
         open_connections: usize,
     },
+}
+
+/// Connections per [`Message::Connections`] batch (two descriptors each, within one
+/// `SCM_RIGHTS` message).
+pub const PAIRS_PER_BATCH: usize = FDS_PER_MESSAGE / 2;
+
+/// Flows per [`Message::Flows`] batch.
+pub const FLOWS_PER_BATCH: usize = FDS_PER_MESSAGE;
+
+/// Most bytes one direction of a connection can have in flight inside tpvs: one read of the
+/// copy buffer (64 KiB) or one pipe (64 KiB), never both (a direction splices only once its
+/// copy spill is written). Anything beyond stays in the kernel's socket buffers, which move
+/// with the sockets.
+pub const MAX_PENDING: u32 = 128 * 1024;
+
+/// One established TCP connection as it passes: who talks to whom, what was in flight inside
+/// tpvs, and how far it got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairRecord {
+    pub client: SocketAddr,
+    /// The address the client dialled (names the frontend).
+    pub frontend: SocketAddr,
+    pub backend: SocketAddr,
+    /// Bytes read from the client and not yet written to the backend (in the tail).
+    pub pending_to_backend: u32,
+    /// Bytes read from the backend and not yet written to the client (in the tail).
+    pub pending_to_client: u32,
+    /// The client finished sending and its FIN was passed on to the backend.
+    pub client_closed: bool,
+    /// The backend finished sending and its FIN was passed on to the client.
+    pub backend_closed: bool,
+    pub bytes_to_backend: u64,
+    pub bytes_from_backend: u64,
+    /// Since the connection was accepted (by whichever instance accepted it).
+    pub age_ms: u64,
+}
+
+/// One UDP flow as it passes: the worker whose listener receives its client's datagrams (the
+/// same sockets, so the same worker index), its identity and its timestamps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowRecord {
+    pub worker: usize,
+    pub client: SocketAddr,
+    /// The address the client sent to (names the frontend; replies come from it).
+    pub dst: SocketAddr,
+    pub backend: SocketAddr,
+    /// Made for a `Local` frontend (its upstream socket is bound to the client's address).
+    pub local: bool,
+    pub age_ms: u64,
+    pub idle_ms: u64,
+    pub replies: u64,
+}
+
+/// A connection taken out of a relay at a safe point: its two sockets and the bytes tpvs had
+/// read but not yet written.
+#[derive(Debug)]
+pub struct DetachedPair {
+    pub client: OwnedFd,
+    pub upstream: OwnedFd,
+    pub to_backend: Vec<u8>,
+    pub to_client: Vec<u8>,
+    pub record: PairRecord,
+}
+
+/// A UDP flow taken out of its worker: its connected upstream socket.
+#[derive(Debug)]
+pub struct DetachedFlow {
+    pub upstream: OwnedFd,
+    pub record: FlowRecord,
+}
+
+/// Everything established that a hand-over moves.
+#[derive(Debug, Default)]
+pub struct Detached {
+    pub pairs: Vec<DetachedPair>,
+    pub flows: Vec<DetachedFlow>,
+}
+
+impl Detached {
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty() && self.flows.is_empty()
+    }
+}
+
+/// Sends one batch of connections (at most [`PAIRS_PER_BATCH`]): frame, tail, descriptors.
+pub fn send_pairs(stream: &mut UnixStream, batch: &[DetachedPair]) -> Result<(), ProtocolError> {
+    let mut tail = Vec::new();
+    let mut pairs = Vec::with_capacity(batch.len());
+    for p in batch {
+        tail.extend_from_slice(&p.to_backend);
+        tail.extend_from_slice(&p.to_client);
+        let len = |b: &[u8]| u32::try_from(b.len()).map_err(|_| ProtocolError::TooLong(u32::MAX));
+        pairs.push(PairRecord { pending_to_backend: len(&p.to_backend)?, pending_to_client: len(&p.to_client)?, ..p.record.clone() });
+    }
+    let tail_len = u32::try_from(tail.len()).map_err(|_| ProtocolError::TooLong(u32::MAX))?;
+    write_message(stream, &Message::Connections { pairs, tail: tail_len })?;
+    stream.write_all(&tail)?;
+    let fds: Vec<RawFd> = batch.iter().flat_map(|p| [p.client.as_raw_fd(), p.upstream.as_raw_fd()]).collect();
+    sendmsg_fds(stream.as_raw_fd(), &fds)?;
+    Ok(())
+}
+
+/// Receives the tail and descriptors a [`Message::Connections`] announced, after checking the
+/// announcement (batch size, pending bytes per direction, tail length).
+pub fn recv_pairs(stream: &mut UnixStream, pairs: Vec<PairRecord>, tail: u32) -> Result<Vec<DetachedPair>, ProtocolError> {
+    let bad = |what: String| ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, what));
+    if pairs.len() > PAIRS_PER_BATCH {
+        return Err(bad(format!("a batch of {} connections, over {PAIRS_PER_BATCH}", pairs.len())));
+    }
+    let mut total = 0u64;
+    for p in &pairs {
+        if p.pending_to_backend > MAX_PENDING || p.pending_to_client > MAX_PENDING {
+            return Err(bad(format!("{} pending bytes for one connection, over {MAX_PENDING} per direction", p.pending_to_backend.max(p.pending_to_client))));
+        }
+        total += u64::from(p.pending_to_backend) + u64::from(p.pending_to_client);
+    }
+    if total != u64::from(tail) {
+        return Err(bad(format!("a tail of {tail} bytes for {total} pending bytes")));
+    }
+    let mut bytes = vec![0u8; tail as usize];
+    stream.read_exact(&mut bytes)?;
+    let fds = recv_fds(stream, 2 * pairs.len())?;
+    let mut fds = fds.into_iter();
+    let mut at = 0usize;
+    let mut out = Vec::with_capacity(pairs.len());
+    for record in pairs {
+        let (Some(client), Some(upstream)) = (fds.next(), fds.next()) else {
+            return Err(ProtocolError::Descriptors { expected: 2 * out.len() + 2, got: 2 * out.len() });
+        };
+        let mut take = |n: u32| {
+            let end = at + n as usize;
+            let v = bytes.get(at..end).map(<[u8]>::to_vec).unwrap_or_default();
+            at = end;
+            v
+        };
+        let to_backend = take(record.pending_to_backend);
+        let to_client = take(record.pending_to_client);
+        out.push(DetachedPair { client, upstream, to_backend, to_client, record });
+    }
+    Ok(out)
+}
+
+/// Sends one batch of flows (at most [`FLOWS_PER_BATCH`]).
+pub fn send_flows(stream: &mut UnixStream, batch: &[DetachedFlow]) -> Result<(), ProtocolError> {
+    write_message(stream, &Message::Flows { flows: batch.iter().map(|f| f.record.clone()).collect() })?;
+    let fds: Vec<RawFd> = batch.iter().map(|f| f.upstream.as_raw_fd()).collect();
+    sendmsg_fds(stream.as_raw_fd(), &fds)?;
+    Ok(())
+}
+
+/// Receives the descriptors a [`Message::Flows`] announced.
+pub fn recv_flows(stream: &mut UnixStream, flows: Vec<FlowRecord>) -> Result<Vec<DetachedFlow>, ProtocolError> {
+    if flows.len() > FLOWS_PER_BATCH {
+        return Err(ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, format!("a batch of {} flows, over {FLOWS_PER_BATCH}", flows.len()))));
+    }
+    let fds = recv_fds(stream, flows.len())?;
+    Ok(fds.into_iter().zip(flows).map(|(upstream, record)| DetachedFlow { upstream, record }).collect())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use crate::handover::{self, Flags, Message, ProtocolError};
+use crate::handover::{self, Detached, Flags, Message, ProtocolError};
 use crate::listeners::ListenerSet;
 
 /// Version of what the owner says on its socket (the hand-over protocol's).
@@ -60,16 +60,35 @@ pub(crate) fn address(table: &str) -> std::io::Result<SocketAddr> {
 pub struct Offer {
     /// Second descriptors of the workers' listeners.
     pub listeners: ListenerSet,
-    /// Makes this instance let go: stop accepting, stop touching the rules. Returns the
-    /// connections still open (they drain here).
-    pub release: Box<dyn FnOnce() -> usize + Send>,
+    /// The data path's side of the hand-over.
+    pub data_path: Box<dyn HandOff>,
+}
+
+/// What the data path does during a hand-over, on either side (implemented by `run`).
+pub trait HandOff: Send + Sync {
+    /// Stops accepting; the listeners stay open here.
+    fn pause(&self);
+    /// Takes every established connection and flow out of the workers at a safe point.
+    fn detach(&self) -> Detached;
+    /// Relays these here (a successor's adoption, or the predecessor taking back what a
+    /// failed successor had not adopted).
+    fn adopt(&self, what: Detached);
+    /// Accepts again after a pause.
+    fn resume(&self);
+    /// Everything is handed over: close the listeners, leave the rules to the successor.
+    /// Returns the connections still open here (a worker late to detach keeps its own).
+    fn release(&self) -> usize;
 }
 
 /// A completed hand-over, as the predecessor reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandedOver {
     pub listeners: usize,
+    /// Connections still open here (not handed over), which drain as after a signal.
     pub open_connections: usize,
+    /// Established TCP connections and UDP flows the successor adopted.
+    pub connections: usize,
+    pub flows: usize,
     pub successor_pid: Option<u32>,
 }
 
@@ -207,8 +226,10 @@ fn answer(listener: UnixListener, flags: Flags, offer: Arc<Mutex<Option<Offer>>>
                 info!(
                     successor = owner_text(handed.successor_pid),
                     listeners = handed.listeners,
+                    connections = handed.connections,
+                    flows = handed.flows,
                     open_connections = handed.open_connections,
-                    "handed the listeners and the rules over to a successor"
+                    "handed the listeners, the rules and the established connections over to a successor"
                 );
                 // The name is freed when `listener` drops, right after this.
                 let _ = done.send(handed);
@@ -275,14 +296,59 @@ fn serve_peer(
     let Some(o) = offer.lock().unwrap_or_else(|p| p.into_inner()).take() else {
         return Err("the offer vanished".into());
     };
-    let open_connections = (o.release)();
+    // Stop accepting (the listeners stay open here: SYNs and datagrams queue on them), then
+    // take every connection and flow out and pass them, batch by batch. This process keeps
+    // its copy of each batch until the successor says it adopted it.
+    o.data_path.pause();
+    let mut detached = o.data_path.detach();
+    let (connections, flows) = (detached.pairs.len(), detached.flows.len());
+    info!(connections, flows, "passing the established connections and flows to the successor");
+    if let Err(e) = pass(stream, &mut detached) {
+        let (left_pairs, left_flows) = (detached.pairs.len(), detached.flows.len());
+        // No state in which neither owns them: what the successor did not adopt is relayed
+        // here again, and this instance serves its listeners and rules as before.
+        o.data_path.adopt(detached);
+        o.data_path.resume();
+        *offer.lock().unwrap_or_else(|p| p.into_inner()) = Some(o);
+        return Err(format!(
+            "the successor failed during the connection hand-over ({e}); relaying the {left_pairs} connections and {left_flows} flows it had not adopted here and accepting again"
+        ));
+    }
+    let open_connections = o.data_path.release();
     drop(o.listeners);
     // The successor owns everything now: a failure to tell it is logged, not undone.
     if let Err(e) = handover::write_message(stream, &Message::Released { open_connections }) {
         warn!(error = %e, "could not confirm the release to the successor");
     }
     let successor_pid = peer.and_then(|c| (c.pid > 0).then(|| c.pid.unsigned_abs()));
-    Ok(Some(HandedOver { listeners: count, open_connections, successor_pid }))
+    Ok(Some(HandedOver { listeners: count, open_connections, connections, flows, successor_pid }))
+}
+
+/// Sends the connections, then the flows, in batches, each kept in `what` until the successor
+/// acknowledged it; on an error `what` holds exactly what was not acknowledged.
+fn pass(stream: &mut UnixStream, what: &mut Detached) -> Result<(), ProtocolError> {
+    let _ = stream.set_read_timeout(Some(handover::STEP_TIMEOUT));
+    while !what.pairs.is_empty() {
+        let n = what.pairs.len().min(handover::PAIRS_PER_BATCH);
+        handover::send_pairs(stream, &what.pairs[..n])?;
+        acknowledged(stream, n)?;
+        // Adopted: this process's copies close here.
+        what.pairs.drain(..n);
+    }
+    while !what.flows.is_empty() {
+        let n = what.flows.len().min(handover::FLOWS_PER_BATCH);
+        handover::send_flows(stream, &what.flows[..n])?;
+        acknowledged(stream, n)?;
+        what.flows.drain(..n);
+    }
+    Ok(())
+}
+
+fn acknowledged(stream: &mut UnixStream, n: usize) -> Result<(), ProtocolError> {
+    match handover::read_message(stream)? {
+        Message::Adopted { count } if count == n => Ok(()),
+        other => Err(ProtocolError::Io(std::io::Error::other(format!("expected the adoption of {n}, got {other:?}")))),
+    }
 }
 
 #[cfg(test)]

@@ -101,12 +101,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
         End::HandedOver(h) => {
-            // The first signal here is usually the kubelet stopping the old pod once the new
-            // one is ready: this instance is already draining, so only a second one cuts it.
+            // Everything established moved to the successor; what is left here is only a
+            // connection a worker was too late to detach. The first signal here is usually the
+            // kubelet stopping the old pod once the new one is ready: this instance is already
+            // draining, so only a second one cuts it.
             let drained = runtime.block_on(drain(&serving.shared, args.shutdown_grace, 2, &mut term, &mut int));
             info!(
                 listeners = h.listeners,
                 successor = crate::ownership::owner_text(h.successor_pid),
+                connections_passed = h.connections,
+                flows_passed = h.flows,
                 connections_open_at_hand_over = h.open_connections,
                 connections_cut = drained.left,
                 ended_by = drained.by,
@@ -281,9 +285,10 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
     let offered = listeners.try_clone().context("duplicating the listeners for a later hand-over")?;
     let release = Release::default();
     let running = forward::start(Arc::clone(&shared), listeners.tcp, gate.clone(), release.clone())?;
+    let tcp_control = running.control.clone();
     info!(workers, port = args.proxy_port, ipv6 = running.ipv6, "transparent listeners ready");
     let (udp, udp_workers) = match start_udp(args, &publisher, workers, backend_metrics, budget, (listeners.udp, gate.clone(), release.clone()))? {
-        Some((s, w)) => (Some(s), Some(w)),
+        Some((s, w)) => (Some(s), Some(Arc::new(w))),
         None => (None, None),
     };
 
@@ -345,10 +350,22 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
     if let Some((t, _)) = takeover {
         await_first_table(&publisher)?;
         interception.sync(&publisher.current()).context("re-syncing the adopted nft table")?;
-        let (released, claimed) = t.finish(&flags)?;
+        let adopter = DataPath {
+            interception: Arc::clone(&interception),
+            shared: Arc::clone(&shared),
+            release: release.clone(),
+            tcp: tcp_control.clone(),
+            udp: udp_workers.clone(),
+        };
+        let (released, claimed) = t.finish(&flags, &adopter)?;
         // From here on this instance serves whatever happens: the predecessor has let go.
         gate.lift();
-        info!(predecessor_connections_draining = released.open_connections, "took over the listeners and the rules");
+        info!(
+            connections_adopted = released.connections,
+            flows_adopted = released.flows,
+            predecessor_connections_draining = released.open_connections,
+            "took over the listeners, the rules and the established connections"
+        );
         match claimed {
             Ok(o) => ownership = Some(o),
             Err(e) => {
@@ -360,26 +377,76 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
         interception.spawn_checker(args.rules_check_interval).context("starting the rules check")?;
     }
     guard.commit();
-    let stop_accepting: StopAccepting = Arc::new(move || {
-        release.release();
-        if let Some(w) = &udp_workers {
-            w.wake();
-        }
-    });
+    let data_path = DataPath { interception: Arc::clone(&interception), shared: Arc::clone(&shared), release, tcp: tcp_control, udp: udp_workers };
+    let stop_accepting: StopAccepting = {
+        let (release, udp) = (data_path.release.clone(), data_path.udp.clone());
+        Arc::new(move || {
+            release.release();
+            if let Some(w) = &udp {
+                w.wake();
+            }
+        })
+    };
     if let Some(o) = &ownership {
-        let (ic, sh, stop) = (Arc::clone(&interception), Arc::clone(&shared), Arc::clone(&stop_accepting));
-        o.offer(Offer {
-            listeners: offered,
-            release: Box::new(move || {
-                // Rules first: nothing here may touch them once the successor owns them.
-                ic.relinquish();
-                stop();
-                sh.open_connections()
-            }),
-        });
+        o.offer(Offer { listeners: offered, data_path: Box::new(data_path) });
     }
     info!(generation = publisher.generation(), frontends = publisher.current().len(), "serving");
     Ok(Serving { interception, shared, stop_accepting, health, ownership })
+}
+
+/// How long the workers may take to detach their connections: a connection still
+/// connecting detaches once connected, so this covers a connect timeout with retries.
+const DETACH_WITHIN: Duration = Duration::from_secs(30);
+
+/// The data path's side of a hand-over: both the predecessor's (pause, detach, release, or
+/// take back and resume) and the successor's (adopt).
+struct DataPath {
+    interception: Arc<Interception>,
+    shared: Arc<Shared>,
+    release: Release,
+    tcp: forward::Control,
+    udp: Option<Arc<udp::UdpWorkers>>,
+}
+
+impl DataPath {
+    fn wake_udp(&self) {
+        if let Some(w) = &self.udp {
+            w.wake();
+        }
+    }
+}
+
+impl crate::ownership::HandOff for DataPath {
+    fn pause(&self) {
+        self.release.pause();
+        self.wake_udp();
+    }
+
+    fn detach(&self) -> crate::handover::Detached {
+        let pairs = self.tcp.detach(DETACH_WITHIN);
+        let flows = self.udp.as_ref().map(|w| w.detach(DETACH_WITHIN)).unwrap_or_default();
+        crate::handover::Detached { pairs, flows }
+    }
+
+    fn adopt(&self, what: crate::handover::Detached) {
+        self.tcp.adopt(what.pairs);
+        if let Some(w) = &self.udp {
+            w.adopt(what.flows);
+        }
+    }
+
+    fn resume(&self) {
+        self.release.resume();
+        self.wake_udp();
+    }
+
+    fn release(&self) -> usize {
+        // Rules first: nothing here may touch them once the successor owns them.
+        self.interception.relinquish();
+        self.release.release();
+        self.wake_udp();
+        self.shared.open_connections()
+    }
 }
 
 /// Binds the data path's listeners (a cold start).

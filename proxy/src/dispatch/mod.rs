@@ -75,6 +75,18 @@ impl Dispatcher {
         table.lookup(dst.0, proto, self.nodeport_addrs.matches(dst.ip())).cloned()
     }
 
+    /// A lease on `backend` for a connection or flow connected elsewhere (handed over by a
+    /// predecessor): active from now on, with no pick, no affinity record and no latency
+    /// sample. The bool says whether the frontend `dst` names still has that backend; when not,
+    /// the lease holds stats of its own (the connection is relayed to its end all the same,
+    /// and no scheduler counts it).
+    pub fn adopt(&self, dst: OrigDstAddr, proto: Protocol, backend: BackendAddr) -> (Lease, bool) {
+        let known = self.frontend(dst, proto).and_then(|fe| fe.backends().iter().find(|b| b.addr == backend).map(|b| Arc::clone(&b.stats)));
+        let found = known.is_some();
+        let stats = known.unwrap_or_default();
+        (Lease { backend, guard: stats.open(), metrics: self.metrics.get(backend) }, found)
+    }
+
     /// The backends to try for one new connection or flow from `client` to `dst` on `fe`, at
     /// most `max_attempts` of them.
     pub fn choose<'a>(&'a self, fe: &'a Frontend, client: ClientAddr, dst: OrigDstAddr, max_attempts: usize) -> Choice<'a> {
