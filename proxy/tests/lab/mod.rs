@@ -16,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod load;
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -538,6 +539,15 @@ impl Lab {
     /// The running daemon's pid (`ip netns exec` execs it in place, so the child is tpvs).
     pub fn tpvs_pid(&self) -> Option<u32> {
         self.tpvs.as_ref().map(Child::id)
+    }
+
+    /// Open descriptors and RSS (KiB) of the running daemon.
+    pub fn footprint(&self) -> (usize, u64) {
+        let pid = self.tpvs_pid().unwrap_or_else(|| panic!("tpvs is not running"));
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count).unwrap_or(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+        (fds, rss)
     }
 
     pub fn tpvs_log(&self) -> String {
