@@ -62,7 +62,7 @@ fn listener_inodes(node: &str, pid: u32) -> Vec<String> {
 #[test]
 fn a_successor_takes_over_under_load_losing_nothing_again_and_again() {
     let Some(mut lab) = lab(1, &[0]) else { return };
-    let echo_stop = udp_echo(&lab.backends[0], UDP_BACKEND);
+    let echo_stop = udp_echo(&lab.backends[0], UDP_BACKEND, "be0");
     lab.write_manifests(&services());
     lab.start_tpvs(&[]);
     lab.wait_serving(VIP);

@@ -351,12 +351,14 @@ impl Worker {
             let key = FlowKey { client: ClientAddr(canonical(r.client)), dst: OrigDstAddr(canonical(r.dst)) };
             let Some(fe) = shared.dispatch.frontend_in(&self.table, key.dst, Protocol::Udp) else {
                 add(&shared.stats.flows_evicted, 1);
+                debug!(worker = self.index, client = %key.client, dst = %key.dst, "an adopted flow's frontend is not in this table; closed");
                 continue;
             };
             let backend = schedulers::BackendAddr(canonical(r.backend));
             let (lease, known) = shared.dispatch.adopt(key.dst, Protocol::Udp, backend);
             if !known || (fe.policy == controlplane::TrafficPolicy::Local) != r.local {
                 add(&shared.stats.flows_evicted, 1);
+                debug!(worker = self.index, client = %key.client, %backend, "an adopted flow's backend or policy changed; closed");
                 continue;
             }
             let Ok(reply) = self.reply_socket(key.dst.0) else {
@@ -379,6 +381,7 @@ impl Worker {
                 continue;
             }
             add(&shared.stats.flows_adopted, 1);
+            debug!(worker = self.index, client = %key.client, %backend, "adopted a UDP flow");
         }
     }
 
@@ -414,6 +417,11 @@ impl Worker {
     }
 
     fn on_listener(&mut self, which: usize) {
+        // An event reported before a pause: the datagrams stay queued for whoever serves next
+        // (a flow opened here now would miss the hand-over).
+        if !self.listening {
+            return;
+        }
         let Some(fd) = self.listeners[which].as_ref().map(AsRawFd::as_raw_fd) else {
             return;
         };

@@ -25,6 +25,8 @@ pub struct Load {
     pub nft_absent: AtomicUsize,
     pub nft_checks: AtomicUsize,
     pub first_failure: std::sync::Mutex<Option<String>>,
+    /// The backends (their names) that answered the UDP loop's requests.
+    pub udp_backends: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Load {
@@ -113,6 +115,8 @@ pub fn start_load(lab: &Lab, load: &Arc<Load>, vip: &str, udp_vip: &str) -> Vec<
                     match sock.recv(&mut buf) {
                         Ok(k) if String::from_utf8_lossy(&buf[..k]).ends_with(&format!(" {msg}")) => {
                             l.udp_answered.fetch_add(1, Ordering::Relaxed);
+                            let name = String::from_utf8_lossy(&buf[..k]).split(' ').next().unwrap_or_default().to_string();
+                            l.udp_backends.lock().unwrap_or_else(|p| p.into_inner()).insert(name);
                             break;
                         }
                         Ok(_) => continue,
@@ -137,17 +141,18 @@ pub fn start_load(lab: &Lab, load: &Arc<Load>, vip: &str, udp_vip: &str) -> Vec<
     threads
 }
 
-/// A UDP backend in `ns` on `addr` answering `"be0 <payload>"`, until the returned flag is set.
-pub fn udp_echo(ns: &str, addr: &str) -> Arc<AtomicBool> {
+/// A UDP backend in `ns` on `addr` answering `"<name> <payload>"`, until the returned flag is
+/// set.
+pub fn udp_echo(ns: &str, addr: &str, name: &str) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let sock = in_netns(ns, || UdpSocket::bind(addr)).unwrap_or_else(|e| panic!("{e}"));
     sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap_or_else(|e| panic!("{e}"));
-    let st = Arc::clone(&stop);
+    let (st, name) = (Arc::clone(&stop), name.to_string());
     std::thread::spawn(move || {
         let mut buf = [0u8; 512];
         while !st.load(Ordering::Relaxed) {
             if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(format!("be0 {}", String::from_utf8_lossy(&buf[..n])).as_bytes(), peer);
+                let _ = sock.send_to(format!("{name} {}", String::from_utf8_lossy(&buf[..n])).as_bytes(), peer);
             }
         }
     });
