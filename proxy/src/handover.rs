@@ -1,6 +1,6 @@
-//! The hand-over protocol: how a running `tpvs run` gives its listeners and its rules to a
-//! successor (an upgrade, a restart with the same flags) without one SYN or datagram meeting
-//! a closed port.
+//! The hand-over protocol: how a running `tpvs run` gives its listeners, its rules and its
+//! established connections and UDP flows to a successor (an upgrade, a restart with the same
+//! flags) without one SYN or datagram meeting a closed port and without one connection cut.
 //!
 //! It is spoken on the ownership socket ([`crate::ownership`]), the abstract Unix socket
 //! `@tpvs/<nft-table>`. Abstract names belong to the network namespace: instances in other
@@ -10,7 +10,8 @@
 //!
 //! Every message is a frame: one byte of protocol version ([`PROTOCOL`]), a u32 body length
 //! (little endian, at most [`MAX_FRAME`]), then a JSON body ([`Message`]). Descriptors travel
-//! with `SCM_RIGHTS` on a one-byte message right after the frame that announces them.
+//! with `SCM_RIGHTS` on a one-byte message right after the frame that announces them (and
+//! after its tail, for [`Message::Connections`]).
 //!
 //! ```text
 //! successor                         running instance (predecessor)
@@ -18,20 +19,55 @@
 //!              ◀──────────────────  Hello { pid, binary, flags }
 //!     TakeOver { binary, flags } ─▶   (version and flags checked: Refused { reason } ends it)
 //!              ◀──────────────────  Listeners { tcp, udp } + SCM_RIGHTS (every listener)
-//!   workers start on those sockets, table published, rules re-synced (adopted, not re-made)
-//!     Ready  ────────────────────▶    stops accepting, closes its copies, frees the name
+//!   workers start on those sockets (gate closed), table published, rules re-synced
+//!     Ready  ────────────────────▶    stops accepting (listeners kept), pauses every relay
+//!                                     and flow at a safe point, takes them out
+//!              ◀──────────────────  Connections { pairs, tail } + tail + SCM_RIGHTS (2 per pair)
+//!   relays them at once (pending bytes first)
+//!     Adopted { count } ─────────▶    closes its copies of that batch
+//!              ...                    (batches of PAIRS_PER_BATCH until none is left)
+//!              ◀──────────────────  Flows { flows } + SCM_RIGHTS (1 per flow)
+//!   each on the worker of the same index
+//!     Adopted { count } ─────────▶    (batches of FLOWS_PER_BATCH)
 //!              ◀──────────────────  Released { open_connections }
-//!   binds the name; is the owner      drains its open connections, exits 0, rules kept
+//!   opens its gate, binds the name;   closes its listeners, leaves the rules, frees the
+//!   is the owner                      name, exits 0 (logging what it passed)
 //! ```
 //!
 //! The predecessor gives up nothing before `Ready`: a successor that fails, hangs or lies
-//! before that leaves it serving as before. A probe (`tpvs cleanup`) reads the hello and
-//! hangs up. Not handed over yet: established TCP connections (the predecessor relays them
-//! until they end, up to `--shutdown-grace`), UDP flows (their replies keep flowing through
-//! the predecessor's upstream sockets until it exits; the client's next datagram after the
-//! hand-over opens a flow in the successor) and the admin and health-check node-port sockets
-//! (bound with `SO_REUSEPORT` by both, so a probe finds one of them listening throughout; one
-//! queued on the old instance's listener when it exits is reset).
+//! before that leaves it serving as before. After `Ready` it keeps its copy of every batch
+//! (sockets and pending bytes) until the successor acknowledges that batch; if the successor
+//! dies, errs or stays silent for [`STEP_TIMEOUT`] first, the predecessor relays every
+//! unacknowledged connection and flow itself again, accepts again on the listeners it kept
+//! open (SYNs and datagrams queued on them meanwhile), keeps the rules and its name, and a
+//! later successor can try again. Once a batch is acknowledged it is the successor's: a
+//! successor never gives up after `Ready` (at worst both relay for a moment, never neither).
+//! A probe (`tpvs cleanup`) reads the hello and hangs up.
+//!
+//! # A connection in the middle of a transfer
+//!
+//! A relay pauses between two reads, never inside one. What tpvs had read and not yet
+//! written travels in the frame's tail: at most one copy-buffer spill or one pipe's content
+//! per direction ([`MAX_PENDING`]). Everything else stays in the kernel's socket buffers
+//! (the client's unsent data, the backend's unread data), which move with the sockets, so a
+//! transfer of any size continues byte-exact; the sender only sees its window close for the
+//! length of the pause. Half-closes pass as flags: a direction whose end of stream was passed
+//! on stays closed. A connection still connecting to its backend when the pause comes is
+//! handed over as soon as its relay starts. The successor counts each adopted connection on
+//! its backend (the dispatcher's `adopt`), or relays it to its end uncounted by any scheduler
+//! when the backend left its table.
+//!
+//! # UDP flows
+//!
+//! A flow passes with its connected upstream socket (replies queued on it move with it), its
+//! client, destination, backend and timestamps, to the worker of the same index: the
+//! listeners are the same `SO_REUSEPORT` sockets, so the kernel keeps giving the client's
+//! datagrams to that worker, which finds the flow and its backend. A flow whose backend or
+//! frontend the successor's table no longer has is closed, as a table change would close it.
+//!
+//! Not handed over yet: the admin and health-check node-port sockets (bound with
+//! `SO_REUSEPORT` by both, so a probe finds one of them listening throughout; one queued on
+//! the old instance's listener when it exits is reset).
 
 use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;

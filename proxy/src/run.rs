@@ -59,10 +59,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (signal(SignalKind::terminate()).context("SIGTERM handler")?, signal(SignalKind::interrupt()).context("SIGINT handler")?)
     };
     let mut serving = start(&args, source)?;
-    let handed = serving.ownership.as_mut().and_then(Ownership::handed_over);
+    let mut handed_rx = serving.ownership.as_mut().and_then(Ownership::handed_over);
     let end = runtime.block_on(async {
         let handed = async {
-            match handed {
+            match handed_rx.as_mut() {
                 Some(rx) => rx.await.ok(),
                 None => None,
             }
@@ -78,7 +78,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             // Withdrawing the offer closes the hand-over's copies of the listeners; a successor
             // that has already taken it owns the rules, and they must stay.
             let handed_over = match &serving.ownership {
-                Some(o) => o.withdraw().is_none(),
+                Some(o) => o.withdraw().is_none() && runtime.block_on(hand_over_ends(o, handed_rx.as_mut())),
                 None => false,
             };
             (serving.stop_accepting)();
@@ -119,6 +119,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A signal came while a successor holds the offer (its connections are passing): waits for
+/// the hand-over to end, so no connection is caught between the two. True when it completed
+/// (the successor owns everything); false when it failed (the offer came back, now withdrawn).
+async fn hand_over_ends(ownership: &Ownership, handed: Option<&mut tokio::sync::oneshot::Receiver<crate::ownership::HandedOver>>) -> bool {
+    let Some(handed) = handed else { return true };
+    info!("a signal during a hand-over: letting it finish first");
+    loop {
+        tokio::select! {
+            done = &mut *handed => return done.is_ok(),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {
+                if ownership.withdraw().is_some() {
+                    return false;
+                }
+            }
+        }
+    }
 }
 
 /// How a drain ended.

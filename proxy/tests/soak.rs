@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lab::dns::{dig_in, dnsmasq};
-use lab::{Lab, Svc, lab, manifests, sh};
+use lab::{Svc, lab, manifests, sh};
 
 const WEB: &str = "10.96.0.10:80";
 const DNS_VIP: &str = "10.96.0.53";
