@@ -67,6 +67,12 @@ pub fn e2e_enabled() -> bool {
     panic!("end-to-end tests need root and the nftables and iproute2 packages ({why}); set TPVS_SKIP_E2E=1 to skip them");
 }
 
+/// The `tpvs` binary the lab runs: this build's, or `TPVS_BIN` (a benchmark runs a release
+/// build under debug-built tests).
+pub fn tpvs_bin() -> String {
+    std::env::var("TPVS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tpvs").to_string())
+}
+
 /// Runs a command; panics with its stderr when it fails (lab setup must not half-succeed).
 pub fn sh(args: &[&str]) -> String {
     match try_sh(args) {
@@ -473,7 +479,8 @@ impl Lab {
         let mut args = vec!["netns", "exec", &self.node];
         args.extend(self.wrapper.iter().map(String::as_str));
         args.extend(prefix.iter().map(String::as_str));
-        args.extend([env!("CARGO_BIN_EXE_tpvs"), "-v", "run", "--workers", "2", "--connect-timeout", "500ms"]);
+        let bin = tpvs_bin();
+        args.extend([bin.as_str(), "-v", "run", "--workers", "2", "--connect-timeout", "500ms"]);
         args.extend_from_slice(source);
         let child = Command::new("ip")
             .args(&args)
