@@ -576,6 +576,74 @@ mod tests {
         assert_eq!(got.iter().map(|f| inode(f.as_raw_fd())).collect::<Vec<_>>(), inodes);
     }
 
+    fn record(pending_to_backend: u32, pending_to_client: u32) -> PairRecord {
+        let a = |s: &str| s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+        PairRecord {
+            client: a("10.0.0.2:40000"),
+            frontend: a("10.96.0.10:80"),
+            backend: a("10.1.0.2:8080"),
+            pending_to_backend,
+            pending_to_client,
+            client_closed: true,
+            backend_closed: false,
+            bytes_to_backend: 7,
+            bytes_from_backend: 9,
+            age_ms: 86_400_000,
+        }
+    }
+
+    fn socket_fd() -> OwnedFd {
+        let (x, _y) = UnixStream::pair().unwrap_or_else(|e| panic!("{e}"));
+        OwnedFd::from(x)
+    }
+
+    #[test]
+    fn a_batch_of_connections_passes_with_its_pending_bytes_and_sockets() {
+        let (mut a, mut b) = UnixStream::pair().unwrap_or_else(|e| panic!("{e}"));
+        let batch: Vec<DetachedPair> = (0..3u8)
+            .map(|i| DetachedPair {
+                client: socket_fd(),
+                upstream: socket_fd(),
+                to_backend: vec![i; usize::from(i) * 1000],
+                to_client: vec![i + 100; 17],
+                record: record(0, 0),
+            })
+            .collect();
+        let inodes: Vec<u64> = batch.iter().flat_map(|p| [inode(p.client.as_raw_fd()), inode(p.upstream.as_raw_fd())]).collect();
+        send_pairs(&mut a, &batch).unwrap_or_else(|e| panic!("{e}"));
+        let Ok(Message::Connections { pairs, tail }) = read_message(&mut b) else { panic!("no batch") };
+        assert_eq!(tail, 3000 + 3 * 17);
+        let got = recv_pairs(&mut b, pairs, tail).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got.len(), 3);
+        for (i, p) in got.iter().enumerate() {
+            assert_eq!(p.to_backend, vec![i as u8; i * 1000]);
+            assert_eq!(p.to_client, vec![i as u8 + 100; 17]);
+            assert_eq!(p.record, record(p.to_backend.len() as u32, 17));
+        }
+        let back: Vec<u64> = got.iter().flat_map(|p| [inode(p.client.as_raw_fd()), inode(p.upstream.as_raw_fd())]).collect();
+        assert_eq!(back, inodes, "the very same sockets, in order");
+    }
+
+    #[test]
+    fn a_bad_batch_announcement_is_a_clear_error() {
+        let cases: [(Vec<PairRecord>, u32, &str); 3] = [
+            (vec![record(10, 0)], 11, "a tail of 11 bytes for 10 pending bytes"),
+            (vec![record(MAX_PENDING + 1, 0)], MAX_PENDING + 1, "pending bytes for one connection, over"),
+            (vec![record(0, 0); PAIRS_PER_BATCH + 1], 0, "a batch of 101 connections, over 100"),
+        ];
+        for (pairs, tail, want) in cases {
+            let (_a, mut b) = UnixStream::pair().unwrap_or_else(|e| panic!("{e}"));
+            let err = recv_pairs(&mut b, pairs, tail).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        // A tail cut short by a hang-up.
+        let (mut a, mut b) = UnixStream::pair().unwrap_or_else(|e| panic!("{e}"));
+        a.write_all(&[1, 2, 3]).unwrap_or_else(|e| panic!("{e}"));
+        drop(a);
+        let err = recv_pairs(&mut b, vec![record(10, 0)], 10).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("failed to fill whole buffer"), "{err}");
+    }
+
     fn inode(fd: RawFd) -> u64 {
         std::fs::metadata(format!("/proc/self/fd/{fd}")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0)
     }
