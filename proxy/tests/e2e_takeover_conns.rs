@@ -4,8 +4,8 @@
 //! failed connection or (beyond 0.1 %) unanswered datagram; the adopted connection counts in
 //! the successor's live `tpvs list`; twenty takeovers in a row leave no descriptor or memory
 //! behind. A successor that vanishes half-way through the connection hand-over leaves the
-//! predecessor relaying every connection and accepting again; a bulk transfer crossing a
-//! takeover arrives byte-exact. Root and nftables/iproute2 required (or `TPVS_SKIP_E2E=1`).
+//! predecessor relaying every connection and accepting again (and a SIGTERM meanwhile waits
+//! for that outcome); a bulk transfer crossing a takeover arrives byte-exact. Root and nftables/iproute2 required (or `TPVS_SKIP_E2E=1`).
 
 mod lab;
 
@@ -164,6 +164,52 @@ fn handover_socket(lab: &Lab) -> UnixStream {
     })
 }
 
+/// A successor that takes the listeners, says Ready and receives the first batch of
+/// connections, without acknowledging it (yet).
+fn fake_successor_with_one_batch(lab: &Lab) -> (UnixStream, Vec<handover::DetachedPair>) {
+    let mut s = handover_socket(lab);
+    let Ok(Message::Hello { flags, .. }) = handover::read_message(&mut s) else { panic!("no hello") };
+    handover::write_message(&mut s, &Message::TakeOver { binary: "test".into(), flags }).unwrap_or_else(|e| panic!("{e}"));
+    let Ok(Message::Listeners { tcp, udp }) = handover::read_message(&mut s) else { panic!("no listeners") };
+    let n = tcp.iter().chain(&udp).map(|p| p.iter().filter(|x| **x).count()).sum();
+    drop(handover::recv_fds(&s, n).unwrap_or_else(|e| panic!("{e}")));
+    handover::write_message(&mut s, &Message::Ready).unwrap_or_else(|e| panic!("{e}"));
+    let batch = match handover::read_message(&mut s) {
+        Ok(Message::Connections { pairs, tail }) => handover::recv_pairs(&mut s, pairs, tail).unwrap_or_else(|e| panic!("{e}")),
+        other => panic!("expected a batch of connections, got {other:?}"),
+    };
+    (s, batch)
+}
+
+#[test]
+fn a_sigterm_during_the_hand_over_waits_for_it_then_drains_what_came_back() {
+    let Some(mut lab) = lab(1, &[0]) else { return };
+    lab.write_manifests(&services());
+    lab.start_tpvs(&["--shutdown-grace", "3s"]);
+    lab.wait_serving(VIP);
+    let mut conn = lab.open(VIP).unwrap_or_else(|e| panic!("{e}"));
+    let (s, batch) = fake_successor_with_one_batch(&lab);
+    assert_eq!(batch.len(), 1);
+    assert!(lab.signal_tpvs(libc::SIGTERM));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(lab.tpvs_log().contains("a signal during a hand-over: letting it finish first"), "{}", lab.tpvs_log());
+    // Not one connection is caught between the two: the predecessor waits for the successor.
+    drop(batch);
+    drop(s);
+    let log_has = |needle: &str| lab.wait_for(Duration::from_secs(5), || lab.tpvs_log().contains(needle).then_some(())).is_some();
+    assert!(log_has("the successor failed during the connection hand-over"), "{}", lab.tpvs_log());
+    // The hand-over failed, so this is a plain SIGTERM: the connection it took back drains.
+    for i in 0..5 {
+        let msg = format!("draining {i}");
+        assert_eq!(conn.echo(&msg).unwrap_or_else(|e| panic!("{e}\n{}", lab.tpvs_log())), msg);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = lab.wait_tpvs_exit(Duration::from_secs(6));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", lab.tpvs_log());
+    assert!(lab.tpvs_log().contains("connections_cut=1"), "the connection was relayed to the end of the grace: {}", lab.tpvs_log());
+    assert!(lab.node_sh(&["nft", "list", "table", "inet", "tpvs"]).is_err(), "no successor: the rules are removed");
+}
+
 #[test]
 fn a_successor_vanishing_mid_hand_over_leaves_the_predecessor_relaying_everything() {
     let Some(mut lab) = lab(1, &[0]) else { return };
@@ -175,17 +221,7 @@ fn a_successor_vanishing_mid_hand_over_leaves_the_predecessor_relaying_everythin
     let mut ticker = Ticker::start(lab.open(VIP).unwrap_or_else(|e| panic!("{e}")));
     std::thread::sleep(Duration::from_millis(300));
 
-    let mut s = handover_socket(&lab);
-    let Ok(Message::Hello { flags, .. }) = handover::read_message(&mut s) else { panic!("no hello") };
-    handover::write_message(&mut s, &Message::TakeOver { binary: "test".into(), flags }).unwrap_or_else(|e| panic!("{e}"));
-    let Ok(Message::Listeners { tcp, udp }) = handover::read_message(&mut s) else { panic!("no listeners") };
-    let n = tcp.iter().chain(&udp).map(|p| p.iter().filter(|x| **x).count()).sum();
-    drop(handover::recv_fds(&s, n).unwrap_or_else(|e| panic!("{e}")));
-    handover::write_message(&mut s, &Message::Ready).unwrap_or_else(|e| panic!("{e}"));
-    let batch = match handover::read_message(&mut s) {
-        Ok(Message::Connections { pairs, tail }) => handover::recv_pairs(&mut s, pairs, tail).unwrap_or_else(|e| panic!("{e}")),
-        other => panic!("expected a batch of connections, got {other:?}"),
-    };
+    let (s, batch) = fake_successor_with_one_batch(&lab);
     assert_eq!(batch.len(), handover::PAIRS_PER_BATCH, "a full first batch");
     // Gone without acknowledging: its copies of the sockets close with it.
     drop(batch);
