@@ -5,7 +5,8 @@
 //! - [`socket`]: the listener (TPROXY target with `IP_RECVORIGDSTADDR`), the per-frontend
 //!   reply sockets, the per-flow upstream sockets, epoll and the wake-up eventfd.
 //! - [`batch`]: `recvmmsg`/`sendmmsg` over preallocated slots (all of the path's `unsafe`).
-//! - [`worker`]: one thread per core, each a plain epoll loop owning its own flows.
+//! - [`worker`]: one thread per core, each a plain epoll loop owning its own flows (which
+//!   it gives out and takes in at a hand-over).
 //! - [`stats`]: counters (flows, datagrams, drops by reason).
 //!
 //! Why no stale flow: kube-proxy's UDP bugs come from conntrack entries outliving the endpoint
