@@ -521,6 +521,13 @@ pub fn may_take_over(uid: u32) -> bool {
 /// predecessor then keeps serving).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the predecessor's workers may take to pause and take out their connections after
+/// `Ready` (a connection still connecting to its backend detaches once connected, so this
+/// covers a connect timeout with retries); a worker later than that keeps its connections
+/// and the predecessor drains them (UDP workers answer within [`STEP_TIMEOUT`]). The successor
+/// waits for the first batch this long plus two steps.
+pub const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long the predecessor waits for `Ready` after sending the listeners: the successor
 /// loads its routing table first (the API source lists every Service and EndpointSlice).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);

@@ -412,10 +412,6 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
     Ok(Serving { interception, shared, stop_accepting, health, ownership })
 }
 
-/// How long the workers may take to detach their connections: a connection still
-/// connecting detaches once connected, so this covers a connect timeout with retries.
-const DETACH_WITHIN: Duration = Duration::from_secs(30);
-
 /// The data path's side of a hand-over: both the predecessor's (pause, detach, release, or
 /// take back and resume) and the successor's (adopt).
 struct DataPath {
@@ -441,8 +437,8 @@ impl crate::ownership::HandOff for DataPath {
     }
 
     fn detach(&self) -> crate::handover::Detached {
-        let pairs = self.tcp.detach(DETACH_WITHIN);
-        let flows = self.udp.as_ref().map(|w| w.detach(DETACH_WITHIN)).unwrap_or_default();
+        let pairs = self.tcp.detach(crate::handover::DETACH_TIMEOUT);
+        let flows = self.udp.as_ref().map(|w| w.detach(crate::handover::STEP_TIMEOUT)).unwrap_or_default();
         crate::handover::Detached { pairs, flows }
     }
 

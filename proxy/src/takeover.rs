@@ -127,6 +127,8 @@ impl Takeover {
         let proto = |source: ProtocolError| TakeoverError::Protocol { table: table.clone(), source };
         // Until Ready is out, the predecessor has given up nothing: an error here is ours.
         handover::write_message(&mut self.stream, &Message::Ready).map_err(proto)?;
+        // The predecessor pauses and takes out every connection before the first batch.
+        let _ = self.stream.set_read_timeout(Some(handover::DETACH_TIMEOUT + 2 * handover::STEP_TIMEOUT));
         let (mut connections, mut flows) = (0, 0);
         let released = loop {
             // Adopted batches are ours from their acknowledgement on: whatever fails later,

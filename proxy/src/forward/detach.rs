@@ -138,14 +138,20 @@ pub async fn serve_commands(
             Command::Detach(reply) => {
                 let pairs = relays.detach_all().await;
                 debug!(pairs = pairs.len(), "connections detached for a hand-over");
-                let _ = reply.send(pairs);
-            }
-            Command::Adopt(pairs) => {
-                for pair in pairs {
-                    tokio::task::spawn_local(adopted(pair, Arc::clone(&shared), Rc::clone(&pool), Rc::clone(&relays)));
+                // Too late (the hand-over went on without this worker): relay them here again.
+                if let Err(std::sync::mpsc::SendError(pairs)) = reply.send(pairs) {
+                    debug!(pairs = pairs.len(), "detached too late for the hand-over; relaying them here");
+                    adopt_all(pairs, &shared, &pool, &relays);
                 }
             }
+            Command::Adopt(pairs) => adopt_all(pairs, &shared, &pool, &relays),
         }
+    }
+}
+
+fn adopt_all(pairs: Vec<DetachedPair>, shared: &Arc<Shared>, pool: &Rc<PipePool>, relays: &Rc<Relays>) {
+    for pair in pairs {
+        tokio::task::spawn_local(adopted(pair, Arc::clone(shared), Rc::clone(pool), Rc::clone(relays)));
     }
 }
 

@@ -260,7 +260,10 @@ impl Worker {
             for cmd in self.mailbox.take() {
                 match cmd {
                     UdpCommand::Detach(reply) => {
-                        let _ = reply.send(self.detach_flows());
+                        // Too late for the hand-over: the flows stay here.
+                        if let Err(std::sync::mpsc::SendError(flows)) = reply.send(self.detach_flows()) {
+                            self.adopt_flows(flows);
+                        }
                     }
                     UdpCommand::Adopt(flows) => self.adopt_flows(flows),
                 }
