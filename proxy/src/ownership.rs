@@ -7,8 +7,11 @@
 //!
 //! Whoever connects gets a hello ([`crate::handover`]): the owner's pid, binary version and
 //! the flags a successor must share. A probe (`tpvs cleanup`) hangs up after it; a successor
-//! (`tpvs run` with the same flags) asks to take over and receives the listeners, and the
-//! owner releases everything once the successor says it is ready — and nothing before. The
+//! (`tpvs run` with the same flags) asks to take over and receives the listeners; once the
+//! successor says it is ready — and nothing before — the owner stops accepting, passes its
+//! established connections and flows batch by batch ([`HandOff`] is the data path's side),
+//! and releases everything when the last batch is acknowledged; a successor that fails
+//! before that leaves the owner relaying and serving everything again. The
 //! owner's pid is also read with `SO_PEERCRED`, which the kernel fills from the listener and
 //! the owner cannot forge.
 
