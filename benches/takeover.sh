@@ -10,6 +10,8 @@
 #   --runs N           runs, each in a fresh lab (default 3); medians over every takeover
 #   --tpvs PATH        the tpvs binary to run (default: build it with cargo, release profile)
 #   --no-build         use target/release/tpvs as it is
+#   --tpvs-args ARGS   extra `tpvs run` flags, e.g. "--forward-mode copy --udp-proxy-port 0"
+#                      (the whole descriptor budget to TCP connections, for a low hard limit)
 #
 # Needs root (it builds network namespaces). Every byte stays inside the lab's namespaces.
 set -euo pipefail
@@ -22,9 +24,10 @@ ROUNDS=3
 RUNS=3
 TPVS_BIN=${TPVS_BIN:-}
 BUILD=1
+TPVS_ARGS=
 
 usage() {
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -35,6 +38,7 @@ while [ $# -gt 0 ]; do
         --runs) RUNS=${2:?}; shift ;;
         --tpvs) TPVS_BIN=${2:?}; BUILD=0; shift ;;
         --no-build) BUILD=0 ;;
+        --tpvs-args) TPVS_ARGS=${2?}; shift ;;
         -h | --help) usage ;;
         *) echo "benches/takeover.sh: unknown argument $1" >&2; usage ;;
     esac
@@ -59,13 +63,13 @@ fi
 # The soft limit up to the hard one: both ends of every connection live in the benchmark's
 # process, and tpvs inherits the limit.
 ulimit -n "$(ulimit -Hn)"
-echo "tpvs: $("$TPVS_BIN" --version 2>/dev/null || echo "$TPVS_BIN"); connections: $CONNS; runs: $RUNS x $ROUNDS takeovers; RLIMIT_NOFILE $(ulimit -n)"
+echo "tpvs: $("$TPVS_BIN" --version 2>/dev/null || echo "$TPVS_BIN"); connections: $CONNS; runs: $RUNS x $ROUNDS takeovers; RLIMIT_NOFILE $(ulimit -n); flags: ${TPVS_ARGS:-(defaults)}"
 
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 for run in $(seq 1 "$RUNS"); do
     echo "==> run $run"
-    TPVS_BIN=$TPVS_BIN TPVS_BENCH_CONNECTIONS=$CONNS TPVS_BENCH_ROUNDS=$ROUNDS \
+    TPVS_BIN=$TPVS_BIN TPVS_BENCH_CONNECTIONS=$CONNS TPVS_BENCH_ROUNDS=$ROUNDS TPVS_BENCH_TPVS_ARGS=$TPVS_ARGS \
         cargo test --quiet -p tpvs --test bench_takeover -- --ignored --nocapture --test-threads 1 2>&1 |
         tee /dev/stderr | grep '^RESULT' >>"$results" || { echo "benches/takeover.sh: run $run failed" >&2; exit 1; }
 done

@@ -327,24 +327,31 @@ fn serve_peer(
     Ok(Some(HandedOver { listeners: count, open_connections, connections, flows, successor_pid }))
 }
 
-/// Sends the connections, then the flows, in batches, each kept in `what` until the successor
-/// acknowledged it; on an error `what` holds exactly what was not acknowledged.
+/// Sends the connections, then the flows, in batches; on an error `what` holds exactly what
+/// was not acknowledged (this process's copies of the rest close then, or at the end).
 fn pass(stream: &mut UnixStream, what: &mut Detached) -> Result<(), ProtocolError> {
     let _ = stream.set_read_timeout(Some(handover::STEP_TIMEOUT));
-    while !what.pairs.is_empty() {
-        let n = what.pairs.len().min(handover::PAIRS_PER_BATCH);
-        handover::send_pairs(stream, &what.pairs[..n])?;
-        acknowledged(stream, n)?;
-        // Adopted: this process's copies close here.
-        what.pairs.drain(..n);
-    }
-    while !what.flows.is_empty() {
-        let n = what.flows.len().min(handover::FLOWS_PER_BATCH);
-        handover::send_flows(stream, &what.flows[..n])?;
-        acknowledged(stream, n)?;
-        what.flows.drain(..n);
-    }
-    Ok(())
+    let mut pairs = 0;
+    let mut flows = 0;
+    let sent = (|| {
+        while pairs < what.pairs.len() {
+            let n = (what.pairs.len() - pairs).min(handover::PAIRS_PER_BATCH);
+            handover::send_pairs(stream, &what.pairs[pairs..pairs + n])?;
+            acknowledged(stream, n)?;
+            pairs += n;
+        }
+        while flows < what.flows.len() {
+            let n = (what.flows.len() - flows).min(handover::FLOWS_PER_BATCH);
+            handover::send_flows(stream, &what.flows[flows..flows + n])?;
+            acknowledged(stream, n)?;
+            flows += n;
+        }
+        Ok(())
+    })();
+    // Adopted by the successor: this process's copies close here.
+    what.pairs.drain(..pairs);
+    what.flows.drain(..flows);
+    sent
 }
 
 fn acknowledged(stream: &mut UnixStream, n: usize) -> Result<(), ProtocolError> {

@@ -60,6 +60,8 @@ fn backend(ns: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
 struct Stats {
     connected: AtomicUsize,
     failed: AtomicUsize,
+    /// Ping loops that ended (each once its last ping is answered after the stop).
+    finished: AtomicUsize,
     pings: AtomicU64,
     max_rtt_us: AtomicU64,
     first_error: std::sync::Mutex<Option<String>>,
@@ -85,6 +87,7 @@ fn clients(ns: String, n: usize, stats: Arc<Stats>, stop: Arc<AtomicBool>) -> st
                                 let mut f = stats.first_error.lock().unwrap_or_else(|p| p.into_inner());
                                 f.get_or_insert(format!("connection {i}: {e}"));
                             }
+                            stats.finished.fetch_add(1, Ordering::Relaxed);
                         }));
                     }
                     // Pace the opening: wait for this batch to be established.
@@ -93,11 +96,10 @@ fn clients(ns: String, n: usize, stats: Arc<Stats>, stop: Arc<AtomicBool>) -> st
                     }
                     drop(opening);
                 }
-                while !stop.load(Ordering::Relaxed) {
+                // Every ping loop ends after the stop, its last ping answered (or failed).
+                while stats.finished.load(Ordering::Relaxed) < n {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                // Let every ping loop see the stop and finish its last round.
-                tokio::time::sleep(Duration::from_millis(1200)).await;
             });
         })
     })
@@ -138,16 +140,21 @@ fn takeover_with_established_connections() {
     let limit = tpvs::limits::raise_fd_limit().unwrap_or_else(|e| panic!("{e}"));
     assert!(2 * n as u64 + 256 <= limit, "{n} connections need {} descriptors here; the hard RLIMIT_NOFILE is {limit} (ulimit -Hn)", 2 * n + 256);
     let Some(mut lab) = lab(1, &[]) else { return };
-    let stop = Arc::new(AtomicBool::new(false));
-    let be = backend(lab.backends[0].clone(), Arc::clone(&stop));
+    let stop_backend = Arc::new(AtomicBool::new(false));
+    let be = backend(lab.backends[0].clone(), Arc::clone(&stop_backend));
     lab.write_manifests(&manifests(&[Svc::new("web", "10.96.0.10").endpoint("10.1.0.2", "node1")]));
-    lab.start_tpvs(&[]);
+    // Extra `tpvs run` flags (e.g. `--forward-mode copy --udp-proxy-port 0`, which give the
+    // whole descriptor budget to TCP connections), passed to every successor too.
+    let extra = std::env::var("TPVS_BENCH_TPVS_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    lab.start_tpvs(&extra);
     lab.wait_serving(VIP);
     let budget = lab.tpvs_log().lines().find(|l| l.contains("file-descriptor budget")).map(str::to_string).unwrap_or_default();
     let cap: usize = budget.split_whitespace().find_map(|w| w.strip_prefix("tcp_connections=")).and_then(|v| v.parse().ok()).unwrap_or(0);
     assert!(n <= cap, "tpvs's budget holds {cap} connections under the hard RLIMIT_NOFILE {limit}, not {n} ({budget}); raise the hard limit or lower TPVS_BENCH_CONNECTIONS");
     let stats = Arc::new(Stats::default());
     let opened = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
     let cl = clients(lab.client.clone(), n, Arc::clone(&stats), Arc::clone(&stop));
     let all = lab.wait_for(Duration::from_secs(120), || (stats.connected.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed) >= n).then_some(()));
     assert!(all.is_some() && stats.failed.load(Ordering::Relaxed) == 0, "opening {n} connections: {:?}", stats.first_error.lock().ok().and_then(|e| e.clone()));
@@ -173,8 +180,10 @@ fn takeover_with_established_connections() {
         eprintln!("RESULT round={round} connections={n} takeover_ms={} longest_pause_ms={:.1}", took.as_millis(), pause_us as f64 / 1000.0);
         results.push((took, pause_us));
     }
+    // The clients first, each finishing its last ping; then the backend.
     stop.store(true, Ordering::Relaxed);
     let _ = cl.join();
+    stop_backend.store(true, Ordering::Relaxed);
     let _ = be.join();
     let failed = stats.failed.load(Ordering::Relaxed);
     eprintln!("RESULT quiet_longest_round_trip_ms={:.1} pings={} failed={failed}", quiet_us as f64 / 1000.0, stats.pings.load(Ordering::Relaxed));
