@@ -5,8 +5,10 @@
 //! the successor's live `tpvs list`; twenty takeovers in a row leave no descriptor or memory
 //! behind. A successor that vanishes half-way through the connection hand-over leaves the
 //! predecessor relaying every connection and accepting again (and a SIGTERM meanwhile waits
-//! for that outcome); a bulk transfer crossing a takeover arrives byte-exact. Root and nftables/iproute2 required (or `TPVS_SKIP_E2E=1`).
+//! for that outcome); a bulk transfer crossing a takeover arrives byte-exact; a connection
+//! whose backend the successor's table no longer has is relayed to its end all the same. Root and nftables/iproute2 required (or `TPVS_SKIP_E2E=1`).
 
+mod admin_http;
 mod lab;
 
 use std::io::{Read as _, Write as _};
@@ -338,4 +340,29 @@ fn a_bulk_transfer_crossing_a_takeover_arrives_byte_exact() {
     assert!(sent_ok.is_ok(), "{sent_ok:?}");
     assert_eq!(received, Ok(total), "every byte came back, in order\n{}", lab.tpvs_log());
     assert!(before > 8 << 20 && total > at_exit + (8 << 20), "the transfer ran at full speed on both sides of the takeover");
+}
+
+#[test]
+fn a_connection_to_a_backend_the_successor_does_not_know_is_relayed_to_its_end() {
+    let Some(mut lab) = lab(2, &[0, 1]) else { return };
+    lab.write_manifests(&services());
+    lab.start_tpvs(&[]);
+    lab.wait_serving(VIP);
+    let mut conn = lab.open(VIP).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(conn.hello.backend, "be0");
+    // The Service moves to be1 just before the upgrade: the successor's table has no be0.
+    lab.write_manifests(&manifests(&[Svc::new("web", "10.96.0.10").endpoint("10.1.1.2", "node1")]));
+    let mut old = lab.start_successor(&[]).unwrap_or_else(|| panic!("no running instance"));
+    let status = wait_exit(&mut old, Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", lab.tpvs_log_of(0));
+    assert!(lab.tpvs_log_of(0).contains("connections_passed=1"), "{}", lab.tpvs_log_of(0));
+    for i in 0..5 {
+        let msg = format!("still be0 {i}");
+        assert_eq!(conn.echo(&msg).unwrap_or_else(|e| panic!("{e}\n{}", lab.tpvs_log())), msg);
+    }
+    let metrics = admin_http::get(&lab.node, "127.0.0.1:10249", "/metrics").unwrap_or_else(|e| panic!("{e}")).body;
+    assert!(metrics.contains("tpvs_connections_adopted_total{backend_known=\"false\"} 1"), "{metrics}");
+    assert_eq!(active(&lab, "10.1.1.2:8080"), 0, "no scheduler counts it on another backend");
+    assert_eq!(lab.hello(VIP).map(|h| h.backend).ok().as_deref(), Some("be1"), "new connections follow the table");
+    assert!(conn.finish().is_ok_and(|rest| rest.is_empty()));
 }
