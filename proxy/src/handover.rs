@@ -1,6 +1,6 @@
-//! The hand-over protocol: how a running `tpvs run` gives its listeners and its rules to a
-//! successor (an upgrade, a restart with the same flags) without one SYN or datagram meeting
-//! a closed port.
+//! The hand-over protocol: how a running `tpvs run` gives its listeners, its rules and its
+//! established connections and UDP flows to a successor (an upgrade, a restart with the same
+//! flags) without one SYN or datagram meeting a closed port and without one connection cut.
 //!
 //! It is spoken on the ownership socket ([`crate::ownership`]), the abstract Unix socket
 //! `@tpvs/<nft-table>`. Abstract names belong to the network namespace: instances in other
@@ -10,7 +10,8 @@
 //!
 //! Every message is a frame: one byte of protocol version ([`PROTOCOL`]), a u32 body length
 //! (little endian, at most [`MAX_FRAME`]), then a JSON body ([`Message`]). Descriptors travel
-//! with `SCM_RIGHTS` on a one-byte message right after the frame that announces them.
+//! with `SCM_RIGHTS` on a one-byte message right after the frame that announces them (and
+//! after its tail, for [`Message::Connections`]).
 //!
 //! ```text
 //! successor                         running instance (predecessor)
@@ -20,10 +21,19 @@
 //!                instance }             ends it)
 //!              ◀──────────────────  Listeners { tcp, udp, admin } + SCM_RIGHTS (every
 //!                                     listener, the admin and health-check ones too)
-//!   workers start on those sockets, table published, rules re-synced (adopted, not re-made)
-//!     Ready  ────────────────────▶    stops accepting, closes its copies, frees the name
+//!   workers start on those sockets (gate closed), table published, rules re-synced
+//!     Ready  ────────────────────▶    stops accepting (listeners kept), pauses every relay
+//!                                     and flow at a safe point, takes them out
+//!              ◀──────────────────  Connections { pairs, tail } + tail + SCM_RIGHTS (2 per pair)
+//!   relays them at once (pending bytes first)
+//!     Adopted { count } ─────────▶    closes its copies of that batch
+//!              ...                    (batches of PAIRS_PER_BATCH until none is left)
+//!              ◀──────────────────  Flows { flows } + SCM_RIGHTS (1 per flow)
+//!   each on the worker of the same index
+//!     Adopted { count } ─────────▶    (batches of FLOWS_PER_BATCH)
 //!              ◀──────────────────  Released { open_connections }
-//!   binds the name; is the owner      drains its open connections, exits 0, rules kept
+//!   opens its gate, binds the name;   closes its listeners, leaves the rules, frees the
+//!   is the owner                      name, exits 0 (logging what it passed)
 //! ```
 //!
 //! Instance identities (`--instance-id`, the pod's UID in the DaemonSet) stop a ping-pong: an
@@ -33,15 +43,44 @@
 //! stands by, owning nothing, until it is stopped.
 //!
 //! The predecessor gives up nothing before `Ready`: a successor that fails, hangs or lies
-//! before that leaves it serving as before. A probe (`tpvs cleanup`) reads the hello and
-//! hangs up. Not handed over yet: established TCP connections (the predecessor relays them
-//! until they end, up to `--shutdown-grace`) and UDP flows (their replies keep flowing through
-//! the predecessor's upstream sockets until it exits; the client's next datagram after the
-//! hand-over opens a flow in the successor). The admin and health-check node-port listeners
-//! pass like the data path's: the successor serves the same accept queues once the
-//! predecessor has let go, so no probe is refused or reset.
+//! before that leaves it serving as before. After `Ready` it keeps its copy of every batch
+//! (sockets and pending bytes) until the successor acknowledges that batch; if the successor
+//! dies, errs or stays silent for [`STEP_TIMEOUT`] first, the predecessor relays every
+//! unacknowledged connection and flow itself again, accepts again on the listeners it kept
+//! open (SYNs and datagrams queued on them meanwhile), keeps the rules and its name, and a
+//! later successor can try again. Once a batch is acknowledged it is the successor's: a
+//! successor never gives up after `Ready` (at worst both relay for a moment, never neither).
+//! A probe (`tpvs cleanup`) reads the hello and hangs up.
+//!
+//! # A connection in the middle of a transfer
+//!
+//! A relay pauses between two reads, never inside one. What tpvs had read and not yet
+//! written travels in the frame's tail: at most one copy-buffer spill or one pipe's content
+//! per direction ([`MAX_PENDING`]). Everything else stays in the kernel's socket buffers
+//! (the client's unsent data, the backend's unread data), which move with the sockets, so a
+//! transfer of any size continues byte-exact; the sender only sees its window close for the
+//! length of the pause. Half-closes pass as flags: a direction whose end of stream was passed
+//! on stays closed. A connection still connecting to its backend when the pause comes is
+//! handed over as soon as its relay starts. The successor counts each adopted connection on
+//! its backend (the dispatcher's `adopt`), or relays it to its end uncounted by any scheduler
+//! when the backend left its table.
+//!
+//! # UDP flows
+//!
+//! A flow passes with its connected upstream socket (replies queued on it move with it), its
+//! client, destination, backend and timestamps, to the worker of the same index: the
+//! listeners are the same `SO_REUSEPORT` sockets, so the kernel keeps giving the client's
+//! datagrams to that worker, which finds the flow and its backend. A flow whose backend or
+//! frontend the successor's table no longer has is closed, as a table change would close it.
+//!
+//! # The admin and health-check sockets
+//!
+//! The admin and health-check node-port listeners pass like the data path's: the successor
+//! serves the same accept queues once the predecessor has let go, so no probe is refused or
+//! reset.
 
 use std::io::{self, Read as _, Write as _};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -133,9 +172,184 @@ pub enum Message {
         admin: Vec<std::net::SocketAddr>,
     },
     Ready,
+    /// A batch of established TCP connections ([`PAIRS_PER_BATCH`] at most). `tail` bytes
+    /// follow the frame: each pair's pending bytes toward the backend, then toward the client,
+    /// in pair order; then two descriptors per pair (client side, backend side).
+    Connections {
+        pairs: Vec<PairRecord>,
+        tail: u32,
+    },
+    /// A batch of UDP flows ([`FLOWS_PER_BATCH`] at most); one descriptor per flow follows
+    /// (its connected upstream socket).
+    Flows {
+        flows: Vec<FlowRecord>,
+    },
+    /// The successor holds the batch just sent and relays it: the sender may close its copies.
+    Adopted {
+        count: usize,
+    },
     Released {
         open_connections: usize,
     },
+}
+
+/// Connections per [`Message::Connections`] batch (two descriptors each, within one
+/// `SCM_RIGHTS` message).
+pub const PAIRS_PER_BATCH: usize = FDS_PER_MESSAGE / 2;
+
+/// Flows per [`Message::Flows`] batch.
+pub const FLOWS_PER_BATCH: usize = FDS_PER_MESSAGE;
+
+/// Most bytes one direction of a connection can have in flight inside tpvs: one read of the
+/// copy buffer (64 KiB) or one pipe (64 KiB), never both (a direction splices only once its
+/// copy spill is written). Anything beyond stays in the kernel's socket buffers, which move
+/// with the sockets.
+pub const MAX_PENDING: u32 = 128 * 1024;
+
+/// One established TCP connection as it passes: who talks to whom, what was in flight inside
+/// tpvs, and how far it got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairRecord {
+    pub client: SocketAddr,
+    /// The address the client dialled (names the frontend).
+    pub frontend: SocketAddr,
+    pub backend: SocketAddr,
+    /// Bytes read from the client and not yet written to the backend (in the tail).
+    pub pending_to_backend: u32,
+    /// Bytes read from the backend and not yet written to the client (in the tail).
+    pub pending_to_client: u32,
+    /// The client finished sending and its FIN was passed on to the backend.
+    pub client_closed: bool,
+    /// The backend finished sending and its FIN was passed on to the client.
+    pub backend_closed: bool,
+    pub bytes_to_backend: u64,
+    pub bytes_from_backend: u64,
+    /// Since the connection was accepted (by whichever instance accepted it).
+    pub age_ms: u64,
+}
+
+/// One UDP flow as it passes: the worker whose listener receives its client's datagrams (the
+/// same sockets, so the same worker index), its identity and its timestamps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowRecord {
+    pub worker: usize,
+    pub client: SocketAddr,
+    /// The address the client sent to (names the frontend; replies come from it).
+    pub dst: SocketAddr,
+    pub backend: SocketAddr,
+    /// Made for a `Local` frontend (its upstream socket is bound to the client's address).
+    pub local: bool,
+    pub age_ms: u64,
+    pub idle_ms: u64,
+    pub replies: u64,
+}
+
+/// A connection taken out of a relay at a safe point: its two sockets and the bytes tpvs had
+/// read but not yet written.
+#[derive(Debug)]
+pub struct DetachedPair {
+    pub client: OwnedFd,
+    pub upstream: OwnedFd,
+    pub to_backend: Vec<u8>,
+    pub to_client: Vec<u8>,
+    pub record: PairRecord,
+}
+
+/// A UDP flow taken out of its worker: its connected upstream socket.
+#[derive(Debug)]
+pub struct DetachedFlow {
+    pub upstream: OwnedFd,
+    pub record: FlowRecord,
+}
+
+/// Everything established that a hand-over moves.
+#[derive(Debug, Default)]
+pub struct Detached {
+    pub pairs: Vec<DetachedPair>,
+    pub flows: Vec<DetachedFlow>,
+}
+
+impl Detached {
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty() && self.flows.is_empty()
+    }
+}
+
+/// Sends one batch of connections (at most [`PAIRS_PER_BATCH`]): frame, tail, descriptors.
+pub fn send_pairs(stream: &mut UnixStream, batch: &[DetachedPair]) -> Result<(), ProtocolError> {
+    let mut tail = Vec::new();
+    let mut pairs = Vec::with_capacity(batch.len());
+    for p in batch {
+        tail.extend_from_slice(&p.to_backend);
+        tail.extend_from_slice(&p.to_client);
+        let len = |b: &[u8]| u32::try_from(b.len()).map_err(|_| ProtocolError::TooLong(u32::MAX));
+        pairs.push(PairRecord { pending_to_backend: len(&p.to_backend)?, pending_to_client: len(&p.to_client)?, ..p.record.clone() });
+    }
+    let tail_len = u32::try_from(tail.len()).map_err(|_| ProtocolError::TooLong(u32::MAX))?;
+    write_message(stream, &Message::Connections { pairs, tail: tail_len })?;
+    stream.write_all(&tail)?;
+    let fds: Vec<RawFd> = batch.iter().flat_map(|p| [p.client.as_raw_fd(), p.upstream.as_raw_fd()]).collect();
+    sendmsg_fds(stream.as_raw_fd(), &fds)?;
+    Ok(())
+}
+
+/// Receives the tail and descriptors a [`Message::Connections`] announced, after checking the
+/// announcement (batch size, pending bytes per direction, tail length).
+pub fn recv_pairs(stream: &mut UnixStream, pairs: Vec<PairRecord>, tail: u32) -> Result<Vec<DetachedPair>, ProtocolError> {
+    let bad = |what: String| ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, what));
+    if pairs.len() > PAIRS_PER_BATCH {
+        return Err(bad(format!("a batch of {} connections, over {PAIRS_PER_BATCH}", pairs.len())));
+    }
+    let mut total = 0u64;
+    for p in &pairs {
+        if p.pending_to_backend > MAX_PENDING || p.pending_to_client > MAX_PENDING {
+            return Err(bad(format!("{} pending bytes for one connection, over {MAX_PENDING} per direction", p.pending_to_backend.max(p.pending_to_client))));
+        }
+        total += u64::from(p.pending_to_backend) + u64::from(p.pending_to_client);
+    }
+    if total != u64::from(tail) {
+        return Err(bad(format!("a tail of {tail} bytes for {total} pending bytes")));
+    }
+    let mut bytes = vec![0u8; tail as usize];
+    stream.read_exact(&mut bytes)?;
+    let fds = recv_fds(stream, 2 * pairs.len())?;
+    let mut fds = fds.into_iter();
+    let mut at = 0usize;
+    let mut out = Vec::with_capacity(pairs.len());
+    for record in pairs {
+        let (Some(client), Some(upstream)) = (fds.next(), fds.next()) else {
+            return Err(ProtocolError::Descriptors { expected: 2 * out.len() + 2, got: 2 * out.len() });
+        };
+        let mut take = |n: u32| {
+            let end = at + n as usize;
+            let v = bytes.get(at..end).map(<[u8]>::to_vec).unwrap_or_default();
+            at = end;
+            v
+        };
+        let to_backend = take(record.pending_to_backend);
+        let to_client = take(record.pending_to_client);
+        out.push(DetachedPair { client, upstream, to_backend, to_client, record });
+    }
+    Ok(out)
+}
+
+/// Sends one batch of flows (at most [`FLOWS_PER_BATCH`]).
+pub fn send_flows(stream: &mut UnixStream, batch: &[DetachedFlow]) -> Result<(), ProtocolError> {
+    write_message(stream, &Message::Flows { flows: batch.iter().map(|f| f.record.clone()).collect() })?;
+    let fds: Vec<RawFd> = batch.iter().map(|f| f.upstream.as_raw_fd()).collect();
+    sendmsg_fds(stream.as_raw_fd(), &fds)?;
+    Ok(())
+}
+
+/// Receives the descriptors a [`Message::Flows`] announced.
+pub fn recv_flows(stream: &mut UnixStream, flows: Vec<FlowRecord>) -> Result<Vec<DetachedFlow>, ProtocolError> {
+    if flows.len() > FLOWS_PER_BATCH {
+        return Err(ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, format!("a batch of {} flows, over {FLOWS_PER_BATCH}", flows.len()))));
+    }
+    let fds = recv_fds(stream, flows.len())?;
+    Ok(fds.into_iter().zip(flows).map(|(upstream, record)| DetachedFlow { upstream, record }).collect())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -330,6 +544,13 @@ pub fn may_take_over(uid: u32) -> bool {
 /// predecessor then keeps serving).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the predecessor's workers may take to pause and take out their connections after
+/// `Ready` (a connection still connecting to its backend detaches once connected, so this
+/// covers a connect timeout with retries); a worker later than that keeps its connections
+/// and the predecessor drains them (UDP workers answer within [`STEP_TIMEOUT`]). The successor
+/// waits for the first batch this long plus two steps.
+pub const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long the predecessor waits for `Ready` after sending the listeners: the successor
 /// loads its routing table first (the API source lists every Service and EndpointSlice).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -383,6 +604,74 @@ mod tests {
         send_fds(&a, &files).unwrap_or_else(|e| panic!("{e}"));
         let got = recv_fds(&b, n).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(got.iter().map(|f| inode(f.as_raw_fd())).collect::<Vec<_>>(), inodes);
+    }
+
+    fn record(pending_to_backend: u32, pending_to_client: u32) -> PairRecord {
+        let a = |s: &str| s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+        PairRecord {
+            client: a("10.0.0.2:40000"),
+            frontend: a("10.96.0.10:80"),
+            backend: a("10.1.0.2:8080"),
+            pending_to_backend,
+            pending_to_client,
+            client_closed: true,
+            backend_closed: false,
+            bytes_to_backend: 7,
+            bytes_from_backend: 9,
+            age_ms: 86_400_000,
+        }
+    }
+
+    fn socket_fd() -> OwnedFd {
+        let (x, _y) = UnixStream::pair().unwrap_or_else(|e| panic!("{e}"));
+        OwnedFd::from(x)
+    }
+
+    #[test]
+    fn a_batch_of_connections_passes_with_its_pending_bytes_and_sockets() {
+        let (mut a, mut b) = UnixStream::pair().unwrap_or_else(|e| panic!("{e}"));
+        let batch: Vec<DetachedPair> = (0..3u8)
+            .map(|i| DetachedPair {
+                client: socket_fd(),
+                upstream: socket_fd(),
+                to_backend: vec![i; usize::from(i) * 1000],
+                to_client: vec![i + 100; 17],
+                record: record(0, 0),
+            })
+            .collect();
+        let inodes: Vec<u64> = batch.iter().flat_map(|p| [inode(p.client.as_raw_fd()), inode(p.upstream.as_raw_fd())]).collect();
+        send_pairs(&mut a, &batch).unwrap_or_else(|e| panic!("{e}"));
+        let Ok(Message::Connections { pairs, tail }) = read_message(&mut b) else { panic!("no batch") };
+        assert_eq!(tail, 3000 + 3 * 17);
+        let got = recv_pairs(&mut b, pairs, tail).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got.len(), 3);
+        for (i, p) in got.iter().enumerate() {
+            assert_eq!(p.to_backend, vec![i as u8; i * 1000]);
+            assert_eq!(p.to_client, vec![i as u8 + 100; 17]);
+            assert_eq!(p.record, record(p.to_backend.len() as u32, 17));
+        }
+        let back: Vec<u64> = got.iter().flat_map(|p| [inode(p.client.as_raw_fd()), inode(p.upstream.as_raw_fd())]).collect();
+        assert_eq!(back, inodes, "the very same sockets, in order");
+    }
+
+    #[test]
+    fn a_bad_batch_announcement_is_a_clear_error() {
+        let cases: [(Vec<PairRecord>, u32, &str); 3] = [
+            (vec![record(10, 0)], 11, "a tail of 11 bytes for 10 pending bytes"),
+            (vec![record(MAX_PENDING + 1, 0)], MAX_PENDING + 1, "pending bytes for one connection, over"),
+            (vec![record(0, 0); PAIRS_PER_BATCH + 1], 0, "a batch of 101 connections, over 100"),
+        ];
+        for (pairs, tail, want) in cases {
+            let (_a, mut b) = UnixStream::pair().unwrap_or_else(|e| panic!("{e}"));
+            let err = recv_pairs(&mut b, pairs, tail).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        // A tail cut short by a hang-up.
+        let (mut a, mut b) = UnixStream::pair().unwrap_or_else(|e| panic!("{e}"));
+        a.write_all(&[1, 2, 3]).unwrap_or_else(|e| panic!("{e}"));
+        drop(a);
+        let err = recv_pairs(&mut b, vec![record(10, 0)], 10).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("failed to fill whole buffer"), "{err}");
     }
 
     fn inode(fd: RawFd) -> u64 {

@@ -23,7 +23,9 @@
 //!   `tpvs ready`, the DaemonSet's readiness check (this pod's instance owns the node).
 //! - [`ownership`]: the per-namespace lock naming the instance that owns the nft table, and
 //!   the owner's side of a hand-over; [`takeover`]: the successor's side; [`handover`]: the
-//!   versioned protocol between them; [`listeners`]: the listener sets they pass;
+//!   versioned protocol between them (listeners, then established connections and UDP flows
+//!   in acknowledged batches); [`listeners`]: the listener sets they pass and the switches
+//!   around a hand-over;
 //!   [`startup_guard`]: undoes a start-up that fails.
 //! - [`netfilter`]: the nftables table (rendered by a pure function) and policy routing.
 //! - [`dispatch`]: every per-connection and per-flow decision, TCP and UDP alike: frontend
@@ -31,7 +33,8 @@
 //!   `externalTrafficPolicy: Local` external address, with the node's own addresses), session
 //!   affinity, pick with retry, and all feedback to the schedulers and the per-backend metrics.
 //! - [`forward`]: the TCP data path: per-core event loops on `SO_REUSEPORT` transparent
-//!   listeners, connect, splice relay; and the plain listen mode for load tests.
+//!   listeners, connect, splice relay, relays paused and taken out for a hand-over; and the
+//!   plain listen mode for load tests.
 //! - [`udp`]: the UDP data path: per-core epoll loops on `SO_REUSEPORT` transparent UDP
 //!   listeners, a sans-io flow table, batched `recvmmsg`/`sendmmsg`, eviction on table change.
 //! - [`workers`]: the one way data-path threads start (bound, then ready, then serving).

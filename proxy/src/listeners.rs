@@ -9,8 +9,11 @@
 //!   workers wait until the predecessor has let go, a cold start's until its first routing
 //!   table is published (over a killed instance's rules SYNs arrive at once), or they would
 //!   take connections off the queues and reset them for want of a frontend.
-//! - [`Release`]: the predecessor's switch: its workers stop accepting and close their
-//!   copies of the listeners (the successor holds the same sockets, so they stay open).
+//! - [`Release`]: the predecessor's switch, in three positions ([`Serve`]): accepting;
+//!   paused while its connections and flows pass to the successor (the listeners stay open
+//!   in this process, so a successor that fails half-way leaves them to resume here); and
+//!   released once everything is handed over, when the workers close their copies (the
+//!   successor holds the same sockets, so they stay open).
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex};
@@ -77,61 +80,111 @@ impl ListenerSet {
     }
 }
 
-/// Workers wait here before serving until the gate opens (once; it never closes).
+/// Workers wait here before serving until the gate opens (once; it never closes). The UDP
+/// workers block their thread on it; the TCP workers await it, so their runtime can adopt
+/// handed-over connections meanwhile.
 #[derive(Debug, Clone)]
-pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
+pub struct Gate(Arc<GateInner>);
+
+#[derive(Debug)]
+struct GateInner {
+    open: Mutex<bool>,
+    cv: Condvar,
+    tx: tokio::sync::watch::Sender<bool>,
+}
 
 impl Gate {
+    fn new(open: bool) -> Gate {
+        Gate(Arc::new(GateInner { open: Mutex::new(open), cv: Condvar::new(), tx: tokio::sync::watch::channel(open).0 }))
+    }
+
     /// An open gate (a cold start: the rules come after the workers anyway).
     pub fn open() -> Gate {
-        Gate(Arc::new((Mutex::new(true), Condvar::new())))
+        Gate::new(true)
     }
 
     /// A closed gate, opened by [`Gate::lift`].
     pub fn closed() -> Gate {
-        Gate(Arc::new((Mutex::new(false), Condvar::new())))
+        Gate::new(false)
     }
 
     pub fn lift(&self) {
-        let (open, cv) = &*self.0;
-        *open.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        cv.notify_all();
+        *self.0.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.0.cv.notify_all();
+        self.0.tx.send_replace(true);
     }
 
     /// Blocks the calling worker thread until the gate is open.
     pub fn wait(&self) {
-        let (open, cv) = &*self.0;
-        let mut g = open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.0.open.lock().unwrap_or_else(|p| p.into_inner());
         while !*g {
-            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            g = self.0.cv.wait(g).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Resolves once the gate is open.
+    pub async fn opened(&self) {
+        let mut rx = self.0.tx.subscribe();
+        let _ = rx.wait_for(|open| *open).await;
     }
 }
 
-/// Tells the workers to let go of their listeners (a successor took them over).
+/// Whether the workers serve their listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serve {
+    Accepting,
+    /// Not accepting, listeners kept: a hand-over of the connections is under way.
+    Paused,
+    /// A successor owns the listeners: close this process's copies.
+    Released,
+}
+
+/// Tells the workers to stop accepting, to resume, or to let go of their listeners.
 #[derive(Debug, Clone)]
 pub struct Release {
-    tx: Arc<tokio::sync::watch::Sender<bool>>,
+    tx: Arc<tokio::sync::watch::Sender<Serve>>,
 }
 
 impl Default for Release {
     fn default() -> Self {
-        Release { tx: Arc::new(tokio::sync::watch::channel(false).0) }
+        Release { tx: Arc::new(tokio::sync::watch::channel(Serve::Accepting).0) }
     }
 }
 
 impl Release {
     /// What a worker watches.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Serve> {
         self.tx.subscribe()
     }
 
+    /// Stops accepting, keeping the listeners (a released switch stays released).
+    pub fn pause(&self) {
+        self.tx.send_if_modified(|s| {
+            let changed = *s == Serve::Accepting;
+            if changed {
+                *s = Serve::Paused;
+            }
+            changed
+        });
+    }
+
+    /// Accepts again after a pause (a hand-over that failed half-way).
+    pub fn resume(&self) {
+        self.tx.send_if_modified(|s| {
+            let changed = *s == Serve::Paused;
+            if changed {
+                *s = Serve::Accepting;
+            }
+            changed
+        });
+    }
+
     pub fn release(&self) {
-        self.tx.send_replace(true);
+        self.tx.send_replace(Serve::Released);
     }
 
     pub fn released(&self) -> bool {
-        *self.tx.borrow()
+        *self.tx.borrow() == Serve::Released
     }
 }
 
@@ -163,8 +216,13 @@ mod tests {
     fn a_released_switch_is_seen_by_subscribers() {
         let r = Release::default();
         let rx = r.subscribe();
-        assert!(!*rx.borrow());
+        assert_eq!(*rx.borrow(), Serve::Accepting);
+        r.pause();
+        assert_eq!(*rx.borrow(), Serve::Paused);
+        r.resume();
+        assert_eq!(*rx.borrow(), Serve::Accepting);
         r.clone().release();
-        assert!(*rx.borrow() && r.released());
+        r.resume();
+        assert!(*rx.borrow() == Serve::Released && r.released(), "a released switch stays released");
     }
 }

@@ -8,9 +8,12 @@
 //! Whoever connects gets a hello ([`crate::handover`]): the owner's pid, binary version and
 //! the flags a successor must share, and its instance identity. Each peer is served on a
 //! thread of its own, so a probe is answered while a successor loads its table. A probe
-//! (`tpvs cleanup`, `tpvs ready`) hangs up after the hello; a successor
-//! (`tpvs run` with the same flags) asks to take over and receives the listeners, and the
-//! owner releases everything once the successor says it is ready — and nothing before. The
+//! (`tpvs cleanup`, `tpvs ready`) hangs up after the hello; a successor (`tpvs run` with the
+//! same flags) asks to take over and receives the listeners; once the successor says it is
+//! ready — and nothing before — the owner stops accepting, passes its established
+//! connections and flows batch by batch ([`HandOff`] is the data path's side), and releases
+//! everything when the last batch is acknowledged; a successor that fails before that leaves
+//! the owner relaying and serving everything again. The
 //! owner's pid is also read with `SO_PEERCRED`, which the kernel fills from the listener and
 //! the owner cannot forge.
 
@@ -23,7 +26,7 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use crate::handover::{self, Flags, Message, ProtocolError};
+use crate::handover::{self, Detached, Flags, Message, ProtocolError};
 use crate::listeners::ListenerSet;
 
 /// Version of what the owner says on its socket (the hand-over protocol's).
@@ -101,9 +104,24 @@ pub struct Offer {
     /// Second descriptors of the admin servers' listeners, by address, as they are at the
     /// moment of the hand-over (health-check node ports come and go with the table).
     pub admin: Box<dyn Fn() -> std::io::Result<AdminListeners> + Send>,
-    /// Makes this instance let go: stop accepting, stop touching the rules. Returns the
-    /// connections still open (they drain here).
-    pub release: Box<dyn FnOnce() -> usize + Send>,
+    /// The data path's side of the hand-over.
+    pub data_path: Box<dyn HandOff>,
+}
+
+/// What the data path does during a hand-over, on either side (implemented by `run`).
+pub trait HandOff: Send + Sync {
+    /// Stops accepting; the listeners stay open here.
+    fn pause(&self);
+    /// Takes every established connection and flow out of the workers at a safe point.
+    fn detach(&self) -> Detached;
+    /// Relays these here (a successor's adoption, or the predecessor taking back what a
+    /// failed successor had not adopted).
+    fn adopt(&self, what: Detached);
+    /// Accepts again after a pause.
+    fn resume(&self);
+    /// Everything is handed over: close the listeners, leave the rules to the successor.
+    /// Returns the connections still open here (a worker late to detach keeps its own).
+    fn release(&self) -> usize;
 }
 
 /// Admin listeners by address (what [`Offer::admin`] gives).
@@ -113,7 +131,11 @@ pub type AdminListeners = Vec<(std::net::SocketAddr, std::os::fd::OwnedFd)>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandedOver {
     pub listeners: usize,
+    /// Connections still open here (not handed over), which drain as after a signal.
     pub open_connections: usize,
+    /// Established TCP connections and UDP flows the successor adopted.
+    pub connections: usize,
+    pub flows: usize,
     pub successor_pid: Option<u32>,
 }
 
@@ -272,8 +294,10 @@ fn answer(listener: UnixListener, flags: Flags, identity: Identity, offer: Arc<M
                     info!(
                         successor = owner_text(h.successor_pid),
                         listeners = h.listeners,
+                        connections = h.connections,
+                        flows = h.flows,
                         open_connections = h.open_connections,
-                        "handed the listeners and the rules over to a successor"
+                        "handed the listeners, the rules and the established connections over to a successor"
                     );
                     handed.store(true, Ordering::Release);
                     if let Some(tx) = done.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -364,14 +388,66 @@ fn serve_peer(
     let Some(o) = offer.lock().unwrap_or_else(|p| p.into_inner()).take() else {
         return Err("the offer vanished".into());
     };
-    let open_connections = (o.release)();
+    // Stop accepting (the listeners stay open here: SYNs and datagrams queue on them), then
+    // take every connection and flow out and pass them, batch by batch. This process keeps
+    // its copy of each batch until the successor says it adopted it.
+    o.data_path.pause();
+    let mut detached = o.data_path.detach();
+    let (connections, flows) = (detached.pairs.len(), detached.flows.len());
+    info!(connections, flows, "passing the established connections and flows to the successor");
+    if let Err(e) = pass(stream, &mut detached) {
+        let (left_pairs, left_flows) = (detached.pairs.len(), detached.flows.len());
+        // No state in which neither owns them: what the successor did not adopt is relayed
+        // here again, and this instance serves its listeners and rules as before.
+        o.data_path.adopt(detached);
+        o.data_path.resume();
+        *offer.lock().unwrap_or_else(|p| p.into_inner()) = Some(o);
+        return Err(format!(
+            "the successor failed during the connection hand-over ({e}); relaying the {left_pairs} connections and {left_flows} flows it had not adopted here and accepting again"
+        ));
+    }
+    let open_connections = o.data_path.release();
     drop(o.listeners);
     // The successor owns everything now: a failure to tell it is logged, not undone.
     if let Err(e) = handover::write_message(stream, &Message::Released { open_connections }) {
         warn!(error = %e, "could not confirm the release to the successor");
     }
     let successor_pid = peer.and_then(|c| (c.pid > 0).then(|| c.pid.unsigned_abs()));
-    Ok(Some(HandedOver { listeners: count, open_connections, successor_pid }))
+    Ok(Some(HandedOver { listeners: count, open_connections, connections, flows, successor_pid }))
+}
+
+/// Sends the connections, then the flows, in batches; on an error `what` holds exactly what
+/// was not acknowledged (this process's copies of the rest close then, or at the end).
+fn pass(stream: &mut UnixStream, what: &mut Detached) -> Result<(), ProtocolError> {
+    let _ = stream.set_read_timeout(Some(handover::STEP_TIMEOUT));
+    let mut pairs = 0;
+    let mut flows = 0;
+    let sent = (|| {
+        while pairs < what.pairs.len() {
+            let n = (what.pairs.len() - pairs).min(handover::PAIRS_PER_BATCH);
+            handover::send_pairs(stream, &what.pairs[pairs..pairs + n])?;
+            acknowledged(stream, n)?;
+            pairs += n;
+        }
+        while flows < what.flows.len() {
+            let n = (what.flows.len() - flows).min(handover::FLOWS_PER_BATCH);
+            handover::send_flows(stream, &what.flows[flows..flows + n])?;
+            acknowledged(stream, n)?;
+            flows += n;
+        }
+        Ok(())
+    })();
+    // Adopted by the successor: this process's copies close here.
+    what.pairs.drain(..pairs);
+    what.flows.drain(..flows);
+    sent
+}
+
+fn acknowledged(stream: &mut UnixStream, n: usize) -> Result<(), ProtocolError> {
+    match handover::read_message(stream)? {
+        Message::Adopted { count } if count == n => Ok(()),
+        other => Err(ProtocolError::Io(std::io::Error::other(format!("expected the adoption of {n}, got {other:?}")))),
+    }
 }
 
 #[cfg(test)]

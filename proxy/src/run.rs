@@ -89,10 +89,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             _ => return Err(e),
         },
     };
-    let handed = serving.ownership.as_mut().and_then(Ownership::handed_over);
+    let mut handed_rx = serving.ownership.as_mut().and_then(Ownership::handed_over);
     let end = runtime.block_on(async {
         let handed = async {
-            match handed {
+            match handed_rx.as_mut() {
                 Some(rx) => rx.await.ok(),
                 None => None,
             }
@@ -108,7 +108,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             // Withdrawing the offer closes the hand-over's copies of the listeners; a successor
             // that has already taken it owns the rules, and they must stay.
             let handed_over = match &serving.ownership {
-                Some(o) => o.withdraw().is_none(),
+                Some(o) => o.withdraw().is_none() && runtime.block_on(hand_over_ends(o, handed_rx.as_mut())),
                 None => false,
             };
             (serving.stop_accepting)();
@@ -131,8 +131,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
         End::HandedOver(h) => {
-            // The first signal here is usually the kubelet stopping the old pod once the new
-            // one is ready: this instance is already draining, so only a second one cuts it.
+            // Everything established moved to the successor; what is left here is only a
+            // connection a worker was too late to detach. The first signal here is usually the
+            // kubelet stopping the old pod once the new one is ready: this instance is already
+            // draining, so only a second one cuts it.
             let drained = runtime.block_on(drain(&serving.shared, args.shutdown_grace, 2, &mut term, &mut int));
             // Probes this instance accepted before letting go are answered before it exits.
             let admin_cut = serving.admin.wait_closed(crate::admin::http::IDLE_TIMEOUT);
@@ -140,6 +142,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 admin_connections_cut = admin_cut,
                 listeners = h.listeners,
                 successor = crate::ownership::owner_text(h.successor_pid),
+                connections_passed = h.connections,
+                flows_passed = h.flows,
                 connections_open_at_hand_over = h.open_connections,
                 connections_cut = drained.left,
                 ended_by = drained.by,
@@ -148,6 +152,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A signal came while a successor holds the offer (its connections are passing): waits for
+/// the hand-over to end, so no connection is caught between the two. True when it completed
+/// (the successor owns everything); false when it failed (the offer came back, now withdrawn).
+async fn hand_over_ends(ownership: &Ownership, handed: Option<&mut tokio::sync::oneshot::Receiver<crate::ownership::HandedOver>>) -> bool {
+    let Some(handed) = handed else { return true };
+    info!("a signal during a hand-over: letting it finish first");
+    loop {
+        tokio::select! {
+            done = &mut *handed => return done.is_ok(),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {
+                if ownership.withdraw().is_some() {
+                    return false;
+                }
+            }
+        }
+    }
 }
 
 /// How a drain ended.
@@ -332,9 +354,10 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
     };
     let release = Release::default();
     let running = forward::start(Arc::clone(&shared), listeners.tcp, gate.clone(), release.clone())?;
+    let tcp_control = running.control.clone();
     info!(workers, port = args.proxy_port, ipv6 = running.ipv6, "transparent listeners ready");
     let (udp, udp_workers) = match start_udp(args, &publisher, workers, backend_metrics, budget, (listeners.udp, gate.clone(), release.clone()))? {
-        Some((s, w)) => (Some(s), Some(w)),
+        Some((s, w)) => (Some(s), Some(Arc::new(w))),
         None => (None, None),
     };
 
@@ -411,11 +434,24 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
     if let Some((t, _)) = takeover {
         await_first_table(&publisher)?;
         interception.sync(&publisher.current()).context("re-syncing the adopted nft table")?;
-        let (released, claimed) = t.finish(&flags)?;
+        let adopter = DataPath {
+            interception: Arc::clone(&interception),
+            shared: Arc::clone(&shared),
+            release: release.clone(),
+            tcp: tcp_control.clone(),
+            udp: udp_workers.clone(),
+            admin: Arc::clone(&admin_sockets),
+        };
+        let (released, claimed) = t.finish(&flags, &adopter)?;
         // From here on this instance serves whatever happens: the predecessor has let go.
         gate.lift();
         admin_gate.lift();
-        info!(predecessor_connections_draining = released.open_connections, "took over the listeners and the rules");
+        info!(
+            connections_adopted = released.connections,
+            flows_adopted = released.flows,
+            predecessor_connections_draining = released.open_connections,
+            "took over the listeners, the rules and the established connections"
+        );
         match claimed {
             Ok(o) => ownership = Some(o),
             Err(e) => {
@@ -427,29 +463,89 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
         interception.spawn_checker(args.rules_check_interval).context("starting the rules check")?;
     }
     guard.commit();
-    let stop_accepting: StopAccepting = Arc::new(move || {
-        release.release();
-        if let Some(w) = &udp_workers {
-            w.wake();
-        }
-    });
+    let data_path = DataPath {
+        interception: Arc::clone(&interception),
+        shared: Arc::clone(&shared),
+        release,
+        tcp: tcp_control,
+        udp: udp_workers,
+        admin: Arc::clone(&admin_sockets),
+    };
+    let stop_accepting: StopAccepting = {
+        let (release, udp) = (data_path.release.clone(), data_path.udp.clone());
+        Arc::new(move || {
+            release.release();
+            if let Some(w) = &udp {
+                w.wake();
+            }
+        })
+    };
     if let Some(o) = &ownership {
-        let (ic, sh, stop) = (Arc::clone(&interception), Arc::clone(&shared), Arc::clone(&stop_accepting));
-        let (offered_admin, released_admin) = (Arc::clone(&admin_sockets), Arc::clone(&admin_sockets));
         o.offer(Offer {
             listeners: offered,
-            admin: Box::new(move || offered_admin.offer()),
-            release: Box::new(move || {
-                // Rules first: nothing here may touch them once the successor owns them.
-                ic.relinquish();
-                stop();
-                released_admin.release();
-                sh.open_connections()
-            }),
+            admin: {
+                let sockets = Arc::clone(&admin_sockets);
+                Box::new(move || sockets.offer())
+            },
+            data_path: Box::new(data_path),
         });
     }
     info!(generation = publisher.generation(), frontends = publisher.current().len(), "serving");
     Ok(Serving { interception, shared, stop_accepting, health, ownership, admin: admin_sockets })
+}
+
+/// The data path's side of a hand-over: both the predecessor's (pause, detach, release, or
+/// take back and resume) and the successor's (adopt).
+struct DataPath {
+    interception: Arc<Interception>,
+    shared: Arc<Shared>,
+    release: Release,
+    tcp: forward::Control,
+    udp: Option<Arc<udp::UdpWorkers>>,
+    /// The admin and health-check listeners: served until the release, then the successor's.
+    admin: Arc<AdminSockets>,
+}
+
+impl DataPath {
+    fn wake_udp(&self) {
+        if let Some(w) = &self.udp {
+            w.wake();
+        }
+    }
+}
+
+impl crate::ownership::HandOff for DataPath {
+    fn pause(&self) {
+        self.release.pause();
+        self.wake_udp();
+    }
+
+    fn detach(&self) -> crate::handover::Detached {
+        let pairs = self.tcp.detach(crate::handover::DETACH_TIMEOUT);
+        let flows = self.udp.as_ref().map(|w| w.detach(crate::handover::STEP_TIMEOUT)).unwrap_or_default();
+        crate::handover::Detached { pairs, flows }
+    }
+
+    fn adopt(&self, what: crate::handover::Detached) {
+        self.tcp.adopt(what.pairs);
+        if let Some(w) = &self.udp {
+            w.adopt(what.flows);
+        }
+    }
+
+    fn resume(&self) {
+        self.release.resume();
+        self.wake_udp();
+    }
+
+    fn release(&self) -> usize {
+        // Rules first: nothing here may touch them once the successor owns them.
+        self.interception.relinquish();
+        self.release.release();
+        self.wake_udp();
+        self.admin.release();
+        self.shared.open_connections()
+    }
 }
 
 /// Binds the data path's listeners (a cold start).

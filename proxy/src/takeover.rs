@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::handover::{self, Flags, Message, ProtocolError};
+use crate::handover::{self, Detached, Flags, Message, ProtocolError};
 use crate::listeners::ListenerSet;
-use crate::ownership::{self, Identity, Ownership};
+use crate::ownership::{self, HandOff, Identity, Ownership};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TakeoverError {
@@ -48,10 +48,13 @@ pub struct Takeover {
     pub admin: Vec<(SocketAddr, OwnedFd)>,
 }
 
-/// The predecessor's confirmation that it let go.
+/// The predecessor's confirmation that it let go, and what this instance adopted.
 #[derive(Debug, Clone, Copy)]
 pub struct Released {
+    /// Connections the predecessor still relays (not handed over).
     pub open_connections: usize,
+    pub connections: usize,
+    pub flows: usize,
 }
 
 /// Connects to the owner of `flags.nft_table` and receives its listeners. `Ok(None)`: nobody
@@ -144,27 +147,65 @@ fn verify(fd: &OwnedFd, kind: socket2::Type, addr: SocketAddr) -> Result<(), Str
 const CLAIM_WITHIN: Duration = Duration::from_secs(5);
 
 impl Takeover {
-    /// Everything is ready here: the predecessor may let go. Then claims the name; a failure
-    /// to claim it (after the predecessor let go) is returned beside the release, since this
-    /// instance must serve regardless.
-    pub fn finish(mut self, flags: &Flags) -> Result<(Released, Result<Ownership, ownership::OwnershipError>), TakeoverError> {
+    /// Everything is ready here: the predecessor may let go. Adopts its established
+    /// connections and flows batch by batch (`data_path` relays them at once, acknowledging
+    /// each batch), then claims the name; a failure to claim it (after the predecessor let go)
+    /// is returned beside the release, since this instance must serve regardless.
+    pub fn finish(mut self, flags: &Flags, data_path: &dyn HandOff) -> Result<(Released, Result<Ownership, ownership::OwnershipError>), TakeoverError> {
         let table = flags.nft_table.clone();
         let proto = |source: ProtocolError| TakeoverError::Protocol { table: table.clone(), source };
         // Until Ready is out, the predecessor has given up nothing: an error here is ours.
         handover::write_message(&mut self.stream, &Message::Ready).map_err(proto)?;
-        let released = match handover::read_message(&mut self.stream) {
-            Ok(Message::Released { open_connections }) => Released { open_connections },
-            Ok(Message::Refused { reason }) => return Err(TakeoverError::Refused { pid: self.predecessor, reason }),
-            // Ready was sent, so the predecessor may have let go without being able to say so:
-            // serve regardless. At worst both serve the same sockets and the same rules for a
-            // while, never neither.
-            other => {
-                warn!(predecessor = self.predecessor, answer = ?other, "no confirmation of the release; serving anyway");
-                Released { open_connections: 0 }
+        // The predecessor pauses and takes out every connection before the first batch.
+        let _ = self.stream.set_read_timeout(Some(handover::DETACH_TIMEOUT + 2 * handover::STEP_TIMEOUT));
+        let (mut connections, mut flows) = (0, 0);
+        let released = loop {
+            // Adopted batches are ours from their acknowledgement on: whatever fails later,
+            // this instance serves. At worst both serve the same sockets and the same rules
+            // for a while, never neither.
+            match self.adopt_one(data_path) {
+                Ok(Some((c, f))) => {
+                    connections += c;
+                    flows += f;
+                }
+                Ok(None) => {}
+                Err(Ok(open_connections)) => break Released { open_connections, connections, flows },
+                Err(Err(Message::Refused { reason })) if connections + flows == 0 => {
+                    return Err(TakeoverError::Refused { pid: self.predecessor, reason });
+                }
+                Err(Err(other)) => {
+                    warn!(predecessor = self.predecessor, answer = ?other, connections, flows, "the hand-over of the connections ended without a release; serving what was adopted");
+                    break Released { open_connections: 0, connections, flows };
+                }
             }
         };
         // The predecessor frees the name right after Released.
         Ok((released, Ownership::claim_within(flags, &self.identity, CLAIM_WITHIN)))
+    }
+
+    /// Reads one message after Ready: a batch (adopted and acknowledged: `Ok(Some(counts))`),
+    /// the release (`Err(Ok(open))`), or anything else (`Err(Err(message))`; a read error
+    /// reads as a refusal naming it).
+    fn adopt_one(&mut self, data_path: &dyn HandOff) -> Result<Option<(usize, usize)>, Result<usize, Message>> {
+        let fail = |e: ProtocolError| Err(Message::Refused { reason: e.to_string() });
+        let msg = handover::read_message(&mut self.stream).map_err(fail)?;
+        let (what, counts) = match msg {
+            Message::Connections { pairs, tail } => {
+                let pairs = handover::recv_pairs(&mut self.stream, pairs, tail).map_err(fail)?;
+                let n = pairs.len();
+                (Detached { pairs, flows: Vec::new() }, (n, 0))
+            }
+            Message::Flows { flows } => {
+                let flows = handover::recv_flows(&mut self.stream, flows).map_err(fail)?;
+                let n = flows.len();
+                (Detached { pairs: Vec::new(), flows }, (0, n))
+            }
+            Message::Released { open_connections } => return Err(Ok(open_connections)),
+            other => return Err(Err(other)),
+        };
+        data_path.adopt(what);
+        handover::write_message(&mut self.stream, &Message::Adopted { count: counts.0 + counts.1 }).map_err(fail)?;
+        Ok(Some(counts))
     }
 }
 

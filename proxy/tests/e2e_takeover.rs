@@ -1,21 +1,22 @@
 //! Takeover by a successor, against the real `tpvs run` in the namespace lab: a second
 //! instance started with the same flags receives the running one's listeners over the
 //! hand-over socket and adopts its rules; the first exits 0 by itself, and no new connection
-//! or datagram is refused across the takeover, repeated A→B→C→D. A takeover with different
-//! flags, a malformed or truncated message, or a successor that vanishes before it is ready
-//! leaves the first serving. Root and nftables/iproute2 required (or `TPVS_SKIP_E2E=1`).
+//! or datagram is refused across the takeover, repeated A→B→C→D. Connections open at the
+//! takeover move to the successor (more in `e2e_takeover_conns.rs`). A takeover with
+//! different flags, a malformed or truncated message, or a successor that vanishes before it
+//! is ready leaves the first serving. Root and nftables/iproute2 required (or `TPVS_SKIP_E2E=1`).
 
 mod lab;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::io::Write as _;
 use std::os::linux::net::SocketAddrExt as _;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use lab::load::{Load, start_load, udp_echo, wait_exit};
 use lab::{Lab, Privileges, Svc, in_netns, lab, manifests};
 use tpvs::handover::{self, Message};
 
@@ -29,150 +30,6 @@ fn services() -> String {
     dns.port = 53;
     dns.target_port = 5300;
     manifests(&[Svc::new("web", "10.96.0.10").endpoint("10.1.0.2", "node1"), dns])
-}
-
-/// Load that runs until `stop`: new TCP connections (each must say hello and close cleanly),
-/// a UDP request loop, and a watcher of the nft table's presence.
-#[derive(Default)]
-struct Load {
-    stop: AtomicBool,
-    tcp_ok: AtomicUsize,
-    tcp_failed: AtomicUsize,
-    udp_sent: AtomicUsize,
-    udp_answered: AtomicUsize,
-    nft_absent: AtomicUsize,
-    nft_checks: AtomicUsize,
-    first_failure: std::sync::Mutex<Option<String>>,
-}
-
-impl Load {
-    fn fail(&self, what: String) {
-        self.tcp_failed.fetch_add(1, Ordering::Relaxed);
-        let mut f = self.first_failure.lock().unwrap_or_else(|p| p.into_inner());
-        f.get_or_insert(what);
-    }
-
-    /// One short connection: connect, the backend's hello, half-close, clean end.
-    fn one_connection(&self, vip: SocketAddr) {
-        let r = (|| -> std::io::Result<()> {
-            let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            let mut reader = BufReader::new(s.try_clone()?);
-            let mut line = String::new();
-            reader.read_line(&mut line)?;
-            if !line.starts_with("be0 ") {
-                return Err(std::io::Error::other(format!("no hello: {line:?}")));
-            }
-            s.shutdown(std::net::Shutdown::Write)?;
-            let mut rest = Vec::new();
-            reader.read_to_end(&mut rest)?;
-            Ok(())
-        })();
-        match r {
-            Ok(()) => {
-                self.tcp_ok.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => self.fail(format!("{e} ({:?})", e.kind())),
-        }
-    }
-}
-
-fn start_load(lab: &Lab, load: &Arc<Load>) -> Vec<std::thread::JoinHandle<()>> {
-    let mut threads = Vec::new();
-    let vip: SocketAddr = VIP.parse().unwrap_or_else(|e| panic!("{e}"));
-    // Two connecting threads, paced to well over 200 new connections per second in all.
-    for _ in 0..2 {
-        let (l, ns) = (Arc::clone(load), lab.client.clone());
-        threads.push(std::thread::spawn(move || {
-            in_netns(&ns, || {
-                while !l.stop.load(Ordering::Relaxed) {
-                    l.one_connection(vip);
-                    std::thread::sleep(Duration::from_millis(3));
-                }
-            })
-        }));
-    }
-    let (l, ns) = (Arc::clone(load), lab.client.clone());
-    threads.push(std::thread::spawn(move || {
-        in_netns(&ns, || {
-            let sock = UdpSocket::bind("0.0.0.0:0").unwrap_or_else(|e| panic!("{e}"));
-            sock.connect(UDP_VIP).unwrap_or_else(|e| panic!("{e}"));
-            sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap_or_else(|e| panic!("{e}"));
-            let mut buf = [0u8; 512];
-            let mut n = 0u64;
-            while !l.stop.load(Ordering::Relaxed) {
-                n += 1;
-                let msg = format!("q{n}");
-                if sock.send(msg.as_bytes()).is_err() {
-                    l.udp_sent.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                l.udp_sent.fetch_add(1, Ordering::Relaxed);
-                // Replies to earlier (late) requests are skipped; this one's answer counts.
-                let deadline = Instant::now() + Duration::from_millis(300);
-                while Instant::now() < deadline {
-                    match sock.recv(&mut buf) {
-                        Ok(k) if String::from_utf8_lossy(&buf[..k]).ends_with(&format!(" {msg}")) => {
-                            l.udp_answered.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                        Ok(_) => continue,
-                        Err(_) => break,
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    }));
-    let (l, node) = (Arc::clone(load), lab.node.clone());
-    threads.push(std::thread::spawn(move || {
-        while !l.stop.load(Ordering::Relaxed) {
-            let present = Command::new("ip").args(["netns", "exec", &node, "nft", "list", "table", "inet", "tpvs"]).output().is_ok_and(|o| o.status.success());
-            l.nft_checks.fetch_add(1, Ordering::Relaxed);
-            if !present {
-                l.nft_absent.fetch_add(1, Ordering::Relaxed);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }));
-    threads
-}
-
-/// A UDP backend answering `"be0 <payload>"`, until the returned flag is set.
-fn udp_echo(lab: &Lab) -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let sock = in_netns(&lab.backends[0], || UdpSocket::bind(UDP_BACKEND)).unwrap_or_else(|e| panic!("{e}"));
-    sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap_or_else(|e| panic!("{e}"));
-    let st = Arc::clone(&stop);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while !st.load(Ordering::Relaxed) {
-            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(format!("be0 {}", String::from_utf8_lossy(&buf[..n])).as_bytes(), peer);
-            }
-        }
-    });
-    stop
-}
-
-/// Waits (bounded) for a predecessor to exit by itself; its exit status, or None.
-fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return Some(s),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
 /// How many of `pid`'s descriptors refer to one of the sockets `inodes` names.
@@ -205,7 +62,7 @@ fn listener_inodes(node: &str, pid: u32) -> Vec<String> {
 #[test]
 fn a_successor_takes_over_under_load_losing_nothing_again_and_again() {
     let Some(mut lab) = lab(1, &[0]) else { return };
-    let echo_stop = udp_echo(&lab);
+    let echo_stop = udp_echo(&lab.backends[0], UDP_BACKEND, "be0");
     lab.write_manifests(&services());
     lab.start_tpvs(&[]);
     lab.wait_serving(VIP);
@@ -214,7 +71,7 @@ fn a_successor_takes_over_under_load_losing_nothing_again_and_again() {
     assert_eq!(first_listeners.len(), 8, "two workers, TCP and UDP, v4 and v6: {first_listeners:?}");
 
     let load = Arc::new(Load::default());
-    let threads = start_load(&lab, &load);
+    let threads = start_load(&lab, &load, VIP, UDP_VIP);
     std::thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
     let ok_before = load.tcp_ok.load(Ordering::Relaxed);
@@ -237,16 +94,13 @@ fn a_successor_takes_over_under_load_losing_nothing_again_and_again() {
         assert_eq!(listener_inodes(&lab.node, new_pid), first_listeners, "round {round}: the successor must hold the very same listening sockets");
         // Let the successor serve under load for a while before the next takeover.
         std::thread::sleep(Duration::from_millis(1500));
-        fds.push(fd_count(new_pid));
+        fds.push(lab.footprint().0);
         // Each worker's descriptor plus the copy kept for the next hand-over: never more.
         let held = descriptors_of(new_pid, &first_listeners);
         assert_eq!(held, 2 * first_listeners.len(), "round {round}: descriptors of the handed-over listeners");
     }
     let elapsed = started.elapsed();
-    load.stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
-    }
+    load.finish(threads);
     echo_stop.store(true, Ordering::Relaxed);
 
     let ok = load.tcp_ok.load(Ordering::Relaxed) - ok_before;
@@ -261,7 +115,7 @@ fn a_successor_takes_over_under_load_losing_nothing_again_and_again() {
         failed,
         0,
         "new connections failed across the takeovers: first {:?}\n{}",
-        load.first_failure.lock().ok().and_then(|f| f.clone()),
+        load.first_failure(),
         lab.tpvs_log()
     );
     assert!(rate >= 200.0, "the client opened only {rate:.0} connections/s");
@@ -356,30 +210,31 @@ fn bad_hand_over_messages_and_a_vanished_successor_leave_the_first_serving() {
 }
 
 #[test]
-fn the_predecessor_relays_its_open_connections_until_the_grace_runs_out() {
+fn open_connections_move_to_the_successor_and_outlive_the_grace() {
     let Some(mut lab) = lab(1, &[0]) else { return };
     lab.write_manifests(&services());
     lab.start_tpvs(&["--shutdown-grace", "2s"]);
     lab.wait_serving(VIP);
-    // Open before the takeover: the predecessor relays it (connections are not handed over
-    // yet) until it ends or the grace runs out.
+    // Open before the takeover: they pass to the successor with the listeners, so the
+    // predecessor has nothing left to drain and exits at once, not at the grace.
     let mut long = lab.open(VIP).unwrap_or_else(|e| panic!("{e}"));
     let mut short = lab.open(VIP).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(long.echo("before").unwrap_or_else(|e| panic!("{e}")), "before");
     let t0 = Instant::now();
     let mut old = lab.start_successor(&[]).unwrap_or_else(|| panic!("no running instance"));
-    let log_has = |needle: &str| lab.wait_for(Duration::from_secs(5), || lab.tpvs_log_of(0).contains(needle).then_some(())).is_some();
-    assert!(log_has("handed the listeners and the rules over to a successor"), "{}", lab.tpvs_log_of(0));
-    // Both still relayed by the predecessor; one ends on its own.
-    assert_eq!(long.echo("still there").unwrap_or_else(|e| panic!("{e}")), "still there");
-    assert_eq!(short.echo("bye").unwrap_or_else(|e| panic!("{e}")), "bye");
-    drop(short.finish());
-    // New connections go to the successor meanwhile.
-    lab.hello(VIP).unwrap_or_else(|e| panic!("{e}"));
     let status = wait_exit(&mut old, Duration::from_secs(6));
     let waited = t0.elapsed();
     assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", lab.tpvs_log_of(0));
-    assert!(waited >= Duration::from_millis(1800) && waited < Duration::from_secs(5), "the predecessor exited after {waited:?}, not at the 2 s grace");
     let log = lab.tpvs_log_of(0);
-    assert!(log.contains("connections_cut=1"), "one connection was still open at the end of the grace: {log}");
-    assert!(long.echo("gone?").is_err(), "a connection older than the grace ends with its relay (not handed over yet)");
+    assert!(log.contains("connections_passed=2") && log.contains("connections_cut=0"), "both connections were handed over: {log}");
+    assert!(waited < Duration::from_millis(1800), "the predecessor waited {waited:?}: it had nothing to drain");
+    // The successor says so once it owns the name (right after the predecessor let go).
+    let adopted = lab.wait_for(Duration::from_secs(5), || lab.tpvs_log().contains("connections_adopted=2").then_some(()));
+    assert!(adopted.is_some(), "{}", lab.tpvs_log());
+    // Both relayed by the successor now, past the predecessor's grace.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(long.echo("still there").unwrap_or_else(|e| panic!("{e}\n{}", lab.tpvs_log())), "still there");
+    assert_eq!(short.echo("bye").unwrap_or_else(|e| panic!("{e}")), "bye");
+    assert!(short.finish().is_ok_and(|rest| rest.is_empty()), "a moved connection half-closes cleanly");
+    lab.hello(VIP).unwrap_or_else(|e| panic!("{e}"));
 }

@@ -12,19 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lab::dns::{dig_in, dnsmasq};
-use lab::{Lab, Svc, lab, manifests, sh};
+use lab::{Svc, lab, manifests, sh};
 
 const WEB: &str = "10.96.0.10:80";
 const DNS_VIP: &str = "10.96.0.53";
-
-/// Open fds and RSS (KiB) of the daemon.
-fn footprint(lab: &Lab) -> (usize, u64) {
-    let pid = lab.tpvs_pid().unwrap_or_else(|| panic!("tpvs is not running"));
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
-    (fds, rss)
-}
 
 fn services(with_be2: bool, with_extra: bool) -> String {
     let mut web = Svc::new("web", "10.96.0.10").endpoint("10.1.0.2", "node1").endpoint("10.1.1.2", "node1");
@@ -62,7 +53,7 @@ fn load_churn_and_failures_leave_nothing_behind() {
         let _ = lab.hello(WEB);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let (fds_start, rss_start) = footprint(&lab);
+    let (fds_start, rss_start) = lab.footprint();
 
     let stop = Arc::new(AtomicBool::new(false));
     let (tcp_ok, tcp_failed, udp_ok, udp_failed) =
@@ -114,7 +105,7 @@ fn load_churn_and_failures_leave_nothing_behind() {
     lab.write_manifests(&services(true, false));
     // Let the last connections close and the flows of the final queries expire.
     std::thread::sleep(Duration::from_secs(3));
-    let (fds_end, rss_end) = footprint(&lab);
+    let (fds_end, rss_end) = lab.footprint();
     let (tok, tfail, uok, ufail) =
         (tcp_ok.load(Ordering::Relaxed), tcp_failed.load(Ordering::Relaxed), udp_ok.load(Ordering::Relaxed), udp_failed.load(Ordering::Relaxed));
     eprintln!(

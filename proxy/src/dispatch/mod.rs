@@ -122,6 +122,22 @@ impl Dispatcher {
         }
     }
 
+    /// A lease on `backend` for a connection or flow connected elsewhere (handed over by a
+    /// predecessor): active from now on, with no pick, no affinity record and no latency
+    /// sample. The bool says whether the frontend `dst` names still has that backend; when not,
+    /// the lease holds stats of its own (the connection is relayed to its end all the same,
+    /// and no scheduler counts it).
+    pub fn adopt(&self, dst: OrigDstAddr, proto: Protocol, backend: BackendAddr) -> (Lease, bool) {
+        // The frontend's own set, or the short-circuit set a local client was served from.
+        let known = self.frontend(dst, proto).and_then(|fe| {
+            let sets = std::iter::once(&fe.scheduler).chain(fe.local_origin.as_ref().map(|lo| &lo.scheduler));
+            sets.flat_map(|s| s.backends().iter()).find(|b| b.addr == backend).map(|b| Arc::clone(&b.stats))
+        });
+        let found = known.is_some();
+        let stats = known.unwrap_or_default();
+        (Lease { backend, guard: stats.open(), metrics: self.metrics.get(backend) }, found)
+    }
+
     /// The backends to try for one new connection or flow from `client` to `dst` on `fe`, at
     /// most `max_attempts` of them.
     pub fn choose<'a>(&'a self, fe: &'a Frontend, client: ClientAddr, dst: OrigDstAddr, max_attempts: usize) -> Choice<'a> {

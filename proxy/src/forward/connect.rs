@@ -17,15 +17,25 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::Shared;
-use super::relay::{Ended, relay};
+use super::detach::Relays;
+use super::relay::{Ended, Resume, relay};
 use super::splice::PipePool;
 use crate::dispatch::Lease;
 use crate::dispatch::telemetry::ConnectFailure;
+use crate::handover::{DetachedPair, PairRecord};
 use crate::sockopt::{self, reset_on_close};
 
 /// Connects upstream (with retry), then relays until both sides are done. The client is reset
 /// when no backend can be reached.
-pub async fn forward_to(fe: Arc<Frontend>, client: TcpStream, client_addr: ClientAddr, orig: OrigDstAddr, shared: &Shared, pool: &PipePool) {
+pub async fn forward_to(
+    fe: Arc<Frontend>,
+    client: TcpStream,
+    client_addr: ClientAddr,
+    orig: OrigDstAddr,
+    shared: &Shared,
+    pool: &PipePool,
+    relays: &Relays,
+) {
     let connected = connect(&fe, client_addr, orig, shared).await;
     drop(fe);
     let Some((upstream, lease)) = connected else {
@@ -33,7 +43,14 @@ pub async fn forward_to(fe: Arc<Frontend>, client: TcpStream, client_addr: Clien
         reset_on_close(&client);
         return;
     };
-    let ended = relay(client, upstream, &lease, pool, shared.config.mode, shared.config.idle_timeout).await;
+    let ended = relay(client, upstream, &lease, pool, shared.config.mode, shared.config.idle_timeout, relays.pause(), Resume::default()).await;
+    finish(ended, client_addr, orig, &lease, shared, relays);
+    // `lease` drops here: the backend's active count goes down exactly when the connection is
+    // over here (ended, or handed over).
+}
+
+/// Counts and logs how a relay ended; a paused one is left with the worker's hand-over.
+pub(super) fn finish(ended: Ended, client_addr: ClientAddr, orig: OrigDstAddr, lease: &Lease, shared: &Shared, relays: &Relays) {
     match ended {
         Ended::Closed => {}
         Ended::Idle => {
@@ -41,9 +58,24 @@ pub async fn forward_to(fe: Arc<Frontend>, client: TcpStream, client_addr: Clien
             debug!(client = %client_addr, backend = %lease.backend(), "idle timeout");
         }
         Ended::Failed(e) => debug!(client = %client_addr, backend = %lease.backend(), error = %e, "connection reset"),
+        Ended::Paused(s) => {
+            let record = PairRecord {
+                client: client_addr.0,
+                frontend: orig.0,
+                backend: lease.backend().0,
+                // Filled in from the bytes themselves when sent.
+                pending_to_backend: 0,
+                pending_to_client: 0,
+                client_closed: s.client_closed,
+                backend_closed: s.backend_closed,
+                bytes_to_backend: s.bytes_to_backend,
+                bytes_from_backend: s.bytes_from_backend,
+                age_ms: u64::try_from(s.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            };
+            let s = *s;
+            relays.put(DetachedPair { client: s.client.into(), upstream: s.upstream.into(), to_backend: s.to_backend, to_client: s.to_client, record });
+        }
     }
-    // `lease` drops here: the backend's active count goes down exactly when the connection is
-    // over.
 }
 
 /// Tries the dispatcher's candidates in turn; the first that connects wins.

@@ -9,6 +9,8 @@
 //! - [`relay`]: both directions in one future, with half-close, idle timeout and byte
 //!   counting; small messages copied through a per-worker buffer, bulk spliced.
 //! - [`splice`]: zero-copy socket-to-socket transfer through pooled pipes.
+//! - [`detach`]: a worker's live connections, paused and taken out for a hand-over, and
+//!   connections adopted from another instance.
 //! - [`plain`]: the same path behind an ordinary listener with one fixed frontend (no
 //!   interception), for load tests.
 //!
@@ -31,6 +33,7 @@
 
 mod accept;
 pub mod connect;
+pub mod detach;
 pub mod plain;
 pub mod relay;
 pub mod splice;
@@ -83,6 +86,10 @@ pub struct ForwardStats {
     /// Reset because `max_connections` were open.
     pub over_limit: AtomicU64,
     pub idle_closed: AtomicU64,
+    /// Connections adopted from a predecessor (or taken back from a failed successor).
+    pub adopted: AtomicU64,
+    /// Of those, connections whose backend is not in this instance's table (relayed anyway).
+    pub adopted_without_backend: AtomicU64,
 }
 
 /// State shared by all workers.
@@ -115,4 +122,4 @@ impl Shared {
 }
 
 pub use plain::{PlainServer, serve_plain};
-pub use worker::{Workers, bind_listeners, start};
+pub use worker::{Control, Workers, bind_listeners, start};

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::connect::forward_to;
+use super::detach::Relays;
 use super::splice::PipePool;
 use super::accept::{PIPE_POOL, accept_admitted};
 use super::{ForwardConfig, Shared};
@@ -109,8 +110,10 @@ fn run_plain_worker(
         super::accept::spare::reserve();
         ready.ok(());
         let pool = Rc::new(PipePool::new(PIPE_POOL, Arc::clone(&shared.pipes)));
+        // Never paused: the plain mode has no hand-over.
+        let relays = Relays::new();
         tokio::select! {
-            () = accept_plain(&listener, &fe, &shared, &pool) => {}
+            () = accept_plain(&listener, &fe, &shared, &pool, &relays) => {}
             // Err: the sender is gone, which is the stop signal.
             _ = stopped.changed() => {}
         }
@@ -118,14 +121,14 @@ fn run_plain_worker(
     // Dropping the LocalSet dropped every connection task, closing their sockets.
 }
 
-async fn accept_plain(listener: &TcpListener, fe: &Arc<Frontend>, shared: &Arc<Shared>, pool: &Rc<PipePool>) {
+async fn accept_plain(listener: &TcpListener, fe: &Arc<Frontend>, shared: &Arc<Shared>, pool: &Rc<PipePool>, relays: &Rc<Relays>) {
     loop {
         let (stream, peer, slot) = accept_admitted(listener, shared).await;
         let Ok(orig) = stream.local_addr().map(|a| OrigDstAddr(canonical(a))) else { continue };
-        let (fe, shared, pool) = (Arc::clone(fe), Arc::clone(shared), Rc::clone(pool));
+        let (fe, shared, pool, relays) = (Arc::clone(fe), Arc::clone(shared), Rc::clone(pool), Rc::clone(relays));
         tokio::task::spawn_local(async move {
             let _slot = slot;
-            forward_to(fe, stream, ClientAddr(canonical(peer)), orig, &shared, &pool).await;
+            forward_to(fe, stream, ClientAddr(canonical(peer)), orig, &shared, &pool, &relays).await;
         });
     }
 }

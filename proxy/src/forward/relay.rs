@@ -20,6 +20,16 @@
 //! A read that fills the scratch buffer means the direction carries bulk: it then borrows a
 //! pipe from the worker's pool and splices, zero-copy, until a fill comes back small again
 //! (the bulk is over), when the pipe goes back to the pool.
+//!
+//! # Pausing for a hand-over
+//!
+//! When the worker's [`Pause`] is set, the relay stops at its next poll, before moving
+//! another byte: between two reads, never inside one. What it read and has not written yet
+//! is at most one spill (copying) or one pipe's content (splicing), read out of the pipe;
+//! it comes back in [`Suspended`] with the two sockets and whether each direction has
+//! already passed its end of stream on. Everything else is in the kernel's socket buffers,
+//! which move with the sockets. A relay started from [`Resume`] writes the pending bytes
+//! first, then relays as any other.
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
@@ -32,6 +42,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::detach::Pause;
 use super::splice::{CHUNK, Pipe, PipePool};
 use crate::dispatch::Lease;
 use crate::sockopt::{enable_keepalive, reset_on_close};
@@ -56,6 +67,48 @@ pub enum Ended {
     Failed(io::Error),
     /// No byte moved for the idle timeout; both sides were reset.
     Idle,
+    /// Stopped for a hand-over: the connection goes on elsewhere.
+    Paused(Box<Suspended>),
+}
+
+/// A connection stopped at a safe point (see "Pausing for a hand-over" above).
+#[derive(Debug)]
+pub struct Suspended {
+    pub client: std::net::TcpStream,
+    pub upstream: std::net::TcpStream,
+    /// Read from the client, not yet written to the backend.
+    pub to_backend: Vec<u8>,
+    /// Read from the backend, not yet written to the client.
+    pub to_client: Vec<u8>,
+    /// The client's end of stream was passed on to the backend.
+    pub client_closed: bool,
+    /// The backend's end of stream was passed on to the client.
+    pub backend_closed: bool,
+    /// When the connection began (in whichever instance accepted it).
+    pub started: Instant,
+    /// Bytes relayed over the connection's whole life, each way.
+    pub bytes_to_backend: u64,
+    pub bytes_from_backend: u64,
+}
+
+/// Where a relay starts: a new connection (the default), or one handed over mid-way.
+#[derive(Debug, Default)]
+pub struct Resume {
+    pub to_backend: Vec<u8>,
+    pub to_client: Vec<u8>,
+    pub client_closed: bool,
+    pub backend_closed: bool,
+    /// How long ago the connection began.
+    pub age: Duration,
+    /// Bytes relayed before, each way.
+    pub bytes_to_backend: u64,
+    pub bytes_from_backend: u64,
+}
+
+/// How the poll loop ended, before the sockets are given back or closed.
+enum Outcome {
+    Ended(Ended),
+    Paused,
 }
 
 /// The worker's scratch buffer. A read that fills it marks the direction as bulk.
@@ -74,6 +127,7 @@ thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn relay(
     mut client: TcpStream,
     mut upstream: TcpStream,
@@ -81,12 +135,19 @@ pub async fn relay(
     pool: &PipePool,
     mode: RelayMode,
     idle: Option<Duration>,
+    pause: &Pause,
+    resume: Resume,
 ) -> Ended {
     let splice = mode == RelayMode::Splice;
-    let mut up = Half::default();
-    let mut down = Half::default();
-    let started = Instant::now();
-    let mut last = started;
+    let mut up = Half { spill: resume.to_backend, done: resume.client_closed, ..Half::default() };
+    let mut down = Half { spill: resume.to_client, done: resume.backend_closed, ..Half::default() };
+    let now = Instant::now();
+    let started = now.checked_sub(resume.age).unwrap_or(now);
+    let mut last = now;
+    // Registered once (the task's waker stays the same); afterwards only the flag is read.
+    let mut paused = pin!(pause.notified());
+    let mut pause_armed = false;
+    let mut totals = (resume.bytes_to_backend, resume.bytes_from_backend);
     let mut keepalive_armed = false;
     let first = idle.map_or(KEEPALIVE_AFTER, |d| d.min(KEEPALIVE_AFTER));
     let mut timer = pin!(tokio::time::sleep(first));
@@ -97,7 +158,14 @@ pub async fn relay(
     // connections but stalls on requests; the first byte back does not.
     let mut turn_started: Option<Instant> = None;
 
-    let ended = poll_fn(|cx| {
+    let outcome = poll_fn(|cx| {
+        if !pause_armed {
+            pause_armed = true;
+            let _ = paused.as_mut().poll(cx);
+        }
+        if pause.is_set() {
+            return Poll::Ready(Outcome::Paused);
+        }
         let (mut to_backend, mut from_backend) = (0u64, 0u64);
         let mut failed = None;
         if !up.done {
@@ -116,16 +184,17 @@ pub async fn relay(
         }
         if to_backend + from_backend > 0 {
             lease.add_bytes(to_backend, from_backend);
+            totals = (totals.0 + to_backend, totals.1 + from_backend);
             observe_turn(lease, &mut turn_started, to_backend, from_backend);
             if idle.is_some() {
                 last = Instant::now();
             }
         }
         if let Some(e) = failed {
-            return Poll::Ready(Ended::Failed(e));
+            return Poll::Ready(Outcome::Ended(Ended::Failed(e)));
         }
         if up.done && down.done {
-            return Poll::Ready(Ended::Closed);
+            return Poll::Ready(Outcome::Ended(Ended::Closed));
         }
         while timer_on && timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
@@ -136,7 +205,7 @@ pub async fn relay(
             }
             let idle_at = idle.map(|d| last + d);
             if idle_at.is_some_and(|at| now >= at) {
-                return Poll::Ready(Ended::Idle);
+                return Poll::Ready(Outcome::Ended(Ended::Idle));
             }
             let keepalive_at = (!keepalive_armed).then(|| started + KEEPALIVE_AFTER);
             match idle_at.into_iter().chain(keepalive_at).min() {
@@ -148,17 +217,72 @@ pub async fn relay(
     })
     .await;
 
+    let ended = match outcome {
+        Outcome::Ended(e) => e,
+        Outcome::Paused => match suspend(client, upstream, &mut up, &mut down, (started, totals)) {
+            Ok(s) => {
+                give_back_pipes(pool, up, down);
+                return Ended::Paused(Box::new(s));
+            }
+            Err((e, Some((c, u)))) => {
+                client = c;
+                upstream = u;
+                Ended::Failed(e)
+            }
+            Err((e, None)) => return Ended::Failed(e),
+        },
+    };
     if !matches!(ended, Ended::Closed) {
         reset_on_close(&client);
         reset_on_close(&upstream);
     }
-    // Only a pipe every byte was spliced out of may be reused; after a failure it may hold some.
+    give_back_pipes(pool, up, down);
+    ended
+}
+
+/// Only a pipe every byte was spliced out of may be reused; after a failure it may hold some.
+fn give_back_pipes(pool: &PipePool, up: Half, down: Half) {
     for half in [up, down] {
         if let (Some(pipe), 0) = (half.pipe, half.in_pipe) {
             pool.give(pipe);
         }
     }
-    ended
+}
+
+/// Gives back the sockets (off the reactor) with the bytes in flight (see [`Suspended`]).
+/// The bytes are taken out first: when that fails, nothing is consumed and the relay fails.
+fn suspend(
+    client: TcpStream,
+    upstream: TcpStream,
+    up: &mut Half,
+    down: &mut Half,
+    (started, (bytes_to_backend, bytes_from_backend)): (Instant, (u64, u64)),
+) -> Result<Suspended, (io::Error, Option<(TcpStream, TcpStream)>)> {
+    let pending = up.take_pending().and_then(|a| Ok((a, down.take_pending()?)));
+    let (to_backend, to_client) = match pending {
+        Ok(p) => p,
+        Err(e) => return Err((e, Some((client, upstream)))),
+    };
+    // `into_std` fails only when the runtime is shutting down, with the sockets lost anyway.
+    let gone = |e: io::Error| io::Error::new(e.kind(), format!("taking a socket off the reactor: {e}"));
+    let client = client.into_std();
+    let upstream = upstream.into_std();
+    match (client, upstream) {
+        (Ok(client), Ok(upstream)) => {
+            Ok(Suspended {
+            client,
+            upstream,
+            to_backend,
+            to_client,
+            client_closed: up.done,
+            backend_closed: down.done,
+            started,
+            bytes_to_backend,
+            bytes_from_backend,
+        })
+        }
+        (Err(e), _) | (_, Err(e)) => Err((gone(e), None)),
+    }
 }
 
 /// Request/response turn accounting for the latency estimate (see `turn_started` in `relay`).
@@ -200,6 +324,21 @@ enum Step {
 }
 
 impl Half {
+    /// The bytes read and not yet written: the unwritten spill, or what sits in the pipe
+    /// (read out of it, which leaves the pipe empty for the pool).
+    fn take_pending(&mut self) -> io::Result<Vec<u8>> {
+        let mut out = self.spill.split_off(self.spill_sent.min(self.spill.len()));
+        self.spill = Vec::new();
+        self.spill_sent = 0;
+        if let Some(pipe) = &self.pipe
+            && self.in_pipe > 0
+        {
+            out.extend_from_slice(&pipe.read_out(self.in_pipe)?);
+            self.in_pipe = 0;
+        }
+        Ok(out)
+    }
+
     /// Moves bytes until the source has nothing more or the destination is full; `Ready(Ok)`
     /// once the source's end of stream was passed on. `other_done`: the opposite direction has
     /// ended, so the connection closes right after this one and the FIN goes with the close.
@@ -365,7 +504,8 @@ mod tests {
         let (mut client, accepted, upstream, mut backend) = pairs().await;
         let (lease, _stats) = Lease::detached();
         let pool = PipePool::new(4, crate::slots::SlotPool::new(8));
-        let proxy = relay(accepted, upstream, &lease, &pool, mode, Some(Duration::from_secs(30)));
+        let pause = Pause::default();
+        let proxy = relay(accepted, upstream, &lease, &pool, mode, Some(Duration::from_secs(30)), &pause, Resume::default());
         let request = pattern(3 << 20, 1);
         let response = pattern(2 << 20, 7);
         let peers = async {
@@ -417,12 +557,67 @@ mod tests {
         relay_both(RelayMode::Copy).await;
     }
 
+    /// A relay paused while the backend is not reading holds bytes in flight (the pipe when
+    /// splicing, the spill when copying); a relay resumed from what it gave back delivers the
+    /// whole transfer byte-exact, half-close included.
+    async fn pause_mid_transfer_and_resume(mode: RelayMode) {
+        let (mut client, accepted, upstream, mut backend) = pairs().await;
+        let (lease, _stats) = Lease::detached();
+        let pool = PipePool::new(4, crate::slots::SlotPool::new(8));
+        let data = pattern(8 << 20, 5);
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let pause = Pause::default();
+        let mut got = vec![0u8; 1 << 20];
+        let (ended, ()) = tokio::join!(relay(accepted, upstream, &lease, &pool, mode, None, &pause, Resume::default()), async {
+            backend.read_exact(&mut got).await.unwrap();
+            // Stop reading: the relay fills the backend's buffers and holds the next chunk.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            pause.set(true);
+        });
+        let Ended::Paused(s) = ended else { panic!("not paused: {ended:?}") };
+        assert!(!s.to_backend.is_empty(), "a relay blocked on a full destination holds bytes in flight");
+        assert!(s.to_backend.len() <= crate::handover::MAX_PENDING as usize);
+        assert!(!s.client_closed && !s.backend_closed);
+        pause.set(false);
+        let (c, u) = (TcpStream::from_std(s.client).unwrap(), TcpStream::from_std(s.upstream).unwrap());
+        let resume = Resume { to_backend: s.to_backend, to_client: s.to_client, bytes_to_backend: s.bytes_to_backend, ..Resume::default() };
+        let (ended, rest) = tokio::join!(relay(c, u, &lease, &pool, mode, None, &pause, resume), async {
+            let mut rest = Vec::new();
+            backend.read_to_end(&mut rest).await.unwrap();
+            backend.shutdown().await.unwrap();
+            rest
+        });
+        let mut client = writer.await.unwrap();
+        let mut tail = Vec::new();
+        client.read_to_end(&mut tail).await.unwrap();
+        assert!(matches!(ended, Ended::Closed), "{ended:?}");
+        got.extend_from_slice(&rest);
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "the transfer crossed the pause byte-exact");
+    }
+
+    #[tokio::test]
+    async fn a_splicing_relay_paused_mid_transfer_resumes_byte_exact() {
+        pause_mid_transfer_and_resume(RelayMode::Splice).await;
+    }
+
+    #[tokio::test]
+    async fn a_copying_relay_paused_mid_transfer_resumes_byte_exact() {
+        pause_mid_transfer_and_resume(RelayMode::Copy).await;
+    }
+
     #[tokio::test]
     async fn idle_connection_is_reset() {
         let (_client, accepted, upstream, _backend) = pairs().await;
         let (lease, _stats) = Lease::detached();
         let pool = PipePool::new(4, crate::slots::SlotPool::new(8));
-        let ended = relay(accepted, upstream, &lease, &pool, RelayMode::Splice, Some(Duration::from_millis(100))).await;
+        let pause = Pause::default();
+        let ended = relay(accepted, upstream, &lease, &pool, RelayMode::Splice, Some(Duration::from_millis(100)), &pause, Resume::default()).await;
         assert!(matches!(ended, Ended::Idle), "{ended:?}");
     }
 

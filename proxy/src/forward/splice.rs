@@ -47,6 +47,27 @@ impl Pipe {
         splice(from, self.write.as_raw_fd(), len)
     }
 
+    /// Reads exactly `len` bytes the pipe holds (a relay paused for a hand-over).
+    pub fn read_out(&self, len: usize) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; len];
+        let mut at = 0;
+        while at < len {
+            // SAFETY: a valid pipe fd and a live buffer of `len - at` writable bytes from `at`.
+            let n = unsafe { libc::read(self.read.as_raw_fd(), out[at..].as_mut_ptr().cast(), len - at) };
+            match n {
+                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the pipe held fewer bytes than counted")),
+                n if n > 0 => at += n as usize,
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Moves up to `len` bytes from the pipe into the socket `to`.
     pub fn drain(&self, to: RawFd, len: usize) -> io::Result<usize> {
         splice(self.read.as_raw_fd(), to, len)

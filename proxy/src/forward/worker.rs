@@ -16,9 +16,11 @@ use tracing::{debug, warn};
 use super::Shared;
 use super::accept::{PIPE_POOL, accept_admitted, spare};
 use super::connect::forward_to;
+use super::detach::{Command, Relays, serve_commands};
 use super::splice::PipePool;
 use crate::addrs::{ClientAddr, OrigDstAddr, canonical, wildcard_listen_addrs};
-use crate::listeners::{Gate, Pair, Release};
+use crate::handover::DetachedPair;
+use crate::listeners::{Gate, Pair, Release, Serve};
 use crate::slots::Slot;
 use crate::sockopt::{self, reset_on_close};
 use crate::workers::{self, Ready, StartError};
@@ -29,6 +31,52 @@ pub struct Workers {
     pub threads: Vec<JoinHandle<()>>,
     /// Whether the IPv6 listeners are up (IPv6 may be disabled in the namespace).
     pub ipv6: bool,
+    pub control: Control,
+}
+
+/// Reaches every worker's established connections from another thread (a hand-over).
+#[derive(Debug, Clone)]
+pub struct Control {
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<Command>>,
+}
+
+impl Control {
+    /// Pauses every worker's connections at a safe point and takes them out. Blocks (not on a
+    /// runtime thread) until each worker answered or `within` passed; a worker that did not
+    /// answer in time keeps relaying what it has.
+    pub fn detach(&self, within: std::time::Duration) -> Vec<DetachedPair> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let asked = self.workers.iter().filter(|w| w.send(Command::Detach(tx.clone())).is_ok()).count();
+        drop(tx);
+        let deadline = std::time::Instant::now() + within;
+        let mut out = Vec::new();
+        for _ in 0..asked {
+            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Ok(pairs) => out.extend(pairs),
+                Err(_) => {
+                    warn!("a worker did not detach its connections in time; it keeps relaying them");
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Relays `pairs` here, spread over the workers.
+    pub fn adopt(&self, pairs: Vec<DetachedPair>) {
+        let n = self.workers.len().max(1);
+        let mut shares: Vec<Vec<DetachedPair>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, p) in pairs.into_iter().enumerate() {
+            if let Some(share) = shares.get_mut(i % n) {
+                share.push(p);
+            }
+        }
+        for (w, share) in self.workers.iter().zip(shares) {
+            if !share.is_empty() && w.send(Command::Adopt(share)).is_err() {
+                warn!("a worker is gone; connections given to it are closed");
+            }
+        }
+    }
 }
 
 /// Binds every worker's transparent listeners (`[v4, v6]`; no v6 in a namespace without it).
@@ -60,17 +108,22 @@ pub fn bind_listeners(port: u16, backlog: i32, workers: usize) -> Result<Vec<Pai
 pub fn start(shared: Arc<Shared>, listeners: Vec<Pair>, gate: Gate, release: Release) -> Result<Workers, StartError> {
     let ipv6 = listeners.iter().all(|[_, v6]| v6.is_some());
     let mut listeners = listeners.into_iter();
+    let mut control = Control { workers: Vec::new() };
     let spawned = workers::spawn("tpvs-worker", shared.config.workers, |index| {
         let shared = Arc::clone(&shared);
         let pair = listeners.next().ok_or(StartError::Vanished(index))?;
         let (gate, release) = (gate.clone(), release.clone());
-        Ok(move |ready: Ready<()>| run_worker(index, shared, pair, gate, release, ready))
+        let (tx, commands) = tokio::sync::mpsc::unbounded_channel();
+        control.workers.push(tx);
+        Ok(move |ready: Ready<()>| run_worker(index, shared, pair, (gate, release, commands), ready))
     })?;
     drop(spawned.reports);
-    Ok(Workers { threads: spawned.threads, ipv6 })
+    Ok(Workers { threads: spawned.threads, ipv6, control })
 }
 
-fn run_worker(index: usize, shared: Arc<Shared>, pair: Pair, gate: Gate, release: Release, ready: Ready<()>) {
+type Switches = (Gate, Release, tokio::sync::mpsc::UnboundedReceiver<Command>);
+
+fn run_worker(index: usize, shared: Arc<Shared>, pair: Pair, (gate, release, commands): Switches, ready: Ready<()>) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(source) => {
@@ -93,17 +146,21 @@ fn run_worker(index: usize, shared: Arc<Shared>, pair: Pair, gate: Gate, release
             }
         }
         spare::reserve();
+        let relays = Relays::new();
+        // Commands are served from the start: a successor adopts its predecessor's
+        // connections before its gate opens.
+        tokio::task::spawn_local(serve_commands(commands, Rc::clone(&relays), Arc::clone(&shared), Rc::clone(&pool)));
         ready.ok(());
-        // Blocks this worker's thread only: nothing else runs on it before it serves.
-        gate.wait();
+        gate.opened().await;
         debug!(worker = index, "listening");
         let mut tasks = Vec::new();
         for l in listeners {
-            tasks.push(tokio::task::spawn_local(accept_loop(l, Arc::clone(&shared), Rc::clone(&pool), stop.clone())));
+            let (shared, pool, relays) = (Arc::clone(&shared), Rc::clone(&pool), Rc::clone(&relays));
+            tasks.push(tokio::task::spawn_local(accept_loop(l, shared, pool, relays, stop.clone())));
         }
         // Released: the accept loops have dropped their listeners; the connections they
         // started keep relaying on this thread until they end.
-        let _ = stop.wait_for(|r| *r).await;
+        let _ = stop.wait_for(|s| *s == Serve::Released).await;
         for t in tasks {
             let _ = t.await;
         }
@@ -112,14 +169,23 @@ fn run_worker(index: usize, shared: Arc<Shared>, pair: Pair, gate: Gate, release
     });
 }
 
-/// Accepts until `stop` fires; then drops the listener (this process's descriptor only).
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, pool: Rc<PipePool>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Accepts while the switch says so, holds the listener while paused, and drops it (this
+/// process's descriptor only) once released.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, pool: Rc<PipePool>, relays: Rc<Relays>, mut stop: tokio::sync::watch::Receiver<Serve>) {
     loop {
-        tokio::select! {
+        let paused = tokio::select! {
             biased;
-            _ = stop.wait_for(|r| *r) => return,
+            _ = stop.wait_for(|s| *s != Serve::Accepting) => true,
             (stream, peer, slot) = accept_admitted(&listener, &shared) => {
-                tokio::task::spawn_local(serve(stream, ClientAddr(canonical(peer)), Arc::clone(&shared), Rc::clone(&pool), slot));
+                let (shared, pool, relays) = (Arc::clone(&shared), Rc::clone(&pool), Rc::clone(&relays));
+                tokio::task::spawn_local(serve(stream, ClientAddr(canonical(peer)), shared, pool, relays, slot));
+                false
+            }
+        };
+        if paused {
+            let state = stop.wait_for(|s| *s != Serve::Paused).await.map(|s| *s);
+            if !matches!(state, Ok(Serve::Accepting)) {
+                return;
             }
         }
     }
@@ -127,7 +193,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, pool: Rc<PipePo
 
 /// A transparent connection: its local address is the destination the client dialled, which
 /// names the frontend.
-async fn serve(client: TcpStream, client_addr: ClientAddr, shared: Arc<Shared>, pool: Rc<PipePool>, _slot: Slot) {
+async fn serve(client: TcpStream, client_addr: ClientAddr, shared: Arc<Shared>, pool: Rc<PipePool>, relays: Rc<Relays>, _slot: Slot) {
+    let _live = relays.enter();
     let Ok(orig) = client.local_addr().map(|a| OrigDstAddr(canonical(a))) else {
         return;
     };
@@ -137,5 +204,5 @@ async fn serve(client: TcpStream, client_addr: ClientAddr, shared: Arc<Shared>, 
         reset_on_close(&client);
         return;
     };
-    forward_to(fe, client, client_addr, orig, &shared, &pool).await;
+    forward_to(fe, client, client_addr, orig, &shared, &pool, &relays).await;
 }

@@ -5,7 +5,8 @@
 //! - [`socket`]: the listener (TPROXY target with `IP_RECVORIGDSTADDR`), the per-frontend
 //!   reply sockets, the per-flow upstream sockets, epoll and the wake-up eventfd.
 //! - [`batch`]: `recvmmsg`/`sendmmsg` over preallocated slots (all of the path's `unsafe`).
-//! - [`worker`]: one thread per core, each a plain epoll loop owning its own flows.
+//! - [`worker`]: one thread per core, each a plain epoll loop owning its own flows (which
+//!   it gives out and takes in at a hand-over).
 //! - [`stats`]: counters (flows, datagrams, drops by reason).
 //!
 //! Why no stale flow: kube-proxy's UDP bugs come from conntrack entries outliving the endpoint
@@ -85,6 +86,7 @@ impl UdpShared {
 pub struct UdpWorkers {
     pub threads: Vec<JoinHandle<()>>,
     wakers: Vec<Arc<socket::Waker>>,
+    mailboxes: Vec<Arc<worker::Mailbox>>,
     /// Whether the IPv6 listeners are up.
     pub ipv6: bool,
 }
@@ -95,6 +97,44 @@ impl UdpWorkers {
     pub fn wake(&self) {
         for w in &self.wakers {
             w.wake();
+        }
+    }
+
+    /// Takes every worker's flows out for a hand-over; blocks until each answered or
+    /// `within` passed (a worker late to answer keeps its flows).
+    pub fn detach(&self, within: std::time::Duration) -> Vec<crate::handover::DetachedFlow> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (m, w) in self.mailboxes.iter().zip(&self.wakers) {
+            m.post(worker::UdpCommand::Detach(tx.clone()));
+            w.wake();
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + within;
+        let mut out = Vec::new();
+        for _ in 0..self.mailboxes.len() {
+            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Ok(flows) => out.extend(flows),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Relays `flows` here, each on the worker of the index it had (the same listener).
+    pub fn adopt(&self, flows: Vec<crate::handover::DetachedFlow>) {
+        let n = self.mailboxes.len().max(1);
+        let mut shares: Vec<Vec<crate::handover::DetachedFlow>> = (0..n).map(|_| Vec::new()).collect();
+        for f in flows {
+            let i = f.record.worker % n;
+            if let Some(share) = shares.get_mut(i) {
+                share.push(f);
+            }
+        }
+        for ((m, w), share) in self.mailboxes.iter().zip(&self.wakers).zip(shares) {
+            if !share.is_empty() {
+                m.post(worker::UdpCommand::Adopt(share));
+                w.wake();
+            }
         }
     }
 

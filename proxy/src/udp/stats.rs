@@ -34,6 +34,8 @@ pub struct UdpStats {
     /// Closed because a table change removed or drained their backend (or changed the
     /// frontend's traffic policy).
     pub flows_evicted: AtomicU64,
+    /// Received from a predecessor in a hand-over (or taken back from a failed successor).
+    pub flows_adopted: AtomicU64,
     pub datagrams_from_clients: AtomicU64,
     pub datagrams_to_backends: AtomicU64,
     pub datagrams_from_backends: AtomicU64,
@@ -48,6 +50,7 @@ pub struct UdpStatsSnapshot {
     pub flows_created: u64,
     pub flows_expired: u64,
     pub flows_evicted: u64,
+    pub flows_adopted: u64,
     pub datagrams_from_clients: u64,
     pub datagrams_to_backends: u64,
     pub datagrams_from_backends: u64,
@@ -79,6 +82,7 @@ impl UdpStats {
             flows_created: g(&self.flows_created),
             flows_expired: g(&self.flows_expired),
             flows_evicted: g(&self.flows_evicted),
+            flows_adopted: g(&self.flows_adopted),
             datagrams_from_clients: g(&self.datagrams_from_clients),
             datagrams_to_backends: g(&self.datagrams_to_backends),
             datagrams_from_backends: g(&self.datagrams_from_backends),
@@ -100,12 +104,13 @@ impl std::fmt::Display for UdpStatsSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "flows active={} created={} expired={} evicted={}; datagrams client→backend {}/{} backend→client {}/{}; \
+            "flows active={} created={} expired={} evicted={} adopted={}; datagrams client→backend {}/{} backend→client {}/{}; \
              drops no_frontend={} no_backend={} max_flows={} source_share={} socket={} backend_refused={} send_to_backend={} send_to_client={} malformed={}",
             self.flows_active,
             self.flows_created,
             self.flows_expired,
             self.flows_evicted,
+            self.flows_adopted,
             self.datagrams_from_clients,
             self.datagrams_to_backends,
             self.datagrams_from_backends,

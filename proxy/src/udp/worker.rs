@@ -10,6 +10,13 @@
 //! 4. backend datagrams: `recvmmsg` from each readable upstream socket into a shared batch,
 //!    then `sendmmsg` them to their clients grouped by reply socket;
 //! 5. now and then, expire idle flows.
+//!
+//! Around a hand-over the worker follows the listeners' switch ([`Serve`]): paused, it stops
+//! watching its listeners (datagrams queue on them); resumed, it watches them again;
+//! released, it closes its copies. Its flows leave through [`UdpCommand::Detach`] (each
+//! upstream socket with its identity and timestamps) and arrive through
+//! [`UdpCommand::Adopt`], on the worker with the same index: the listeners are the same
+//! sockets, so the kernel keeps giving a client's datagrams to the same worker.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -29,7 +36,8 @@ use super::{UdpShared, UdpWorkers};
 use crate::addrs::{ClientAddr, OrigDstAddr, canonical, wildcard_listen_addrs};
 use crate::dispatch::Lease;
 use crate::dispatch::telemetry::ConnectFailure;
-use crate::listeners::{Gate, Pair, Release};
+use crate::handover::{DetachedFlow, FlowRecord};
+use crate::listeners::{Gate, Pair, Release, Serve};
 use crate::slots::{Refused, SharedSlot};
 use crate::workers::{self, Ready, StartError};
 
@@ -57,7 +65,38 @@ struct FlowIo {
     /// Made for a `Local` frontend (spoofed source); a policy change invalidates it.
     local: bool,
     lease: Lease,
-    _slot: SharedSlot<std::net::IpAddr>,
+    /// `None` only for a flow adopted over the cap (it was open already; it is not dropped).
+    _slot: Option<SharedSlot<std::net::IpAddr>>,
+}
+
+/// What a UDP worker is asked from another thread (a hand-over).
+#[derive(Debug)]
+pub enum UdpCommand {
+    /// Take every flow out and send them back.
+    Detach(std::sync::mpsc::Sender<Vec<DetachedFlow>>),
+    /// Relay these flows here.
+    Adopt(Vec<DetachedFlow>),
+}
+
+/// A worker's commands, checked once per wake-up (an atomic load when there are none).
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    any: std::sync::atomic::AtomicBool,
+    commands: std::sync::Mutex<Vec<UdpCommand>>,
+}
+
+impl Mailbox {
+    pub fn post(&self, cmd: UdpCommand) {
+        self.commands.lock().unwrap_or_else(|p| p.into_inner()).push(cmd);
+        self.any.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn take(&self) -> Vec<UdpCommand> {
+        if !self.any.swap(false, std::sync::atomic::Ordering::Acquire) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.commands.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// A backend's datagram waiting in the shared batch for its send to the client.
@@ -95,13 +134,16 @@ pub fn start(shared: Arc<UdpShared>, listeners: Vec<Pair>, gate: Gate, release: 
     let ipv6 = listeners.iter().all(|[_, v6]| v6.is_some());
     let mut listeners = listeners.into_iter();
     let mut wakers = Vec::new();
+    let mut mailboxes = Vec::new();
     let spawned = workers::spawn("tpvs-udp", shared.config.workers, |index| {
         let waker = Arc::new(Waker::new().map_err(|source| StartError::Setup { what: "UDP", worker: index, source })?);
         wakers.push(Arc::clone(&waker));
+        let mailbox = Arc::new(Mailbox::default());
+        mailboxes.push(Arc::clone(&mailbox));
         let shared = Arc::clone(&shared);
         let pair = listeners.next().ok_or(StartError::Vanished(index))?;
         let (gate, release) = (gate.clone(), release.clone());
-        Ok(move |ready: Ready<()>| match Worker::new(index, shared, waker, pair, release) {
+        Ok(move |ready: Ready<()>| match Worker::new(index, shared, (waker, mailbox), pair, release) {
             Ok(mut w) => {
                 ready.ok(());
                 gate.wait();
@@ -110,7 +152,7 @@ pub fn start(shared: Arc<UdpShared>, listeners: Vec<Pair>, gate: Gate, release: 
             Err(e) => ready.fail(e),
         })
     })?;
-    Ok(UdpWorkers { threads: spawned.threads, wakers, ipv6 })
+    Ok(UdpWorkers { threads: spawned.threads, wakers, mailboxes, ipv6 })
 }
 
 struct Worker {
@@ -118,10 +160,13 @@ struct Worker {
     shared: Arc<UdpShared>,
     epoll: Epoll,
     waker: Arc<Waker>,
+    mailbox: Arc<Mailbox>,
     /// `[v4, v6]`; v6 absent when the namespace has no IPv6.
     listeners: [Option<OwnedFd>; 2],
-    /// Fires when a successor took the listeners over.
-    release: tokio::sync::watch::Receiver<bool>,
+    /// Whether the listeners are watched (not while a hand-over pauses them).
+    listening: bool,
+    /// Pauses, resumes or releases the listeners around a hand-over.
+    release: tokio::sync::watch::Receiver<Serve>,
     table: Arc<RoutingTable>,
     flows: FlowTable<FlowIo>,
     /// Reply sockets by frontend address, shared by that frontend's flows.
@@ -148,7 +193,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(index: usize, shared: Arc<UdpShared>, waker: Arc<Waker>, pair: Pair, release: Release) -> Result<Worker, StartError> {
+    fn new(index: usize, shared: Arc<UdpShared>, (waker, mailbox): (Arc<Waker>, Arc<Mailbox>), pair: Pair, release: Release) -> Result<Worker, StartError> {
         let [l4, l6] = pair;
         let setup = |source| StartError::Setup { what: "UDP", worker: index, source };
         let epoll = Epoll::new().map_err(setup)?;
@@ -170,7 +215,9 @@ impl Worker {
             index,
             epoll,
             waker,
+            mailbox,
             listeners: [l4, l6],
+            listening: true,
             release: release.subscribe(),
             table,
             flows,
@@ -208,10 +255,19 @@ impl Worker {
                 }
             };
             self.now = Instant::now();
-            if self.listeners.iter().any(Option::is_some) && *self.release.borrow() {
-                self.let_go_of_listeners();
-            }
+            self.follow_switch();
             self.refresh_table();
+            for cmd in self.mailbox.take() {
+                match cmd {
+                    UdpCommand::Detach(reply) => {
+                        // Too late for the hand-over: the flows stay here.
+                        if let Err(std::sync::mpsc::SendError(flows)) = reply.send(self.detach_flows()) {
+                            self.adopt_flows(flows);
+                        }
+                    }
+                    UdpCommand::Adopt(flows) => self.adopt_flows(flows),
+                }
+            }
             for ev in &events[..n] {
                 match ev.u64 {
                     LISTENER_V4 => self.on_listener(0),
@@ -227,16 +283,119 @@ impl Worker {
         }
     }
 
+    /// Watches the listeners or not as the switch says.
+    fn follow_switch(&mut self) {
+        let state = *self.release.borrow();
+        match state {
+            Serve::Released if self.listeners.iter().any(Option::is_some) => self.let_go_of_listeners(),
+            Serve::Paused if self.listening => {
+                self.unwatch_listeners();
+                self.listening = false;
+            }
+            Serve::Accepting if !self.listening => {
+                for (l, token) in self.listeners.iter().zip([LISTENER_V4, LISTENER_V6]) {
+                    if let Some(fd) = l
+                        && let Err(e) = self.epoll.add(fd.as_raw_fd(), token)
+                    {
+                        warn!(worker = self.index, error = %e, "cannot watch a UDP listener again");
+                    }
+                }
+                self.listening = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn unwatch_listeners(&self) {
+        if !self.listening {
+            return;
+        }
+        for fd in self.listeners.iter().flatten() {
+            if let Err(e) = self.epoll.del(fd.as_raw_fd()) {
+                debug!(worker = self.index, error = %e, "unwatching a UDP listener");
+            }
+        }
+    }
+
+    /// Takes every flow out for a hand-over: replies gathered so far are sent first, each
+    /// upstream socket is unwatched (its epoll entry would outlive this descriptor) and given
+    /// back with the flow's identity and timestamps. Their lease and slot end here.
+    fn detach_flows(&mut self) -> Vec<DetachedFlow> {
+        self.flush_replies();
+        self.flows.evict_where(|_| true, &mut self.removed);
+        let now = Instant::now();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut out = Vec::with_capacity(self.removed.len());
+        for f in self.removed.drain(..) {
+            if let Err(e) = self.epoll.del(f.value.upstream.as_raw_fd()) {
+                debug!(worker = self.index, error = %e, "unwatching an upstream socket");
+            }
+            let record = FlowRecord {
+                worker: self.index,
+                client: f.key.client.0,
+                dst: f.key.dst.0,
+                backend: f.backend.0,
+                local: f.value.local,
+                age_ms: ms(now.saturating_duration_since(f.created)),
+                idle_ms: ms(now.saturating_duration_since(f.last_seen)),
+                replies: f.replies,
+            };
+            out.push(DetachedFlow { upstream: f.value.upstream, record });
+        }
+        out
+    }
+
+    /// Relays flows handed over to this worker. A flow whose frontend or backend this table
+    /// no longer has is closed, as a table change would close it here.
+    fn adopt_flows(&mut self, flows: Vec<DetachedFlow>) {
+        let shared = Arc::clone(&self.shared);
+        let now = Instant::now();
+        for DetachedFlow { upstream, record: r } in flows {
+            let key = FlowKey { client: ClientAddr(canonical(r.client)), dst: OrigDstAddr(canonical(r.dst)) };
+            let Some(fe) = shared.dispatch.frontend_in(&self.table, key.dst, Protocol::Udp) else {
+                add(&shared.stats.flows_evicted, 1);
+                debug!(worker = self.index, client = %key.client, dst = %key.dst, "an adopted flow's frontend is not in this table; closed");
+                continue;
+            };
+            let backend = schedulers::BackendAddr(canonical(r.backend));
+            let (lease, known) = shared.dispatch.adopt(key.dst, Protocol::Udp, backend);
+            if !known || (fe.policy == controlplane::TrafficPolicy::Local) != r.local {
+                add(&shared.stats.flows_evicted, 1);
+                debug!(worker = self.index, client = %key.client, %backend, "an adopted flow's backend or policy changed; closed");
+                continue;
+            }
+            let Ok(reply) = self.reply_socket(key.dst.0) else {
+                add(&shared.stats.drops.socket, 1);
+                continue;
+            };
+            let raw = upstream.as_raw_fd();
+            let slot = shared.flows.try_take(key.client.0.ip()).ok();
+            let io = FlowIo { upstream, reply, client: RawAddr::new(key.client.0), local: r.local, lease, _slot: slot };
+            let (id, _replaced) = self.flows.insert(key, fe.key, backend, io, now);
+            if let Some(f) = self.flows.get_mut(id) {
+                f.created = now.checked_sub(Duration::from_millis(r.age_ms)).unwrap_or(now);
+                f.last_seen = now.checked_sub(Duration::from_millis(r.idle_ms)).unwrap_or(now);
+                f.replies = r.replies;
+            }
+            if let Err(e) = self.epoll.add(raw, id.to_token()) {
+                self.flows.remove(id);
+                add(&shared.stats.drops.socket, 1);
+                debug!(error = %e, "cannot watch an adopted upstream socket");
+                continue;
+            }
+            add(&shared.stats.flows_adopted, 1);
+            debug!(worker = self.index, client = %key.client, %backend, "adopted a UDP flow");
+        }
+    }
+
     /// A successor holds the same listeners now: stop watching them and close this process's
     /// descriptors. Unregistered first: the epoll entry belongs to the socket, which the
     /// successor keeps open, so closing alone would leave it reporting here.
     fn let_go_of_listeners(&mut self) {
+        self.unwatch_listeners();
+        self.listening = false;
         for l in self.listeners.iter_mut() {
-            if let Some(fd) = l.take()
-                && let Err(e) = self.epoll.del(fd.as_raw_fd())
-            {
-                debug!(worker = self.index, error = %e, "unwatching a released UDP listener");
-            }
+            drop(l.take());
         }
         debug!(worker = self.index, "UDP listeners released; relaying replies of open flows");
     }
@@ -261,6 +420,11 @@ impl Worker {
     }
 
     fn on_listener(&mut self, which: usize) {
+        // An event reported before a pause: the datagrams stay queued for whoever serves next
+        // (a flow opened here now would miss the hand-over).
+        if !self.listening {
+            return;
+        }
         let Some(fd) = self.listeners[which].as_ref().map(AsRawFd::as_raw_fd) else {
             return;
         };
@@ -423,7 +587,7 @@ impl Worker {
             }
         };
         let raw = upstream.as_raw_fd();
-        let io = FlowIo { upstream, reply, client: RawAddr::new(key.client.0), local, lease: attempt.opened(), _slot: slot };
+        let io = FlowIo { upstream, reply, client: RawAddr::new(key.client.0), local, lease: attempt.opened(), _slot: Some(slot) };
         let (id, _replaced) = self.flows.insert(key, fe.key, backend, io, now);
         if let Err(e) = self.epoll.add(raw, id.to_token()) {
             self.flows.remove(id);

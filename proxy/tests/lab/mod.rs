@@ -16,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod load;
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -64,6 +65,12 @@ pub fn e2e_enabled() -> bool {
         return false;
     }
     panic!("end-to-end tests need root and the nftables and iproute2 packages ({why}); set TPVS_SKIP_E2E=1 to skip them");
+}
+
+/// The `tpvs` binary the lab runs: this build's, or `TPVS_BIN` (a benchmark runs a release
+/// build under debug-built tests).
+pub fn tpvs_bin() -> String {
+    std::env::var("TPVS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tpvs").to_string())
 }
 
 /// Runs a command; panics with its stderr when it fails (lab setup must not half-succeed).
@@ -506,7 +513,8 @@ impl Lab {
         let mut args = vec!["netns", "exec", &self.node];
         args.extend(self.wrapper.iter().map(String::as_str));
         args.extend(prefix.iter().map(String::as_str));
-        args.extend([env!("CARGO_BIN_EXE_tpvs"), "-v", "run", "--workers", "2", "--connect-timeout", "500ms"]);
+        let bin = tpvs_bin();
+        args.extend([bin.as_str(), "-v", "run", "--workers", "2", "--connect-timeout", "500ms"]);
         args.extend_from_slice(source);
         let child = Command::new("ip")
             .args(&args)
@@ -572,6 +580,15 @@ impl Lab {
     /// The running daemon's pid (`ip netns exec` execs it in place, so the child is tpvs).
     pub fn tpvs_pid(&self) -> Option<u32> {
         self.tpvs.as_ref().map(Child::id)
+    }
+
+    /// Open descriptors and RSS (KiB) of the running daemon.
+    pub fn footprint(&self) -> (usize, u64) {
+        let pid = self.tpvs_pid().unwrap_or_else(|| panic!("tpvs is not running"));
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count).unwrap_or(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+        (fds, rss)
     }
 
     pub fn tpvs_log(&self) -> String {

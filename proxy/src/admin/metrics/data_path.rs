@@ -26,6 +26,11 @@ pub(super) fn collect(sources: &Sources, last_verdicts: &Mutex<VerdictCounts>, o
         }
         out.push(f.mf);
         out.push(Fam::single(&spec::idle, st.idle_closed.load(Relaxed) as f64));
+        let (adopted, unknown) = (st.adopted.load(Relaxed), st.adopted_without_backend.load(Relaxed));
+        let mut f = Fam::new(&spec::adopted);
+        f.value(&[("backend_known", "true")], adopted.saturating_sub(unknown) as f64);
+        f.value(&[("backend_known", "false")], unknown as f64);
+        out.push(f.mf);
     }
     if let Some(ic) = &sources.interception {
         let counts = {
@@ -60,6 +65,7 @@ pub(super) fn collect(sources: &Sources, last_verdicts: &Mutex<VerdictCounts>, o
     let u = sources.udp.as_ref().map(|u| u.snapshot()).unwrap_or_default();
     out.push(Fam::single(&spec::udp_active, u.flows_active as f64));
     out.push(Fam::single(&spec::udp_created, u.flows_created as f64));
+    out.push(Fam::single(&spec::udp_adopted, u.flows_adopted as f64));
     let mut f = Fam::new(&spec::udp_evicted);
     f.value(&[("reason", "idle")], u.flows_expired as f64);
     f.value(&[("reason", "table_change")], u.flows_evicted as f64);

@@ -74,6 +74,8 @@ specs! {
     rejected = "tpvs_connections_rejected_total", C, &["reason"],
         "Accepted connections reset by the proxy (no_frontend, connect_failed: every candidate failed, over_limit).";
     idle = "tpvs_connections_idle_closed_total", C, &[], "Connections reset after the idle timeout.";
+    adopted = "tpvs_connections_adopted_total", C, &["backend_known"],
+        "Established TCP connections received from a predecessor at a takeover (or taken back from a successor that failed); backend_known=false: its backend is not in this table (relayed to its end, counted by no scheduler).";
     refused = "tpvs_refused_packets_total", C, &[],
         "Packets refused by the rules because their Service has no endpoints (reset / ICMP unreachable).";
     dropped = "tpvs_dropped_packets_total", C, &[],
@@ -93,6 +95,7 @@ specs! {
     kube_watch_errors = "tpvs_kube_watch_errors_total", C, &[], "List/watch failures (each followed by a retry).";
     udp_active = "tpvs_udp_flows_active", G, &[], "UDP flows open now.";
     udp_created = "tpvs_udp_flows_created_total", C, &[], "UDP flows created.";
+    udp_adopted = "tpvs_udp_flows_adopted_total", C, &[], "UDP flows received from a predecessor at a takeover (or taken back).";
     udp_evicted = "tpvs_udp_flows_evicted_total", C, &["reason"],
         "UDP flows closed: idle (their timeout passed) or table_change (backend removed or drained).";
     udp_datagrams = "tpvs_udp_datagrams_total", C, &["direction"],
