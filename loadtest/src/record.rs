@@ -66,9 +66,9 @@ impl Failure {
 #[derive(Debug)]
 pub struct Tallies {
     pub all: Histogram<u64>,
-    /// The generator's own error per request, where the client measures it: how late the
-    /// request went on the wire after its due time, plus how long the reply waited in the
-    /// socket before the generator read it.
+    /// The generator's own error left in each recorded latency, where the client measures it:
+    /// how late the request went out after its due time, plus how long the reply waited in
+    /// the socket before the generator read it unless that wait was subtracted.
     pub generator: Histogram<u64>,
     /// Indexed by the backend index the reply carried.
     pub per_backend: Vec<Histogram<u64>>,

@@ -7,8 +7,8 @@
 //! when a connection is idle; otherwise it queues, and the connection that frees up first
 //! writes it from its task (the wait counts: latency is measured from the due time). Replies
 //! carry the kernel's receive timestamp, so the time a reply waits for the task to run is the
-//! generator's, not the target's: it is taken out of the latency and counted as generator
-//! error instead.
+//! generator's, not the target's: it is taken out of the latency, and what remains of the
+//! generator's error in a latency is how late the pacer wrote the request.
 
 use std::collections::VecDeque;
 use std::io::{self, Write as _};
@@ -177,7 +177,7 @@ async fn serve(shared: &Shared, conn: &Conn, k: usize, stream: &TcpStream) {
             Ok(Ok((backend, lag))) => {
                 // The reply arrived `lag` before this read: that wait is the generator's.
                 let latency = now.saturating_duration_since(job.due).saturating_sub(lag.unwrap_or_default());
-                shared.rec.ok(job.measured, backend, nanos(latency), generator_error(req.send_lag, lag));
+                shared.rec.ok(job.measured, backend, nanos(latency), generator_error(req.send_lag, lag, true));
                 shared.freed(k);
             }
             Ok(Err(why)) => {

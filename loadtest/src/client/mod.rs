@@ -103,6 +103,8 @@ pub fn drive(target: &Target, timeline: Timeline, cfg: ClientConfig, rec: &Arc<R
         .enable_all()
         .build()?;
     let handle = runtime.handle().clone();
+    // The hand-off pacing is kept as the generator was before, without real-time pacing.
+    let realtime = !(cfg.mode == Mode::Persistent && cfg.pacing == Pacing::Handoff);
     match (cfg.mode, target) {
         (Mode::Persistent, Target::Addr(addr)) if cfg.pacing == Pacing::Direct => {
             let pool = direct::DirectPool::start(&handle, *addr, cfg.connections, cfg.timeout, Arc::clone(rec));
@@ -110,14 +112,14 @@ pub fn drive(target: &Target, timeline: Timeline, cfg: ClientConfig, rec: &Arc<R
             while pool.idle() < cfg.connections.max(1) && Instant::now() < timeline.start {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            pacer::run(timeline, stop, |job| {
+            pacer::run(timeline, stop, realtime, |job| {
                 rec.start(job.measured);
                 pool.submit(job);
             });
         }
         (Mode::Persistent, Target::Addr(addr)) => {
             let queue = tcp::Pool::start(&handle, *addr, cfg.connections, cfg.timeout, Arc::clone(rec));
-            pacer::run(timeline, stop, |job| {
+            pacer::run(timeline, stop, realtime, |job| {
                 rec.start(job.measured);
                 queue.submit(job);
             });
@@ -125,7 +127,7 @@ pub fn drive(target: &Target, timeline: Timeline, cfg: ClientConfig, rec: &Arc<R
             drop(queue);
         }
         (Mode::PerRequest, Target::Addr(addr)) => {
-            pacer::run(timeline, stop, |job| {
+            pacer::run(timeline, stop, realtime, |job| {
                 rec.start(job.measured);
                 if rec.in_flight.load(Ordering::Relaxed) > cfg.max_in_flight {
                     rec.failed(job.measured, Failure::Overload);
@@ -136,7 +138,7 @@ pub fn drive(target: &Target, timeline: Timeline, cfg: ClientConfig, rec: &Arc<R
         }
         (Mode::Udp, target) => {
             let client = runtime.block_on(udp::Client::start(target.clone(), cfg.timeout, Arc::clone(rec)))?;
-            pacer::run(timeline, stop, |job| {
+            pacer::run(timeline, stop, realtime, |job| {
                 rec.start(job.measured);
                 if rec.in_flight.load(Ordering::Relaxed) > cfg.max_in_flight {
                     rec.failed(job.measured, Failure::Overload);

@@ -96,3 +96,30 @@ fn timespec(ts: libc::timespec) -> Option<Duration> {
 fn realtime_now() -> Duration {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply left unread for 30 ms is reported as having waited about that long.
+    #[tokio::test]
+    async fn measures_how_long_a_reply_waited_in_the_socket() -> io::Result<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let client = TcpStream::connect(listener.local_addr()?).await?;
+        let (mut server, _) = listener.accept().await?;
+        enable(&client)?;
+        tokio::io::AsyncWriteExt::write_all(&mut server, &[7u8; 16]).await?;
+        std::thread::sleep(Duration::from_millis(30));
+        let mut buf = [0u8; 16];
+        let lag = read_exact(&client, &mut buf).await?;
+        assert_eq!(buf, [7u8; 16]);
+        let lag = lag.unwrap_or_else(|| panic!("no kernel timestamp"));
+        assert!(lag >= Duration::from_millis(29) && lag < Duration::from_secs(5), "lag {lag:?}");
+        // Without timestamps the wait is unknown, not zero.
+        let plain = TcpStream::connect(listener.local_addr()?).await?;
+        let (mut server, _) = listener.accept().await?;
+        tokio::io::AsyncWriteExt::write_all(&mut server, &[1u8; 16]).await?;
+        assert_eq!(read_exact(&plain, &mut buf).await?, None);
+        Ok(())
+    }
+}

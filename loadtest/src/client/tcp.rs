@@ -39,10 +39,12 @@ async fn exchange(stream: &mut TcpStream, id: u64) -> Result<(u32, Option<Durati
     read_response(stream, id).await
 }
 
-/// The generator's error on one request: `send_lag` (due time to the moment the generator
-/// started it) plus the reply's wait in the socket, when the kernel reported it.
-pub(crate) fn generator_error(send_lag: Duration, recv_lag: Option<Duration>) -> Option<u64> {
-    recv_lag.map(|r| nanos(send_lag + r))
+/// The generator's error left in a recorded latency: `send_lag` (due time to the moment the
+/// generator started the request) plus the reply's wait in the socket before it was read,
+/// when the kernel reported it — unless the latency was already `corrected` for that wait
+/// (then only the send lag remains).
+pub(crate) fn generator_error(send_lag: Duration, recv_lag: Option<Duration>, corrected: bool) -> Option<u64> {
+    recv_lag.map(|r| nanos(if corrected { send_lag } else { send_lag + r }))
 }
 
 /// Connect, one request, close: through a proxy, every request is a scheduling decision.
@@ -58,7 +60,7 @@ pub async fn one_shot(addr: SocketAddr, job: Job, timeout: Duration, rec: Arc<Re
     let now = Instant::now();
     match outcome {
         Ok(Ok((backend, lag))) => {
-            rec.ok(job.measured, backend, nanos(now.saturating_duration_since(job.due)), generator_error(send_lag, lag))
+            rec.ok(job.measured, backend, nanos(now.saturating_duration_since(job.due)), generator_error(send_lag, lag, false))
         }
         Ok(Err(why)) => rec.failed(job.measured, why),
         Err(_) => rec.failed(job.measured, Failure::Timeout),
@@ -109,7 +111,7 @@ async fn conn_loop(addr: SocketAddr, rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>
         let now = Instant::now();
         match outcome {
             Ok(Ok((backend, lag))) => {
-                rec.ok(job.measured, backend, nanos(now.saturating_duration_since(job.due)), generator_error(send_lag, lag))
+                rec.ok(job.measured, backend, nanos(now.saturating_duration_since(job.due)), generator_error(send_lag, lag, false))
             }
             Ok(Err(why)) => {
                 // The connection is in an unknown state (a frame may be half read): start over.
