@@ -9,14 +9,21 @@
 //!
 //! Keeping it current: every candidate's [`BackendStats`](crate::stats::BackendStats) reports
 //! each change of its active count ([`ActiveWatch`]), and the tree recomputes the path from
-//! that leaf to the root — log₂(width) comparisons. The counters change on any thread, so the
-//! path recomputations are serialised by one mutex per tree (readers never take it). That is
-//! what makes the tree exact once the updates are done: a thread changes a counter *before* it
-//! takes the lock, and recomputes every node from the leaf up to the root; so the last
-//! recomputation of any node runs after every counter change below it and after the last
-//! recomputation of both its children (each was followed, under the same lock hold, by a
-//! recomputation of this node), and therefore reads final counts and final child winners.
-//! A pick racing with updates sees some recent winner — as a scan racing with them would.
+//! that leaf toward the root — at most log₂(width) comparisons, and it stops at the first node
+//! whose winner neither changed nor is the changed backend (nothing above can differ: the
+//! comparisons there read the same slots with the same counts). The counters change on any
+//! thread, so the walks are serialised by one mutex per tree (picks never take it).
+//!
+//! Why the tree is exact once the updates are done. A thread changes a counter *before* it
+//! takes the lock. Two facts hold between walks: (1) a node's winner is one of its children's
+//! winners (a walk that changes a node always goes on to its parent); (2) a node whose stored
+//! winner is not the rule's choice between its children's winners at the current counts has,
+//! in its subtree, a backend whose counter changed and whose walk has not yet run: the change
+//! of the winner of one of its children. By (1) that backend is the stored winner of every node
+//! from its leaf up to this one, so its walk, which goes on while it is the winner or the
+//! winner changes, reaches this node and recomputes it. When no walk is pending every node is
+//! therefore its children's correct choice, and the root is the first best backend. A pick
+//! racing with updates sees some recent winner — as a scan racing with them would.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -97,9 +104,10 @@ impl<O: Order> Tournament<O> {
         }
     }
 
-    /// Recomputes inner node `k` from its children; the left child wins ties.
+    /// Recomputes inner node `k` from its children (the left one wins ties); returns whether
+    /// its winner changed, and the winner.
     #[inline]
-    fn recompute(&self, k: usize) {
+    fn recompute(&self, k: usize) -> (bool, u32) {
         let (l, r) = (self.winner(2 * k), self.winner(2 * k + 1));
         let w = match (self.cands.get(l as usize), self.cands.get(r as usize)) {
             (Some(a), Some(b)) => {
@@ -112,7 +120,8 @@ impl<O: Order> Tournament<O> {
             (Some(_), None) => l,
             (None, _) => r,
         };
-        self.nodes[k].store(w, Ordering::Release);
+        let changed = self.nodes[k].swap(w, Ordering::AcqRel) != w;
+        (changed, w)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -133,7 +142,13 @@ impl<O: Order> ActiveWatch for Tournament<O> {
         let _held = self.lock();
         let mut k = (self.width + slot as usize) / 2;
         while k >= 1 {
-            self.recompute(k);
+            let (changed, winner) = self.recompute(k);
+            // Nothing above can change: this node kept its winner, and that winner is not the
+            // backend whose count changed, so every comparison above reads the same slots
+            // with the same counts as before (see the module doc).
+            if !changed && winner != slot {
+                break;
+            }
             k /= 2;
         }
     }
