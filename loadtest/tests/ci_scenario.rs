@@ -100,7 +100,7 @@ fn generator_overhead_direct_and_handoff_pacing() {
         check_consistent(&sr);
         let r = &sr.runs[0];
         assert_eq!(r.recorded, r.sent, "{pacing:?}: every request answered ({:?})", r.failures);
-        let g = r.generator.clone().unwrap_or_else(|| panic!("{pacing:?}: no generator error measured"));
+        let g = r.generator.unwrap_or_else(|| panic!("{pacing:?}: no generator error measured"));
         assert!(g.is_monotone() && g.max > 0.0, "{pacing:?}: {g:?}");
         means.push(g.mean);
     }
