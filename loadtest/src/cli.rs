@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use schedulers::SchedulerKind;
 
 use crate::backends::{self, Epoch, Spec};
-use crate::client::Mode;
+use crate::client::{Mode, Pacing};
 use crate::metrics::{self, Live};
 use crate::report;
 use crate::runner::{self, RunOptions};
@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// Generator runtime threads.
     #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
+    /// How persistent-mode requests reach their connections: `direct` (the pacer thread
+    /// writes them) or `handoff` (through the runtime, as before; for comparison).
+    #[arg(long, value_enum, default_value = "direct")]
+    pub pacing: Pacing,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -188,6 +192,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         proxy: ProxySettings { workers: args.proxy_workers.max(1), ..ProxySettings::default() },
         client_threads: args.client_threads.max(1),
+        pacing: args.pacing,
         live: start_metrics(&args.out)?,
         quiet: args.out.quiet,
         ..RunOptions::default()

@@ -10,8 +10,10 @@
 //! - [`backends`]: loopback (or any-address) TCP/UDP servers that follow a profile;
 //!   [`wire`]: the 16-byte request/response frames they speak.
 //! - [`target`]: the self-hosted target — the tpvs forwarding engine in plain listen mode.
-//! - [`pacer`]: the open-loop time line (latency from the scheduled send time);
-//!   [`client`]: the generator that puts it on the wire (TCP per-request / persistent, UDP).
+//! - [`pacer`]: the open-loop time line (latency from the scheduled send time), paced by a
+//!   thread at real-time priority where allowed; [`client`]: the generator that puts it on the
+//!   wire (TCP per-request / persistent — written by the pacing thread itself — and UDP), and
+//!   measures its own error per request from the kernel's receive timestamps.
 //! - [`record`]: HdrHistograms overall and per backend, failures by reason.
 //! - [`runner`]: one scenario once per scheduler; [`progress`]: the live progress line;
 //!   [`metrics`]: optional live `/metrics`.

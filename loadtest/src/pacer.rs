@@ -9,6 +9,7 @@
 //!
 //! The pacer is a dedicated OS thread sleeping with 1 µs timer slack, not an async timer:
 //! runtime timers tick at 1 ms, which would add up to a millisecond of error to every sample.
+//! Where allowed it paces at real-time priority, so a busy machine does not make it late.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -56,10 +57,11 @@ impl Timeline {
     }
 }
 
-/// Calls `dispatch` for every request at its due time, on the calling thread; returns when the
-/// time line is over or `stop` is set.
-pub fn run(timeline: Timeline, stop: &AtomicBool, mut dispatch: impl FnMut(Job)) {
+/// Calls `dispatch` for every request at its due time, on the calling thread, at real-time
+/// priority if `realtime` and allowed; returns when the time line is over or `stop` is set.
+pub fn run(timeline: Timeline, stop: &AtomicBool, realtime: bool, mut dispatch: impl FnMut(Job)) {
     tight_timer_slack();
+    let _realtime = realtime.then(RealTime::enter);
     let total = timeline.total();
     let mut next = 0u64;
     while next < total && !stop.load(Ordering::Relaxed) {
@@ -84,6 +86,45 @@ fn tight_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK takes an unsigned long by value and touches no memory.
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
+}
+
+/// Real-time (SCHED_FIFO) priority for the pacing thread while it paces, where the process may
+/// have it (root, CAP_SYS_NICE); otherwise the thread keeps its normal priority.
+///
+/// On a busy machine a normal thread that wakes at its due time can wait milliseconds for a
+/// time slice — the whole of the generator's send error. A real-time thread preempts every
+/// normal one at once. It sleeps between requests and the kernel caps real-time threads at
+/// 95 % of a CPU, so the rest of the machine keeps running.
+struct RealTime {
+    previous: Option<(libc::c_int, libc::sched_param)>,
+}
+
+impl RealTime {
+    fn enter() -> RealTime {
+        // SAFETY: sched_getscheduler/sched_getparam/sched_setscheduler on the calling thread
+        // (pid 0) with a sched_param that lives across each call.
+        unsafe {
+            let policy = libc::sched_getscheduler(0);
+            let mut old = std::mem::zeroed::<libc::sched_param>();
+            if policy < 0 || libc::sched_getparam(0, &raw mut old) != 0 {
+                return RealTime { previous: None };
+            }
+            let fifo = libc::sched_param { sched_priority: 10 };
+            let entered = libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const fifo) == 0;
+            RealTime { previous: entered.then_some((policy, old)) }
+        }
+    }
+}
+
+impl Drop for RealTime {
+    fn drop(&mut self) {
+        if let Some((policy, old)) = self.previous {
+            // SAFETY: as in `enter`: the calling thread, a live sched_param.
+            unsafe {
+                libc::sched_setscheduler(0, policy, &raw const old);
+            }
+        }
     }
 }
 
@@ -115,7 +156,7 @@ mod tests {
         };
         let stop = AtomicBool::new(false);
         let mut seen = Vec::new();
-        run(t, &stop, |j| seen.push((j.id, Instant::now() >= j.due)));
+        run(t, &stop, true, |j| seen.push((j.id, Instant::now() >= j.due)));
         assert_eq!(seen.len(), 1000);
         assert!(seen.iter().enumerate().all(|(i, (id, late))| *id == i as u64 && *late));
     }

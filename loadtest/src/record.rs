@@ -66,6 +66,10 @@ impl Failure {
 #[derive(Debug)]
 pub struct Tallies {
     pub all: Histogram<u64>,
+    /// The generator's own error left in each recorded latency, where the client measures it:
+    /// how late the request went out after its due time, plus how long the reply waited in
+    /// the socket before the generator read it unless that wait was subtracted.
+    pub generator: Histogram<u64>,
     /// Indexed by the backend index the reply carried.
     pub per_backend: Vec<Histogram<u64>>,
     pub failures: BTreeMap<Failure, u64>,
@@ -88,7 +92,7 @@ pub struct Recorder {
 impl Default for Recorder {
     fn default() -> Self {
         Recorder {
-            tallies: Mutex::new(Tallies { all: new_histogram(), per_backend: Vec::new(), failures: BTreeMap::new() }),
+            tallies: Mutex::new(Tallies { all: new_histogram(), generator: new_histogram(), per_backend: Vec::new(), failures: BTreeMap::new() }),
             sent: AtomicU64::new(0),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -106,10 +110,14 @@ impl Recorder {
         }
     }
 
-    pub fn ok(&self, measured: bool, backend: u32, latency_ns: u64) {
+    /// A measured success; `generator_ns` is the generator's own error on it, when known.
+    pub fn ok(&self, measured: bool, backend: u32, latency_ns: u64, generator_ns: Option<u64>) {
         if measured {
             let mut t = self.lock();
             t.all.saturating_record(latency_ns);
+            if let Some(g) = generator_ns {
+                t.generator.saturating_record(g);
+            }
             if let Ok(b) = usize::try_from(backend)
                 && b < MAX_BACKENDS
             {

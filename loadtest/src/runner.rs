@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use schedulers::{Scheduler, SchedulerKind};
 
 use crate::backends::{self, Epoch, Spec};
-use crate::client::{self, ClientConfig, Mode, Target};
+use crate::client::{self, ClientConfig, Mode, Pacing, Target};
 use crate::metrics::Live;
 use crate::pacer::Timeline;
 use crate::progress::Progress;
@@ -27,6 +27,8 @@ pub struct RunOptions {
     pub client_threads: usize,
     pub backend_threads: usize,
     pub max_in_flight: u64,
+    /// How persistent-mode requests reach their connections.
+    pub pacing: Pacing,
     pub quiet: bool,
     /// Live results for `/metrics`, when served.
     pub live: Option<Arc<Live>>,
@@ -41,6 +43,7 @@ impl Default for RunOptions {
             client_threads: 1,
             backend_threads: 1,
             max_in_flight: 8_000,
+            pacing: Pacing::default(),
             quiet: false,
             live: None,
         }
@@ -57,8 +60,13 @@ pub fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Sc
             format!("scenario {} with {}", scenario.name, kind.map_or("no proxy".to_string(), |k| k.to_string()))
         })?;
         if !opts.quiet {
+            let generator = run
+                .generator
+                .as_ref()
+                .map(|g| format!("  generator error p50 {:.1}µs p99 {:.1}µs", g.p50 * 1e3, g.p99 * 1e3))
+                .unwrap_or_default();
             eprintln!(
-                "{:<16} {:<7} p50 {:8.2}ms  p99 {:8.2}ms  p99.9 {:8.2}ms  max {:8.2}ms  ok {:.2}%",
+                "{:<16} {:<7} p50 {:8.2}ms  p99 {:8.2}ms  p99.9 {:8.2}ms  max {:8.2}ms  ok {:.2}%{generator}",
                 scenario.name,
                 run.scheduler,
                 run.latency.p50,
@@ -123,6 +131,7 @@ pub fn run_one(scenario: &Scenario, kind: Option<SchedulerKind>, opts: &RunOptio
         timeout: scenario.timeout,
         max_in_flight: opts.max_in_flight,
         threads: opts.client_threads,
+        pacing: opts.pacing,
     };
     let stop = AtomicBool::new(false);
     let driven = client::drive(&target, timeline, cfg, &rec, &stop);
@@ -234,6 +243,7 @@ pub fn run_external(spec: &ExternalSpec, opts: &RunOptions) -> anyhow::Result<Sc
         timeout: spec.timeout,
         max_in_flight: opts.max_in_flight,
         threads: opts.client_threads,
+        pacing: opts.pacing,
     };
     let stop = AtomicBool::new(false);
     let driven = client::drive(&Target::Addr(spec.target), timeline, cfg, &rec, &stop);

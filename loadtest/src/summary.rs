@@ -106,6 +106,10 @@ pub struct RunResult {
     /// Successful measured requests per second of measurement.
     pub achieved_rate: f64,
     pub latency: Percentiles,
+    /// The generator's own error (how late requests went out plus how long replies waited to
+    /// be read), where the transport measures it; absent in reports from before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<Percentiles>,
     pub curve: Vec<CurvePoint>,
     pub backends: Vec<BackendResult>,
     pub proxy: Option<ProxyCounters>,
@@ -142,6 +146,7 @@ impl RunResult {
             success_rate: if sent > 0 { recorded as f64 / sent as f64 } else { 0.0 },
             achieved_rate: if measure_s > 0.0 { recorded as f64 / measure_s } else { 0.0 },
             latency: Percentiles::of(&t.all),
+            generator: (!t.generator.is_empty()).then(|| Percentiles::of(&t.generator)),
             curve: curve(&t.all),
             backends,
             proxy: None,
@@ -221,6 +226,7 @@ mod tests {
             success_rate: success,
             achieved_rate: 0.0,
             latency: Percentiles { p99, ..Percentiles::default() },
+            generator: None,
             curve: Vec::new(),
             backends,
             proxy: None,

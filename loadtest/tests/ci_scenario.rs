@@ -83,3 +83,26 @@ fn refused_connects_are_retried_by_the_engine() {
     assert!(r.backends[refusing].share < fair * 0.8, "refusing backend served {:.4}", r.backends[refusing].share);
     assert!(r.backends[refusing].connect_failures.unwrap_or(0) > 0, "the engine saw refusals");
 }
+
+/// The generator-overhead scenario, shortened, with each persistent pacing: every request is
+/// answered and accounted for, and both report the generator's own error. With the direct
+/// pacing the error left in the latencies is only how late the pacer wrote (the replies' wait
+/// is measured by the kernel and subtracted), so it is below the hand-off's, which also holds
+/// the wait of every reply for its task.
+#[test]
+fn generator_overhead_direct_and_handoff_pacing() {
+    use loadtest::client::Pacing;
+    let mut s = scenario("generator-overhead", 0.1);
+    s.rate = 5_000.0;
+    let mut means = Vec::new();
+    for pacing in [Pacing::Handoff, Pacing::Direct] {
+        let sr = run_scenario(&s, &RunOptions { pacing, ..quiet() }).unwrap_or_else(|e| panic!("{pacing:?}: {e:#}"));
+        check_consistent(&sr);
+        let r = &sr.runs[0];
+        assert_eq!(r.recorded, r.sent, "{pacing:?}: every request answered ({:?})", r.failures);
+        let g = r.generator.unwrap_or_else(|| panic!("{pacing:?}: no generator error measured"));
+        assert!(g.is_monotone() && g.max > 0.0, "{pacing:?}: {g:?}");
+        means.push(g.mean);
+    }
+    assert!(means[1] < means[0], "direct pacing's error (mean {} ms) below hand-off's ({} ms)", means[1], means[0]);
+}

@@ -1,7 +1,10 @@
-//! Cost of one `pick` for every scheduler at 3, 30 and 300 backends, and of building a
-//! 65 537-slot maglev table for 100 backends.
+//! Cost of one `pick` for every scheduler at 3, 30, 300 and 1 000 backends, of building a
+//! 65 537-slot maglev table for 100 backends, and what the least-connection family's index
+//! costs elsewhere: a retry that must scan (the tried list holds the index's leader; this is
+//! also what every lc/wlc/sed/nq pick cost before the index), and one connection opened and
+//! closed on a backend watched by 0, 1 or 4 of those schedulers.
 //!
-//! Targets: pick ≤ 50 ns (maglev, dh, sh ≤ 20 ns); maglev build ≤ 2 ms. The contexts come
+//! Targets: pick ≤ 50 ns (maglev, dh, sh ≤ 20 ns), flat in the set size; maglev build ≤ 2 ms. The contexts come
 //! from a precomputed array indexed per iteration, so the key hashes vary and cannot be
 //! constant-folded; `black_box` hides the context and the result from the optimiser.
 
@@ -15,6 +18,8 @@ use schedulers::maglev::{DEFAULT_TABLE_SIZE, Maglev};
 use schedulers::{Backend, BackendSet, BackendStats, ClientAddr, OrigDstAddr, PickContext, SchedulerKind, SchedulerOptions, Tried, build};
 
 const CONTEXTS: usize = 1024;
+const SIZES: [usize; 4] = [3, 30, 300, 1000];
+const LEAST: [SchedulerKind; 4] = [SchedulerKind::Lc, SchedulerKind::Wlc, SchedulerKind::Sed, SchedulerKind::Nq];
 
 fn backend_set(n: usize) -> Arc<BackendSet> {
     Arc::new(BackendSet::new(
@@ -46,7 +51,7 @@ fn pick(c: &mut Criterion) {
     let opts = SchedulerOptions::default();
     let mut group = c.benchmark_group("pick");
     group.measurement_time(Duration::from_secs(1)).warm_up_time(Duration::from_millis(300)).sample_size(20);
-    for n in [3, 30, 300] {
+    for n in SIZES {
         let set = backend_set(n);
         for kind in SchedulerKind::ALL {
             let sched = build(kind, Arc::clone(&set), &opts);
@@ -56,6 +61,51 @@ fn pick(c: &mut Criterion) {
                     i = (i + 1) & (CONTEXTS - 1);
                     black_box(sched.pick(black_box(&ctxs[i]), &tried))
                 });
+            });
+        }
+    }
+    group.finish();
+}
+
+/// A retry after the first choice failed: the scan over the untried candidates.
+fn least_retry_scan(c: &mut Criterion) {
+    let ctxs = contexts();
+    let opts = SchedulerOptions::default();
+    let mut group = c.benchmark_group("least_retry_scan");
+    group.measurement_time(Duration::from_secs(1)).warm_up_time(Duration::from_millis(300)).sample_size(20);
+    for n in SIZES {
+        let set = backend_set(n);
+        for kind in LEAST {
+            let sched = build(kind, Arc::clone(&set), &opts);
+            let mut tried = Tried::new();
+            if let Some(first) = sched.pick(&ctxs[0], &Tried::new()) {
+                tried.push(first);
+            }
+            group.bench_with_input(BenchmarkId::new(kind.as_str(), n), &n, |b, _| {
+                let mut i = 0usize;
+                b.iter(|| {
+                    i = (i + 1) & (CONTEXTS - 1);
+                    black_box(sched.pick(black_box(&ctxs[i]), black_box(&tried)))
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+/// `BackendStats::open` and the guard's drop — the data plane's per-connection cost — on the
+/// middle backend of an n-backend set watched by `watchers` lc-family schedulers.
+fn open_close(c: &mut Criterion) {
+    let opts = SchedulerOptions::default();
+    let mut group = c.benchmark_group("open_close");
+    group.measurement_time(Duration::from_secs(1)).warm_up_time(Duration::from_millis(300)).sample_size(20);
+    for n in [300, 1000] {
+        for watchers in [0, 1, 4] {
+            let set = backend_set(n);
+            let _scheds: Vec<_> = LEAST.iter().take(watchers).map(|&k| build(k, Arc::clone(&set), &opts)).collect();
+            let stats = Arc::clone(&set.as_slice()[n / 2].stats);
+            group.bench_with_input(BenchmarkId::new(format!("watchers{watchers}"), n), &n, |b, _| {
+                b.iter(|| drop(black_box(stats.open())));
             });
         }
     }
@@ -72,5 +122,5 @@ fn maglev_build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick, maglev_build);
+criterion_group!(benches, pick, least_retry_scan, open_close, maglev_build);
 criterion_main!(benches);

@@ -12,6 +12,9 @@
 //! - [`context`]: what a pick may look at ([`PickContext`]) and which candidates a retry must
 //!   skip ([`Tried`]).
 //! - [`scheduler`]: the [`Scheduler`] trait and the [`SchedulerKind`] names operators type.
+//! - `tournament`: a tree over a set's candidates whose root is the first best one under an
+//!   order of their live active counts, kept current by the stats' change notifications (the
+//!   index behind [`least`]).
 //! - one module per algorithm family, each depending only on the modules above: [`rr`],
 //!   [`wrr`], [`least`] (lc, wlc, sed, nq), [`hashing`] (dh, sh), [`random`], [`p2c`],
 //!   [`maglev`], [`ewma`].
@@ -36,6 +39,7 @@ pub mod random;
 pub mod rr;
 pub mod scheduler;
 pub mod stats;
+mod tournament;
 pub mod wrr;
 
 mod mix;

@@ -5,11 +5,18 @@
 //! [`StatsRegistry`], keyed by backend address, so a rebuilt routing table (a new
 //! `BackendSet`) sees the same counters and an lc scheduler does not forget the connections
 //! that are still open.
+//!
+//! The active count also has watchers: the least-connection schedulers keep an index ordered by
+//! it ([`crate::tournament`]), so every change of the count is reported to the indices of the
+//! sets that contain the backend, on the thread that made it.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use crate::addr::BackendAddr;
 
@@ -40,6 +47,35 @@ pub struct BackendStats {
     ewma_bits: AtomicU64,
     /// `now_nanos` at the last estimate update.
     ewma_stamp: AtomicU64,
+    /// The indices to tell when `active` changes. Read on every open and close, written only
+    /// when a scheduler over this backend is built or dropped: a lock-free snapshot.
+    watchers: ArcSwap<Vec<Watcher>>,
+}
+
+/// An index ordered by backends' active counts (the least-connection family's tournament tree)
+/// that must hear of every change to keep its order current.
+pub(crate) trait ActiveWatch: Send + Sync {
+    /// The active count of the backend the watcher registered as `slot` has changed.
+    fn active_changed(&self, slot: u32);
+}
+
+/// One subscription: which index, and the backend's position in it.
+#[derive(Clone)]
+struct Watcher {
+    watch: Arc<dyn ActiveWatch>,
+    slot: u32,
+}
+
+impl fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watcher").field("slot", &self.slot).finish_non_exhaustive()
+    }
+}
+
+/// Identity of a watcher, ignoring the vtable half of the fat pointer (two vtables for one
+/// type may exist across codegen units).
+fn same_watch(a: &Arc<dyn ActiveWatch>, b: &Arc<dyn ActiveWatch>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
 
 impl Default for BackendStats {
@@ -51,6 +87,7 @@ impl Default for BackendStats {
             failures: AtomicU64::new(0),
             ewma_bits: AtomicU64::new(EWMA_DEFAULT_RTT_NS.to_bits()),
             ewma_stamp: AtomicU64::new(0),
+            watchers: ArcSwap::from_pointee(Vec::new()),
         }
     }
 }
@@ -88,14 +125,47 @@ impl BackendStats {
     /// Marks one connection open until the returned guard drops. Keeping the count exact is
     /// what makes lc/wlc/sed/nq/p2c correct, so the decrement is tied to a destructor.
     pub fn open(self: &Arc<Self>) -> ActiveGuard {
-        self.active.fetch_add(1, Ordering::Relaxed);
+        // SeqCst (free on x86, where every read-modify-write is a full fence) pairs with the
+        // fence in `watch`'s callers: either a new index sees this count when it first computes
+        // its order, or this change sees the index's subscription and tells it.
+        self.active.fetch_add(1, Ordering::SeqCst);
         self.connections.fetch_add(1, Ordering::Relaxed);
+        self.notify_active_changed();
         ActiveGuard { stats: Arc::clone(self) }
     }
 
     /// Sets the active count directly; for tests and benchmarks that need given counters.
     pub fn set_active(&self, n: u64) {
-        self.active.store(n, Ordering::Relaxed);
+        self.active.swap(n, Ordering::SeqCst);
+        self.notify_active_changed();
+    }
+
+    fn notify_active_changed(&self) {
+        for w in self.watchers.load().iter() {
+            w.watch.active_changed(w.slot);
+        }
+    }
+
+    /// Subscribes `watch` to changes of the active count, as its `slot`. The caller must issue
+    /// a SeqCst fence before it first reads the count (see `open`).
+    pub(crate) fn watch(&self, watch: &Arc<dyn ActiveWatch>, slot: u32) {
+        self.watchers.rcu(|list| {
+            let mut next = Vec::with_capacity(list.len() + 1);
+            next.extend(list.iter().cloned());
+            next.push(Watcher { watch: Arc::clone(watch), slot });
+            next
+        });
+    }
+
+    /// Ends every subscription of `watch` (the index's owner is being dropped).
+    pub(crate) fn unwatch(&self, watch: &Arc<dyn ActiveWatch>) {
+        self.watchers.rcu(|list| list.iter().filter(|w| !same_watch(&w.watch, watch)).cloned().collect::<Vec<_>>());
+    }
+
+    /// How many indices watch this backend (for tests: a dropped scheduler must leave none).
+    #[cfg(test)]
+    pub(crate) fn watcher_count(&self) -> usize {
+        self.watchers.load().len()
     }
 
     /// Feeds one observed latency (connect or first byte) into the peak-EWMA estimate.
@@ -169,7 +239,8 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.stats.active.fetch_sub(1, Ordering::SeqCst);
+        self.stats.notify_active_changed();
     }
 }
 

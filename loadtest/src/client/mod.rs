@@ -2,10 +2,16 @@
 //!
 //! - [`tcp`]: request/response over a pool of persistent connections, or one new connection
 //!   per request (the mode in which an L4 proxy's scheduler decides every request).
+//! - [`direct`]: persistent connections the pacer thread writes on itself (the default
+//!   persistent pacing: no thread hop between a request's due time and its send).
 //! - [`udp`]: request/response datagrams, matched to their request by id.
+//! - [`stamp`]: reading a reply with the kernel's receive timestamp, to measure how long it
+//!   waited for the generator.
 //!
 //! [`drive`] owns the generator's runtime and the pacer thread for one run.
 
+pub mod direct;
+pub mod stamp;
 pub mod tcp;
 pub mod udp;
 
@@ -43,6 +49,25 @@ impl Mode {
     }
 }
 
+/// How a due request reaches its persistent connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pacing {
+    /// The pacer thread writes it on an idle connection itself ([`direct`]); the reply's wait
+    /// for the generator is measured by the kernel's timestamp and kept out of the latency.
+    #[default]
+    Direct,
+    /// The pacer hands it to the runtime through a queue, a connection task writes it, and the
+    /// latency ends when the task reads the reply (the generator before the direct pacing;
+    /// kept to measure what the direct one gains).
+    Handoff,
+}
+
+/// Nanoseconds of `d`, saturating.
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Where requests go.
 #[derive(Clone, Debug)]
 pub enum Target {
@@ -65,6 +90,8 @@ pub struct ClientConfig {
     pub max_in_flight: u64,
     /// Generator runtime threads.
     pub threads: usize,
+    /// Persistent mode only: how requests reach the connections.
+    pub pacing: Pacing,
 }
 
 /// Runs the whole time line against `target`, recording into `rec`; returns after every
@@ -76,10 +103,23 @@ pub fn drive(target: &Target, timeline: Timeline, cfg: ClientConfig, rec: &Arc<R
         .enable_all()
         .build()?;
     let handle = runtime.handle().clone();
+    // The hand-off pacing is kept as the generator was before, without real-time pacing.
+    let realtime = !(cfg.mode == Mode::Persistent && cfg.pacing == Pacing::Handoff);
     match (cfg.mode, target) {
+        (Mode::Persistent, Target::Addr(addr)) if cfg.pacing == Pacing::Direct => {
+            let pool = direct::DirectPool::start(&handle, *addr, cfg.connections, cfg.timeout, Arc::clone(rec));
+            // Connect the pool before the first request is due, so no request pays a connect.
+            while pool.idle() < cfg.connections.max(1) && Instant::now() < timeline.start {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            pacer::run(timeline, stop, realtime, |job| {
+                rec.start(job.measured);
+                pool.submit(job);
+            });
+        }
         (Mode::Persistent, Target::Addr(addr)) => {
             let queue = tcp::Pool::start(&handle, *addr, cfg.connections, cfg.timeout, Arc::clone(rec));
-            pacer::run(timeline, stop, |job| {
+            pacer::run(timeline, stop, realtime, |job| {
                 rec.start(job.measured);
                 queue.submit(job);
             });
@@ -87,7 +127,7 @@ pub fn drive(target: &Target, timeline: Timeline, cfg: ClientConfig, rec: &Arc<R
             drop(queue);
         }
         (Mode::PerRequest, Target::Addr(addr)) => {
-            pacer::run(timeline, stop, |job| {
+            pacer::run(timeline, stop, realtime, |job| {
                 rec.start(job.measured);
                 if rec.in_flight.load(Ordering::Relaxed) > cfg.max_in_flight {
                     rec.failed(job.measured, Failure::Overload);
@@ -98,7 +138,7 @@ pub fn drive(target: &Target, timeline: Timeline, cfg: ClientConfig, rec: &Arc<R
         }
         (Mode::Udp, target) => {
             let client = runtime.block_on(udp::Client::start(target.clone(), cfg.timeout, Arc::clone(rec)))?;
-            pacer::run(timeline, stop, |job| {
+            pacer::run(timeline, stop, realtime, |job| {
                 rec.start(job.measured);
                 if rec.in_flight.load(Ordering::Relaxed) > cfg.max_in_flight {
                     rec.failed(job.measured, Failure::Overload);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use schedulers::{ActiveGuard, ClientAddr, OrigDstAddr, PickContext, Tried};
 use tokio::net::UdpSocket;
 
-use super::Target;
+use super::{Target, nanos};
 use crate::pacer::Job;
 use crate::record::{Failure, Recorder};
 use crate::wire;
@@ -38,10 +38,6 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("udp::Client").field("target", &self.target).finish_non_exhaustive()
     }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Client {
@@ -100,7 +96,7 @@ impl Client {
             if let Some(g) = &p.guard {
                 g.stats().observe_latency_ns(nanos(now - p.sent));
             }
-            self.rec.ok(p.job.measured, backend, nanos(now.saturating_duration_since(p.job.due)));
+            self.rec.ok(p.job.measured, backend, nanos(now.saturating_duration_since(p.job.due)), None);
         }
     }
 
