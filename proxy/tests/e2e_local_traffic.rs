@@ -16,7 +16,7 @@ use std::io::{self, BufRead, BufReader, ErrorKind};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use lab::{Hello, Lab, Svc, lab, manifests, parse_hello};
+use lab::{Hello, Lab, Svc, fenced, lab, manifests, parse_hello};
 
 /// A connection from namespace `ns` to `dst`, from `src` when given: the backend's hello.
 fn hello_from(ns: &str, src: Option<&str>, dst: &str, timeout: Duration) -> io::Result<Hello> {
@@ -134,20 +134,6 @@ fn with_a_local_endpoint_only_outsiders_are_kept_local() {
         .map(|_| hello_from(&pod, None, "10.99.0.51:80", Duration::from_secs(2)).unwrap_or_else(|e| panic!("pod → LB IP: {e}")).backend)
         .collect();
     assert!(seen.iter().any(|b| b == "node2") && seen.iter().any(|b| b == "be0"), "a pod is served from all endpoints: {seen:?}");
-}
-
-/// A LoadBalancer Service with one local endpoint (be0) and `ranges`.
-fn fenced(name: &str, cluster_ip: &str, lb: &str, node_port: u16, ranges: &[&str]) -> String {
-    let endpoint = if cluster_ip.contains(':') { "fd01:0::2" } else { "10.1.0.2" };
-    let mut svc = Svc::new(name, cluster_ip).endpoint(endpoint, "node1");
-    svc.kind = "LoadBalancer";
-    svc.node_port = Some(node_port);
-    svc.lb_ingress = Some(lb.to_string());
-    let yaml = svc.yaml();
-    let list: Vec<String> = ranges.iter().map(|r| format!("\"{r}\"")).collect();
-    let spec = "spec:\n  type: LoadBalancer\n";
-    assert!(yaml.contains(spec), "the lab's Service shape changed:\n{yaml}");
-    yaml.replacen(spec, &format!("{spec}  loadBalancerSourceRanges: [{}]\n", list.join(", ")), 1)
 }
 
 /// The node holds `vips` as local addresses (as with an L2 load balancer announcing them from

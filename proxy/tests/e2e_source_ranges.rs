@@ -10,22 +10,7 @@ mod lab;
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
-use lab::{Lab, Svc, lab};
-
-/// A LoadBalancer Service on `cluster_ip` with ingress `lb`, NodePort `node_port`, one local
-/// endpoint (backend 0) and `ranges` as its `loadBalancerSourceRanges`.
-fn fenced(name: &str, cluster_ip: &str, lb: &str, node_port: u16, ranges: &[&str]) -> String {
-    let endpoint = if cluster_ip.contains(':') { "fd01:0::2" } else { "10.1.0.2" };
-    let mut svc = Svc::new(name, cluster_ip).endpoint(endpoint, "node1");
-    svc.kind = "LoadBalancer";
-    svc.node_port = Some(node_port);
-    svc.lb_ingress = Some(lb.to_string());
-    let yaml = svc.yaml();
-    let list: Vec<String> = ranges.iter().map(|r| format!("\"{r}\"")).collect();
-    let spec = "spec:\n  type: LoadBalancer\n";
-    assert!(yaml.contains(spec), "the lab's Service shape changed:\n{yaml}");
-    yaml.replacen(spec, &format!("{spec}  loadBalancerSourceRanges: [{}]\n", list.join(", ")), 1)
-}
+use lab::{Lab, fenced, lab};
 
 /// Connecting from the client to `dst` gets no answer at all within 1.5 s.
 fn assert_dropped(lab: &Lab, dst: &str) {

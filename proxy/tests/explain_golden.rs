@@ -4,6 +4,8 @@
 //! are pinned in `tests/explain/NAME.txt`. Run with `UPDATE_GOLDEN=1` to rewrite them after
 //! an intended change, then read the diff: it is the behaviour change.
 
+mod golden_file;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -54,15 +56,7 @@ fn check(name: &str) {
     let fixture = PathBuf::from(format!("tests/explain/{name}.yaml"));
     let expected_path = PathBuf::from(format!("tests/explain/{name}.txt"));
     let actual = answers(&fixture);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&expected_path, &actual).unwrap_or_else(|e| panic!("write {expected_path:?}: {e}"));
-        return;
-    }
-    let expected = std::fs::read_to_string(&expected_path)
-        .unwrap_or_else(|e| panic!("read {expected_path:?}: {e} (run with UPDATE_GOLDEN=1 to create it)"));
-    if actual != expected {
-        panic!("{name}: answers differ from {expected_path:?}\n--- expected\n{expected}\n--- actual\n{actual}");
-    }
+    golden_file::compare(name, "answers", &expected_path, &actual);
 }
 
 #[test]

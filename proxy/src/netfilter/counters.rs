@@ -51,19 +51,7 @@ pub fn read(table: &str) -> Result<VerdictCounts, CommandError> {
 
 /// Lists table `inet <table>` (`nft -j`); None when it does not exist.
 pub fn list(table: &str) -> Result<Option<Listing>, CommandError> {
-    let out = Command::new("nft")
-        .args(["-j", "list", "table", "inet", table])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| CommandError::Spawn { program: "nft", package: "nftables", source })?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        if stderr.contains("No such file or directory") {
-            return Ok(None);
-        }
-        return Err(CommandError::Failed { command: format!("nft -j list table inet {table}"), stderr });
-    }
-    Ok(Some(parse_listing(&String::from_utf8_lossy(&out.stdout))))
+    Ok(nft_json(&["list", "table", "inet", table])?.map(|json| parse_listing(&json)))
 }
 
 /// Counters and fingerprint of `nft -j` output.
@@ -126,8 +114,14 @@ pub struct ElementCount {
 /// Reads the counter of the element keyed `key` (as nft prints it: `10.96.0.10 . tcp . 80`)
 /// in map `map` of table `inet <table>`; `None` when the table, map or element is missing.
 pub fn element(table: &str, map: &str, key: &str) -> Result<Option<ElementCount>, CommandError> {
+    Ok(nft_json(&["list", "map", "inet", table, map])?.and_then(|json| parse_element(&json, key)))
+}
+
+/// `nft -j <args>`'s output; `None` when what it lists does not exist.
+fn nft_json(args: &[&str]) -> Result<Option<String>, CommandError> {
     let out = Command::new("nft")
-        .args(["-j", "list", "map", "inet", table, map])
+        .arg("-j")
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .map_err(|source| CommandError::Spawn { program: "nft", package: "nftables", source })?;
@@ -136,9 +130,9 @@ pub fn element(table: &str, map: &str, key: &str) -> Result<Option<ElementCount>
         if stderr.contains("No such file or directory") {
             return Ok(None);
         }
-        return Err(CommandError::Failed { command: format!("nft -j list map inet {table} {map}"), stderr });
+        return Err(CommandError::Failed { command: format!("nft -j {}", args.join(" ")), stderr });
     }
-    Ok(parse_element(&String::from_utf8_lossy(&out.stdout), key))
+    Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
 /// The counter of element `key` in `nft -j list map` output.

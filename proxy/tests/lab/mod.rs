@@ -771,3 +771,18 @@ pub fn manifests(svcs: &[Svc]) -> String {
 pub fn read_file(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
+
+/// A LoadBalancer Service on `cluster_ip` with ingress `lb`, NodePort `node_port`, one local
+/// endpoint (backend 0) and `ranges` as its `loadBalancerSourceRanges`.
+pub fn fenced(name: &str, cluster_ip: &str, lb: &str, node_port: u16, ranges: &[&str]) -> String {
+    let endpoint = if cluster_ip.contains(':') { "fd01:0::2" } else { "10.1.0.2" };
+    let mut svc = Svc::new(name, cluster_ip).endpoint(endpoint, "node1");
+    svc.kind = "LoadBalancer";
+    svc.node_port = Some(node_port);
+    svc.lb_ingress = Some(lb.to_string());
+    let yaml = svc.yaml();
+    let list: Vec<String> = ranges.iter().map(|r| format!("\"{r}\"")).collect();
+    let spec = "spec:\n  type: LoadBalancer\n";
+    assert!(yaml.contains(spec), "the lab's Service shape changed:\n{yaml}");
+    yaml.replacen(spec, &format!("{spec}  loadBalancerSourceRanges: [{}]\n", list.join(", ")), 1)
+}
