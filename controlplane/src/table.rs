@@ -236,6 +236,18 @@ impl Frontend {
         self.scheduler.backends()
     }
 
+    /// The endpoint set that serves this frontend's connections made under `policy`: its own
+    /// set under its own policy, the short-circuit's cluster-wide set under `Cluster` on a
+    /// `Local` frontend that has one (kube-proxy's short-circuit of local traffic), none
+    /// otherwise. What a connection or flow kept across a table change is checked against.
+    pub fn scheduler_for(&self, policy: TrafficPolicy) -> Option<&Arc<dyn Scheduler>> {
+        match (self.policy, policy, &self.local_origin) {
+            (own, asked, _) if own == asked => Some(&self.scheduler),
+            (TrafficPolicy::Local, TrafficPolicy::Cluster, Some(lo)) => Some(&lo.scheduler),
+            _ => None,
+        }
+    }
+
     pub fn scheduler_kind(&self) -> SchedulerKind {
         self.scheduler.kind()
     }
