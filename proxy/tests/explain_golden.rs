@@ -1,5 +1,6 @@
 //! Golden tests of `tpvs explain` over manifests: each `tests/explain/NAME.yaml` starts with
-//! `# node: NODE`, may set `# external-ip-cidrs: CIDR,...`, and lists the questions to ask as
+//! `# node: NODE`, may set `# external-ip-cidrs: CIDR,...`, `# cluster-cidr: CIDR,...` and
+//! `# bind-address: IP`, and lists the questions to ask as
 //! `# ask: DEST [FLAGS]` lines. The real binary answers each; its output, stderr and exit code
 //! are pinned in `tests/explain/NAME.txt`. Run with `UPDATE_GOLDEN=1` to rewrite them after
 //! an intended change, then read the diff: it is the behaviour change.
@@ -24,8 +25,10 @@ fn table_flags(fixture: &Path) -> Vec<String> {
     if let Some(node) = header(&text, "# node: ").first() {
         flags.extend(["--hostname-override".to_string(), node.to_string()]);
     }
-    if let Some(cidrs) = header(&text, "# external-ip-cidrs: ").first() {
-        flags.extend(["--external-ip-cidrs".to_string(), cidrs.replace(' ', "")]);
+    for (key, flag) in [("# external-ip-cidrs: ", "--external-ip-cidrs"), ("# cluster-cidr: ", "--cluster-cidr"), ("# bind-address: ", "--bind-address")] {
+        if let Some(value) = header(&text, key).first() {
+            flags.extend([flag.to_string(), value.replace(' ', "")]);
+        }
     }
     flags
 }
@@ -78,6 +81,16 @@ fn golden_explain_endpoint_exclusions_ipv6_and_deterministic_picks() {
 #[test]
 fn golden_explain_not_proxied() {
     check("not_proxied");
+}
+
+#[test]
+fn golden_explain_local_traffic_short_circuit_ipv4() {
+    check("local_traffic");
+}
+
+#[test]
+fn golden_explain_local_traffic_short_circuit_ipv6() {
+    check("local_traffic_v6");
 }
 
 #[test]
@@ -155,8 +168,8 @@ fn json_schema_and_exit_code_agree() {
     }
 }
 
-/// The compiler's record and the backend set it built agree, frontend by frontend, over every
-/// fixture of both golden suites: an endpoint is recorded as used (or as used but of weight 0)
+/// The compiler's record and the backend set it built agree, frontend by frontend (and for the
+/// short-circuit's cluster-wide set), over every fixture of both golden suites: an endpoint is recorded as used (or as used but of weight 0)
 /// exactly when the scheduler has it, so the explanation cannot drift from the table.
 #[test]
 fn every_recorded_verdict_matches_the_backend_set_the_scheduler_got() {
@@ -182,19 +195,22 @@ fn every_recorded_verdict_matches_the_backend_set_the_scheduler_got() {
         let opts = CompileOptions { node_name: node, ..CompileOptions::default() };
         ManifestSource::new(fixture.clone(), opts, Arc::clone(&publisher)).reload();
         let table = publisher.current();
-        for fe in table.frontends() {
-            let in_set: BTreeSet<String> = fe.backends().iter().map(|b| b.addr.to_string()).collect();
-            let recorded: BTreeSet<String> = fe
-                .explanation
+        // Each frontend's own set, and the short-circuit's cluster-wide set with its record.
+        let sets = table.frontends().flat_map(|fe| {
+            std::iter::once((fe, &fe.scheduler, &fe.explanation))
+                .chain(fe.local_origin.as_ref().map(|lo| (fe, &lo.scheduler, &lo.explanation)))
+        });
+        for (fe, scheduler, explanation) in sets {
+            let in_set: BTreeSet<String> = scheduler.backends().iter().map(|b| b.addr.to_string()).collect();
+            let recorded: BTreeSet<String> = explanation
                 .endpoints
                 .iter()
                 .filter(|e| e.verdict.is_used() || e.verdict == EndpointVerdict::Excluded(Exclusion::WeightZero))
                 .map(|e| e.address())
                 .collect();
             assert_eq!(in_set, recorded, "{fixture:?} {} {}", fe.key, fe.service);
-            let zero: BTreeSet<String> = fe.backends().iter().filter(|b| b.weight == 0).map(|b| b.addr.to_string()).collect();
-            let recorded_zero: BTreeSet<String> = fe
-                .explanation
+            let zero: BTreeSet<String> = scheduler.backends().iter().filter(|b| b.weight == 0).map(|b| b.addr.to_string()).collect();
+            let recorded_zero: BTreeSet<String> = explanation
                 .endpoints
                 .iter()
                 .filter(|e| e.verdict == EndpointVerdict::Excluded(Exclusion::WeightZero))

@@ -31,9 +31,20 @@ struct Snapshot {
 #[derive(Debug, Default)]
 pub struct NodeAddrs {
     snapshot: ArcSwap<Snapshot>,
+    /// Given, not read: the node's addresses as the compiler knows them, for answering about a
+    /// node this process does not run on (`tpvs explain --manifests`).
+    given: bool,
 }
 
 impl NodeAddrs {
+    /// Exactly `addrs` (and loopback), never read from this machine's interfaces.
+    pub fn given(addrs: impl IntoIterator<Item = IpAddr>) -> NodeAddrs {
+        let mut addrs: Vec<IpAddr> = addrs.into_iter().map(|ip| ip.to_canonical()).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        NodeAddrs { snapshot: ArcSwap::from_pointee(Snapshot { read_at: None, addrs }), given: true }
+    }
+
     /// Whether `ip` is one of this node's addresses (loopback always is).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
@@ -44,7 +55,7 @@ impl NodeAddrs {
         if snap.addrs.binary_search(&ip).is_ok() {
             return true;
         }
-        if snap.read_at.is_some_and(|t| t.elapsed() < REREAD_ON_MISS) {
+        if self.given || snap.read_at.is_some_and(|t| t.elapsed() < REREAD_ON_MISS) {
             return false;
         }
         match read_node_addrs() {
@@ -118,5 +129,18 @@ mod tests {
         if !own.contains(&outside) {
             assert!(!addrs.contains(outside));
         }
+    }
+
+    #[test]
+    fn given_addresses_are_the_only_ones_besides_loopback() {
+        let node = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 201));
+        let addrs = NodeAddrs::given([node]);
+        assert!(addrs.contains(node) && addrs.contains(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        // An address of the machine asking is not the explained node's.
+        let own = read_node_addrs().unwrap_or_else(|e| panic!("getifaddrs: {e}"));
+        for ip in own.iter().filter(|ip| !ip.is_loopback() && **ip != node) {
+            assert!(!addrs.contains(*ip), "{ip} is this machine's, not the node's");
+        }
+        assert!(!NodeAddrs::given([]).contains(node));
     }
 }
