@@ -425,8 +425,8 @@ fn udp_service_without_endpoints_is_refused_at_once() {
 /// kube-proxy's short-circuit over UDP: a pod of this node (be0, inside `--cluster-cidr`)
 /// sending to the load-balancer IP of a `Local` Service whose only endpoint runs on node2 is
 /// served from the cluster-wide set. A table change that rebuilds that frontend (an endpoint
-/// added) keeps its flow on the same upstream socket and backend; removing the backend from
-/// the set the flow was served from ends it.
+/// added) keeps its flow on the same upstream socket and backend, and so does a successor
+/// adopting it; removing the backend from the set the flow was served from ends it.
 #[test]
 fn a_short_circuited_flow_keeps_its_backend_across_a_table_change() {
     let Some(mut lab) = lab(1) else { return };
@@ -459,6 +459,15 @@ fn a_short_circuited_flow_keeps_its_backend_across_a_table_change() {
     }
     let evicted = metric(&lab, r#"tpvs_udp_flows_evicted_total{reason="table_change"}"#);
     assert_eq!(evicted, Some(0.0), "no flow closed by the table change");
+
+    // A successor adopts the flow against the same set: it keeps its upstream socket.
+    let mut old = lab.start_successor(&[]).unwrap_or_else(|| panic!("no running instance"));
+    let exited = lab::wait_child(&mut old, Duration::from_secs(10));
+    assert!(exited.is_some_and(|s| s.success()), "the predecessor did not hand over and exit 0 ({exited:?}):\n{}", lab.tpvs_log_of(0));
+    for i in 21..=40 {
+        let e = ask(&s, &i.to_string()).unwrap_or_else(|e| panic!("datagram #{i} after the hand-over: {e}; log:\n{}", lab.tpvs_log()));
+        assert_eq!((e.backend.as_str(), e.peer), ("node2", first.peer), "datagram #{i}: the successor kept the flow");
+    }
 
     // Its backend gone from the set it was served from: the flow ends with the change.
     lab.write_manifests(&manifests(&[svc(&["10.2.0.3"])]));
