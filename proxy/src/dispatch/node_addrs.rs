@@ -7,7 +7,8 @@
 //! pays anything. A found address is answered from the snapshot; an address not found re-reads
 //! the node's addresses when the snapshot is older than [`REREAD_ON_MISS`], so an address added
 //! to the node is known within that time while a stream of outside clients costs at most one
-//! read per interval.
+//! read per interval. `tpvs explain --manifests` answers for a node it does not run on: it
+//! gives the addresses the compiler knows instead ([`NodeAddrs::given`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
