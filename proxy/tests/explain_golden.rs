@@ -166,6 +166,24 @@ fn json_schema_and_exit_code_agree() {
         assert_eq!(v["source"], "manifests");
         assert!(v["live"].is_null(), "offline has no live evidence");
     }
+    // The short-circuit of local traffic: a pod, the node (its --bind-address), an outsider.
+    let flags = table_flags(&PathBuf::from("tests/explain/local_traffic.yaml"));
+    for (from, outcome, code, applies, client_is) in [
+        ("10.244.1.9", "forwarded", 0, true, Some("pod")),
+        ("192.168.1.10", "forwarded", 0, true, Some("node")),
+        ("203.0.113.7", "dropped", 1, false, None),
+    ] {
+        let mut args = vec!["192.0.2.90:80", "--json", "--from", from];
+        args.extend(flags.iter().map(String::as_str));
+        let o = explain(&args);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{from}: {e}"));
+        assert_eq!((v["outcome"].as_str(), o.status.code()), (Some(outcome), Some(code)), "{from}: {v}");
+        let sc = &v["short_circuit"];
+        assert_eq!((sc["applies"].as_bool(), sc["client_is"].as_str()), (Some(applies), client_is), "{from}: {v}");
+        assert_eq!((sc["pod_sources"][0].as_str(), sc["endpoints"].as_u64()), (Some("10.244.0.0/16"), Some(2)), "{from}: {v}");
+        let used = v["endpoints"].as_array().map_or(0, |e| e.iter().filter(|e| e["used"] == true).count());
+        assert_eq!(used, if applies { 2 } else { 0 }, "{from}: the set this client is served from: {v}");
+    }
 }
 
 /// The compiler's record and the backend set it built agree, frontend by frontend (and for the
