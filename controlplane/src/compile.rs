@@ -378,6 +378,9 @@ pub fn compile_service(
             let local_origin = (svc.external_policy_local && cat.has_any).then(|| LocalOrigin {
                 pod_sources: pods.iter().filter(|n| family_matches(n.addr(), *family)).copied().collect(),
                 scheduler: cache.get(&cluster_set),
+                explanation: Arc::clone(
+                    cluster_record.get_or_insert_with(|| record(svc, slices.len(), &cat, &cat.cluster, &other_family, portless)),
+                ),
             });
             let name = ServicePortName {
                 namespace: Arc::clone(&svc.key.namespace),

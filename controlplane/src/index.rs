@@ -255,7 +255,10 @@ impl ClusterIndex {
         all.sort_by(|a, b| a.0.cmp(b.0));
         let all: Arc<[Refusal]> = all.into_iter().flat_map(|(_, r)| r.iter().cloned()).collect();
         self.skipped_changed = false;
-        let table = RoutingTable::new(0, self.frontends.clone()).with_refused(all).with_not_proxied(self.not_proxied());
+        let table = RoutingTable::new(0, self.frontends.clone())
+            .with_refused(all)
+            .with_not_proxied(self.not_proxied())
+            .with_node_ips(self.node.ips.iter().copied().collect());
         (table, found)
     }
 

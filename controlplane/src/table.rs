@@ -220,6 +220,8 @@ pub struct LocalOrigin {
     /// The pods' source ranges, of this frontend's family only.
     pub pod_sources: Arc<[ipnet::IpNet]>,
     pub scheduler: Arc<dyn Scheduler>,
+    /// Why `scheduler`'s set is what it is (the Service's `Cluster` record; for `tpvs explain`).
+    pub explanation: Arc<FrontendRecord>,
 }
 
 impl LocalOrigin {
@@ -234,6 +236,18 @@ impl LocalOrigin {
 impl Frontend {
     pub fn backends(&self) -> &Arc<BackendSet> {
         self.scheduler.backends()
+    }
+
+    /// The endpoint set that serves this frontend's connections made under `policy`: its own
+    /// set under its own policy, the short-circuit's cluster-wide set under `Cluster` on a
+    /// `Local` frontend that has one (kube-proxy's short-circuit of local traffic), none
+    /// otherwise. What a connection or flow kept across a table change is checked against.
+    pub fn scheduler_for(&self, policy: TrafficPolicy) -> Option<&Arc<dyn Scheduler>> {
+        match (self.policy, policy, &self.local_origin) {
+            (own, asked, _) if own == asked => Some(&self.scheduler),
+            (TrafficPolicy::Local, TrafficPolicy::Cluster, Some(lo)) => Some(&lo.scheduler),
+            _ => None,
+        }
     }
 
     pub fn scheduler_kind(&self) -> SchedulerKind {
@@ -251,11 +265,27 @@ pub struct RoutingTable {
     refused: Arc<[Refusal]>,
     /// Services and addresses not proxied on purpose (for `tpvs explain`), sorted by Service.
     not_proxied: Arc<[NotProxied]>,
+    /// This node's IPs as the compiler knows them (`--bind-address`, the Node object's).
+    node_ips: Arc<[IpAddr]>,
 }
 
 impl RoutingTable {
     pub fn new(generation: u64, frontends: FxHashMap<FrontendKey, Arc<Frontend>>) -> Self {
-        RoutingTable { generation, frontends, refused: Arc::new([]), not_proxied: Arc::new([]) }
+        RoutingTable { generation, frontends, refused: Arc::new([]), not_proxied: Arc::new([]), node_ips: Arc::new([]) }
+    }
+
+    /// The table with this node's IPs as the compiler knows them.
+    pub fn with_node_ips(mut self, node_ips: Arc<[IpAddr]>) -> Self {
+        self.node_ips = node_ips;
+        self
+    }
+
+    /// This node's IPs as the compiler knows them (one per family: `--bind-address`, else the
+    /// Node object's): what `tpvs explain` offline counts as the node's own addresses. The
+    /// data path asks the node's interfaces instead, which also know the addresses no object
+    /// names.
+    pub fn node_ips(&self) -> &[IpAddr] {
+        &self.node_ips
     }
 
     /// The table with the Services and addresses it does not proxy on purpose.

@@ -17,6 +17,7 @@ use crate::addrs::NodePortAddrs;
 use crate::admin::{healthcheck, http};
 use crate::cli::ExplainArgs;
 use crate::dispatch::Dispatcher;
+use crate::dispatch::node_addrs::NodeAddrs;
 use crate::dispatch::outlier::OutlierPolicy;
 use crate::dispatch::telemetry::MetricsRegistry;
 use crate::explain::query::Query;
@@ -37,7 +38,8 @@ pub fn run_live(args: &ExplainArgs) -> ExitCode {
 }
 
 /// The table `manifests` compile to, with `args`' settings, asked through a dispatcher of its
-/// own (no live state: no affinity entries, no counters; the proxy counted as healthy).
+/// own (no live state: no affinity entries, no counters; the proxy counted as healthy; the
+/// node's addresses as the compiler knows them).
 fn offline(manifests: &Path, args: &ExplainArgs, q: &Query) -> anyhow::Result<Report> {
     let publisher = Arc::new(Publisher::new());
     let mut source = ManifestSource::new(manifests.to_path_buf(), args.table.compile_options(), Arc::clone(&publisher));
@@ -47,8 +49,11 @@ fn offline(manifests: &Path, args: &ExplainArgs, q: &Query) -> anyhow::Result<Re
     eprint!("{}", render_errors(&loaded));
     anyhow::ensure!(loaded.files > 0, "{}: no manifest files", manifests.display());
     let table = publisher.current();
+    // The node's own addresses are the ones the compiler knows (`--bind-address`, the Node
+    // object), not those of the machine asking.
     let dispatcher =
-        Dispatcher::new(publisher.handle(), NodePortAddrs::AllLocal, Arc::new(MetricsRegistry::default()), OutlierPolicy::default());
+        Dispatcher::new(publisher.handle(), NodePortAddrs::AllLocal, Arc::new(MetricsRegistry::default()), OutlierPolicy::default())
+            .with_node_addrs(NodeAddrs::given(table.node_ips().iter().copied()));
     let health_check = |port: u16| healthcheck::status_of(&table, port, true);
     Ok(report::explain(q, &Sources { table: &table, dispatcher: &dispatcher, health_check: &health_check, live: None }))
 }

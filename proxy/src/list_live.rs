@@ -57,8 +57,20 @@ async fn fetch(server: SocketAddr) -> anyhow::Result<JsonTable> {
     serde_json::from_slice(&body).with_context(|| format!("{server}/api/table: unexpected answer"))
 }
 
+/// Every backend a frontend reaches, once: its own set, then those only the short-circuit of
+/// local traffic reaches (a Local frontend with no local endpoint serves only those).
+fn reached(f: &JsonFrontend) -> impl Iterator<Item = &JsonBackend> {
+    let short_circuit = f.local_origin.iter().flat_map(|lo| lo.backends.iter());
+    f.backends.iter().chain(short_circuit.filter(|b| !f.backends.iter().any(|own| own.address == b.address)))
+}
+
+/// The short-circuit's backends (`=>` rows).
+fn short_circuit(f: &JsonFrontend) -> &[JsonBackend] {
+    f.local_origin.as_ref().map_or(&[], |lo| lo.backends.as_slice())
+}
+
 fn sum(f: &JsonFrontend, field: impl Fn(&JsonBackend) -> u64) -> u64 {
-    f.backends.iter().map(field).fold(0u64, u64::saturating_add)
+    reached(f).map(field).fold(0u64, u64::saturating_add)
 }
 
 /// `ipvsadm -Ln --stats`: totals since each backend first appeared.
@@ -79,8 +91,9 @@ pub fn render_stats(table: &JsonTable) -> String {
             sum(f, |b| b.bytes_from_backend),
         ];
         row(&mut out, &f.protocol, &f.address, totals);
-        for b in &f.backends {
-            row(&mut out, "  ->", &b.address, [b.connections, b.active, b.failures, b.bytes_to_backend, b.bytes_from_backend]);
+        let rows = f.backends.iter().map(|b| ("  ->", b)).chain(short_circuit(f).iter().map(|b| ("  =>", b)));
+        for (arrow, b) in rows {
+            row(&mut out, arrow, &b.address, [b.connections, b.active, b.failures, b.bytes_to_backend, b.bytes_from_backend]);
         }
     }
     out
@@ -107,12 +120,12 @@ pub fn rates(before: &JsonTable, after: &JsonTable, elapsed: Duration) -> Rates 
     let old: HashMap<(&str, &str, &str), &JsonBackend> = before
         .frontends
         .iter()
-        .flat_map(|f| f.backends.iter().map(move |b| ((f.protocol.as_str(), f.address.as_str(), b.address.as_str()), b)))
+        .flat_map(|f| reached(f).map(move |b| ((f.protocol.as_str(), f.address.as_str(), b.address.as_str()), b)))
         .collect();
     let mut out = Rates::new();
     for f in &after.frontends {
         let mut total = Rate::default();
-        for b in &f.backends {
+        for b in reached(f) {
             // A backend new since the first sample counts from zero.
             let prev = old.get(&(f.protocol.as_str(), f.address.as_str(), b.address.as_str()));
             let delta = |now: u64, then: fn(&JsonBackend) -> u64| now.saturating_sub(prev.map_or(0, |p| then(p))) as f64 / secs;
@@ -145,9 +158,11 @@ pub fn render_rates(table: &JsonTable, rates: &Rates) -> String {
     for f in &table.frontends {
         let total = rates.get(&format!("{} {}", f.protocol, f.address)).copied().unwrap_or_default();
         row(&mut out, &f.protocol, &f.address, total);
-        for b in &f.backends {
+        // A backend's rate is its address's, under whichever set reaches it.
+        let rows = f.backends.iter().map(|b| ("  ->", b)).chain(short_circuit(f).iter().map(|b| ("  =>", b)));
+        for (arrow, b) in rows {
             let r = rates.get(&format!("{} {} -> {}", f.protocol, f.address, b.address)).copied().unwrap_or_default();
-            row(&mut out, "  ->", &b.address, r);
+            row(&mut out, arrow, &b.address, r);
         }
     }
     out
@@ -200,6 +215,32 @@ mod tests {
         let line = text.lines().find(|l| l.starts_with("TCP")).unwrap_or_default();
         let cols: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(cols, ["TCP", "10.96.0.10:80", "10", "2", "0", "200", "400"]);
+    }
+
+    /// A Local frontend without local endpoints: only the short-circuit's backends carry its
+    /// traffic, and a backend in both sets counts once.
+    fn short_circuited(conns: u64) -> JsonTable {
+        let mut t = table(conns, 100);
+        let f = &mut t.frontends[0];
+        let both = f.backends[1].clone();
+        let mut only_elsewhere = both.clone();
+        only_elsewhere.address = "10.2.0.2:8080".into();
+        f.local_origin = Some(crate::view::JsonLocalOrigin { pod_sources: Vec::new(), backends: vec![both, only_elsewhere] });
+        f.backends.truncate(1);
+        f.backends[0].address = "10.1.1.2:8080".into();
+        t
+    }
+
+    #[test]
+    fn the_short_circuit_backends_count_and_show() {
+        let text = render_stats(&short_circuited(5));
+        let line = text.lines().find(|l| l.starts_with("TCP")).unwrap_or_default();
+        assert_eq!(line.split_whitespace().nth(2), Some("10"), "10.1.1.2 once, 10.2.0.2 once: {text}");
+        assert!(text.contains("  => 10.2.0.2:8080"), "{text}");
+        let r = rates(&short_circuited(5), &short_circuited(15), Duration::from_secs(1));
+        assert_eq!(r.get("TCP 10.96.0.10:80 -> 10.2.0.2:8080").map(|r| r.cps), Some(10.0));
+        assert_eq!(r.get("TCP 10.96.0.10:80").map(|r| r.cps), Some(20.0));
+        assert!(render_rates(&short_circuited(15), &r).contains("  => 10.2.0.2:8080"));
     }
 
     #[test]

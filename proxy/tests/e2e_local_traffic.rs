@@ -4,7 +4,8 @@
 //!   itself and from a pod on it (a namespace inside `--cluster-cidr`) to the Service's
 //!   load-balancer IP or NodePort are served from all its endpoints, even with none on this
 //!   node, while a client from outside is still dropped (and, with a local endpoint, still
-//!   gets only that one).
+//!   gets only that one); `tpvs explain` of such a client names the backend its connection
+//!   reaches.
 //! - kube-proxy's node exception to `loadBalancerSourceRanges`: with the node's IP inside a
 //!   Service's ranges, a connection whose source is the load-balancer IP itself (the node
 //!   holding the VIP as a local address, its connection looped back) is admitted; with the
@@ -113,6 +114,54 @@ fn ipv6_the_node_and_its_pods_reach_a_local_service_without_a_local_endpoint() {
     assert_eq!(from_pod.backend, "node2");
     assert_dropped(&client, None, "[fd00:99::50]:80");
     assert_dropped(&client, None, "[fd00::1]:30152");
+}
+
+/// `tpvs explain --from` a client, asked of the running daemon as JSON: the answer and the exit
+/// code.
+fn explain_json(lab: &Lab, dest: &str, from: &str) -> (serde_json::Value, Option<i32>) {
+    let out = lab::in_netns(&lab.node, || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tpvs")).args(["explain", dest, "--from", from, "--json"]).output()
+    })
+    .unwrap_or_else(|e| panic!("tpvs explain: {e}"));
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{dest} from {from}: {e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    (v, out.status.code())
+}
+
+/// The live `tpvs explain` of a Local Service without a local endpoint says what the data path
+/// does: a pod (be0) and the node (its own 10.0.0.1) are short-circuited to all endpoints and
+/// get the backend explain names (sh: a function of the client's address, so foretold); an
+/// outside client is dropped, as its real connection is.
+#[test]
+fn explain_tells_where_a_short_circuited_connection_goes() {
+    let Some(mut lab) = lab(2, &[1]) else { return };
+    lab.serve_node2();
+    node_sh(&lab, &["ip", "route", "add", "10.99.0.0/16", "via", "10.2.0.2"]);
+    // Both endpoints count as node2's (be1 is this node's namespace, named elsewhere), so
+    // node1 has none: only the short-circuit reaches them.
+    let svc = local_lb("shorted", "10.96.0.53", "10.99.0.53", 30153, &[("10.1.1.2", "node2"), ("10.2.0.2", "node2")]);
+    lab.write_manifests(&manifests(&[svc]));
+    lab.start_tpvs(&["--cluster-cidr", "10.1.0.0/16", "--scheduler", "sh"]);
+    let dst = "10.99.0.53:80";
+    let address_of = |name: &str| if name == "be1" { "10.1.1.2:8080" } else { "10.2.0.2:8080" };
+    let (pod, node, client) = (lab.backends[0].clone(), lab.node.clone(), lab.client.clone());
+    for (ns, from, client_is) in [(&pod, "10.1.0.2", "pod"), (&node, "10.0.0.1", "node")] {
+        let h = lab
+            .wait_for(Duration::from_secs(15), || hello_from(ns, Some(from), dst, Duration::from_secs(2)).ok())
+            .unwrap_or_else(|| panic!("{from} never reached {dst}; log:\n{}", lab.tpvs_log()));
+        let (v, code) = explain_json(&lab, dst, from);
+        assert_eq!((v["outcome"].as_str(), code), (Some("forwarded"), Some(0)), "{from}: {v}");
+        assert_eq!(v["short_circuit"]["applies"], true, "{from}: {v}");
+        assert_eq!(v["short_circuit"]["client_is"], client_is, "{from}: {v}");
+        assert_eq!(v["source_seen_by_backend"], "node", "{from}: {v}");
+        assert_eq!(v["decision"]["backend"], address_of(&h.backend), "{from}: explain names another backend than {from}'s connection reached ({})", h.backend);
+        let seen = v["live"]["backends"].as_array().and_then(|bs| bs.iter().find(|b| b["address"] == address_of(&h.backend)).cloned());
+        assert!(seen.is_some_and(|b| b["connections"].as_u64().is_some_and(|n| n >= 1)), "{from}: its connection is counted: {v}");
+    }
+    let (v, code) = explain_json(&lab, dst, "10.0.0.2");
+    assert_eq!((v["outcome"].as_str(), code), (Some("dropped"), Some(1)), "{v}");
+    assert_eq!(v["short_circuit"]["applies"], false, "{v}");
+    assert_dropped(&client, None, dst);
 }
 
 /// With a local endpoint, outsiders get only it (and the backend sees them), while the node's

@@ -119,9 +119,14 @@ fn parse_echo(s: &str) -> Option<Echo> {
 /// A client socket in the client namespace, connected to `dst`: replies from any other
 /// address (say, the backend's own instead of the VIP) never reach it.
 fn client_socket(lab: &Lab, dst: &str) -> UdpSocket {
+    socket_in(&lab.client, dst)
+}
+
+/// [`client_socket`] in namespace `ns`.
+fn socket_in(ns: &str, dst: &str) -> UdpSocket {
     let dst = sa(dst);
     let any = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-    let s = in_netns(&lab.client, || UdpSocket::bind(any)).unwrap_or_else(|e| panic!("client bind: {e}"));
+    let s = in_netns(ns, || UdpSocket::bind(any)).unwrap_or_else(|e| panic!("client bind in {ns}: {e}"));
     s.connect(dst).unwrap_or_else(|e| panic!("connect {dst}: {e}"));
     s.set_read_timeout(Some(Duration::from_millis(400))).unwrap_or_else(|e| panic!("{e}"));
     s
@@ -415,4 +420,60 @@ fn udp_service_without_endpoints_is_refused_at_once() {
     let err = ask(&s, "x").err().map(|e| e.kind());
     assert_eq!(err, Some(io::ErrorKind::ConnectionRefused));
     assert!(started.elapsed() < Duration::from_millis(400));
+}
+
+/// kube-proxy's short-circuit over UDP: a pod of this node (be0, inside `--cluster-cidr`)
+/// sending to the load-balancer IP of a `Local` Service whose only endpoint runs on node2 is
+/// served from the cluster-wide set. A table change that rebuilds that frontend (an endpoint
+/// added) keeps its flow on the same upstream socket and backend, and so does a successor
+/// adopting it; removing the backend from the set the flow was served from ends it.
+#[test]
+fn a_short_circuited_flow_keeps_its_backend_across_a_table_change() {
+    let Some(mut lab) = lab(1) else { return };
+    let _remote = UdpEcho::start(&lab.node2, "node2", sa(&format!("10.2.0.2:{ECHO_PORT}")));
+    let svc = |endpoints: &[&str]| {
+        let mut s = endpoints.iter().fold(udp_svc("elsewhere", "10.96.0.62", ECHO_PORT), |s, e| s.endpoint(e, "node2"));
+        s.kind = "LoadBalancer";
+        s.external_policy = "Local";
+        s.node_port = Some(30062);
+        s.lb_ingress = Some("10.99.0.62".into());
+        s
+    };
+    lab.write_manifests(&manifests(&[svc(&["10.2.0.2"])]));
+    lab.start_tpvs(&["--cluster-cidr", "10.1.0.0/16"]);
+    let pod = lab.backends[0].clone();
+    let s = socket_in(&pod, "10.99.0.62:53");
+    let first = wait_for_echo(&lab, &s, "0");
+    assert_eq!((first.backend.as_str(), first.peer.ip()), ("node2", sa("10.2.0.1:0").ip()), "served from all endpoints, as the node");
+
+    // 10.2.0.3 answers nothing: a flow rescheduled onto it would go unanswered.
+    lab.write_manifests(&manifests(&[svc(&["10.2.0.2", "10.2.0.3"])]));
+    let tpvs = env!("CARGO_BIN_EXE_tpvs");
+    let listed = lab.wait_for(Duration::from_secs(10), || {
+        lab.node_sh(&[tpvs, "list"]).ok().filter(|l| l.contains(&format!("=> 10.2.0.3:{ECHO_PORT}")))
+    });
+    assert!(listed.is_some(), "the added endpoint never reached the short-circuit set; log:\n{}", lab.tpvs_log());
+    for i in 1..=20 {
+        let e = ask(&s, &i.to_string()).unwrap_or_else(|e| panic!("datagram #{i} after the table change: {e}; log:\n{}", lab.tpvs_log()));
+        assert_eq!((e.backend.as_str(), e.peer), ("node2", first.peer), "datagram #{i}: the flow keeps its backend and upstream socket");
+    }
+    let evicted = metric(&lab, r#"tpvs_udp_flows_evicted_total{reason="table_change"}"#);
+    assert_eq!(evicted, Some(0.0), "no flow closed by the table change");
+
+    // A successor adopts the flow against the same set: it keeps its upstream socket.
+    let mut old = lab.start_successor(&[]).unwrap_or_else(|| panic!("no running instance"));
+    let exited = lab::wait_child(&mut old, Duration::from_secs(10));
+    assert!(exited.is_some_and(|s| s.success()), "the predecessor did not hand over and exit 0 ({exited:?}):\n{}", lab.tpvs_log_of(0));
+    for i in 21..=40 {
+        let e = ask(&s, &i.to_string()).unwrap_or_else(|e| panic!("datagram #{i} after the hand-over: {e}; log:\n{}", lab.tpvs_log()));
+        assert_eq!((e.backend.as_str(), e.peer), ("node2", first.peer), "datagram #{i}: the successor kept the flow");
+    }
+
+    // Its backend gone from the set it was served from: the flow ends with the change.
+    lab.write_manifests(&manifests(&[svc(&["10.2.0.3"])]));
+    let closed = lab.wait_for(Duration::from_secs(10), || {
+        metric(&lab, r#"tpvs_udp_flows_evicted_total{reason="table_change"}"#).filter(|n| *n >= 1.0)
+    });
+    assert!(closed.is_some(), "the flow outlived its backend; log:\n{}", lab.tpvs_log());
+    assert!(ask(&s, "after").is_err(), "no answer once the backend is gone (the only endpoint left serves nothing)");
 }

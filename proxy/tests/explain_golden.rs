@@ -1,5 +1,6 @@
 //! Golden tests of `tpvs explain` over manifests: each `tests/explain/NAME.yaml` starts with
-//! `# node: NODE`, may set `# external-ip-cidrs: CIDR,...`, and lists the questions to ask as
+//! `# node: NODE`, may set `# external-ip-cidrs: CIDR,...`, `# cluster-cidr: CIDR,...` and
+//! `# bind-address: IP`, and lists the questions to ask as
 //! `# ask: DEST [FLAGS]` lines. The real binary answers each; its output, stderr and exit code
 //! are pinned in `tests/explain/NAME.txt`. Run with `UPDATE_GOLDEN=1` to rewrite them after
 //! an intended change, then read the diff: it is the behaviour change.
@@ -26,8 +27,10 @@ fn table_flags(fixture: &Path) -> Vec<String> {
     if let Some(node) = header(&text, "# node: ").first() {
         flags.extend(["--hostname-override".to_string(), node.to_string()]);
     }
-    if let Some(cidrs) = header(&text, "# external-ip-cidrs: ").first() {
-        flags.extend(["--external-ip-cidrs".to_string(), cidrs.replace(' ', "")]);
+    for (key, flag) in [("# external-ip-cidrs: ", "--external-ip-cidrs"), ("# cluster-cidr: ", "--cluster-cidr"), ("# bind-address: ", "--bind-address")] {
+        if let Some(value) = header(&text, key).first() {
+            flags.extend([flag.to_string(), value.replace(' ', "")]);
+        }
     }
     flags
 }
@@ -72,6 +75,16 @@ fn golden_explain_endpoint_exclusions_ipv6_and_deterministic_picks() {
 #[test]
 fn golden_explain_not_proxied() {
     check("not_proxied");
+}
+
+#[test]
+fn golden_explain_local_traffic_short_circuit_ipv4() {
+    check("local_traffic");
+}
+
+#[test]
+fn golden_explain_local_traffic_short_circuit_ipv6() {
+    check("local_traffic_v6");
 }
 
 #[test]
@@ -147,10 +160,28 @@ fn json_schema_and_exit_code_agree() {
         assert_eq!(v["source"], "manifests");
         assert!(v["live"].is_null(), "offline has no live evidence");
     }
+    // The short-circuit of local traffic: a pod, the node (its --bind-address), an outsider.
+    let flags = table_flags(&PathBuf::from("tests/explain/local_traffic.yaml"));
+    for (from, outcome, code, applies, client_is) in [
+        ("10.244.1.9", "forwarded", 0, true, Some("pod")),
+        ("192.168.1.10", "forwarded", 0, true, Some("node")),
+        ("203.0.113.7", "dropped", 1, false, None),
+    ] {
+        let mut args = vec!["192.0.2.90:80", "--json", "--from", from];
+        args.extend(flags.iter().map(String::as_str));
+        let o = explain(&args);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{from}: {e}"));
+        assert_eq!((v["outcome"].as_str(), o.status.code()), (Some(outcome), Some(code)), "{from}: {v}");
+        let sc = &v["short_circuit"];
+        assert_eq!((sc["applies"].as_bool(), sc["client_is"].as_str()), (Some(applies), client_is), "{from}: {v}");
+        assert_eq!((sc["pod_sources"][0].as_str(), sc["endpoints"].as_u64()), (Some("10.244.0.0/16"), Some(2)), "{from}: {v}");
+        let used = v["endpoints"].as_array().map_or(0, |e| e.iter().filter(|e| e["used"] == true).count());
+        assert_eq!(used, if applies { 2 } else { 0 }, "{from}: the set this client is served from: {v}");
+    }
 }
 
-/// The compiler's record and the backend set it built agree, frontend by frontend, over every
-/// fixture of both golden suites: an endpoint is recorded as used (or as used but of weight 0)
+/// The compiler's record and the backend set it built agree, frontend by frontend (and for the
+/// short-circuit's cluster-wide set), over every fixture of both golden suites: an endpoint is recorded as used (or as used but of weight 0)
 /// exactly when the scheduler has it, so the explanation cannot drift from the table.
 #[test]
 fn every_recorded_verdict_matches_the_backend_set_the_scheduler_got() {
@@ -176,19 +207,22 @@ fn every_recorded_verdict_matches_the_backend_set_the_scheduler_got() {
         let opts = CompileOptions { node_name: node, ..CompileOptions::default() };
         ManifestSource::new(fixture.clone(), opts, Arc::clone(&publisher)).reload();
         let table = publisher.current();
-        for fe in table.frontends() {
-            let in_set: BTreeSet<String> = fe.backends().iter().map(|b| b.addr.to_string()).collect();
-            let recorded: BTreeSet<String> = fe
-                .explanation
+        // Each frontend's own set, and the short-circuit's cluster-wide set with its record.
+        let sets = table.frontends().flat_map(|fe| {
+            std::iter::once((fe, &fe.scheduler, &fe.explanation))
+                .chain(fe.local_origin.as_ref().map(|lo| (fe, &lo.scheduler, &lo.explanation)))
+        });
+        for (fe, scheduler, explanation) in sets {
+            let in_set: BTreeSet<String> = scheduler.backends().iter().map(|b| b.addr.to_string()).collect();
+            let recorded: BTreeSet<String> = explanation
                 .endpoints
                 .iter()
                 .filter(|e| e.verdict.is_used() || e.verdict == EndpointVerdict::Excluded(Exclusion::WeightZero))
                 .map(|e| e.address())
                 .collect();
             assert_eq!(in_set, recorded, "{fixture:?} {} {}", fe.key, fe.service);
-            let zero: BTreeSet<String> = fe.backends().iter().filter(|b| b.weight == 0).map(|b| b.addr.to_string()).collect();
-            let recorded_zero: BTreeSet<String> = fe
-                .explanation
+            let zero: BTreeSet<String> = scheduler.backends().iter().filter(|b| b.weight == 0).map(|b| b.addr.to_string()).collect();
+            let recorded_zero: BTreeSet<String> = explanation
                 .endpoints
                 .iter()
                 .filter(|e| e.verdict == EndpointVerdict::Excluded(Exclusion::WeightZero))

@@ -24,6 +24,7 @@ pub mod node_addrs;
 pub mod outlier;
 pub mod telemetry;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,13 @@ impl Dispatcher {
         Dispatcher { table, nodeport_addrs, affinity: AffinityTable::new(), metrics, outliers, node_addrs: NodeAddrs::default() }
     }
 
+    /// The dispatcher with `node_addrs` as this node's addresses (`tpvs explain` offline gives
+    /// the compiler's; the data path reads the node's interfaces).
+    pub fn with_node_addrs(mut self, node_addrs: NodeAddrs) -> Self {
+        self.node_addrs = node_addrs;
+        self
+    }
+
     pub fn table(&self) -> &TableHandle {
         &self.table
     }
@@ -87,10 +95,12 @@ impl Dispatcher {
     }
 
     /// What a new connection from `client` to `dst` on `fe` would get now, asking the same
-    /// affinity map and scheduler [`Self::choose`] asks, and opening, counting and moving
-    /// nothing: the scheduler is asked only when its pick depends on addresses alone.
+    /// endpoint-set choice, affinity map and scheduler [`Self::choose`] asks, and opening,
+    /// counting and moving nothing: the scheduler is asked only when its pick depends on
+    /// addresses alone.
     pub fn preview(&self, fe: &Frontend, client: Option<ClientAddr>, dst: OrigDstAddr) -> Preview {
-        let set = fe.backends();
+        let served = self.endpoint_set(fe, client.map(|c| c.ip()));
+        let set = served.scheduler.backends();
         let now = Instant::now();
         let sticky = match (fe.affinity, client) {
             (Some(_), Some(c)) => self
@@ -99,7 +109,7 @@ impl Dispatcher {
                 .and_then(|(addr, left)| set.iter().position(|b| b.addr == addr && b.is_pickable()).map(|i| (i, left))),
             _ => None,
         };
-        let key = fe.scheduler_kind().pick_key();
+        let key = served.scheduler.kind().pick_key();
         let foretold = match (key, client) {
             (PickKey::State, _) => false,
             (PickKey::Destination, _) => true,
@@ -109,7 +119,7 @@ impl Dispatcher {
             (_, None) => false,
         };
         let ctx = PickContext::new(client.unwrap_or(ClientAddr(std::net::SocketAddr::new(dst.ip(), 0))), dst);
-        let pick = if foretold { fe.scheduler.pick(&ctx, &Tried::new()) } else { None };
+        let pick = if foretold { served.scheduler.pick(&ctx, &Tried::new()) } else { None };
         let ejected = |i: usize| {
             set.get(i).and_then(|b| self.metrics.peek(b.addr)).is_some_and(|m| m.outlier.is_ejected(now_nanos()))
         };
@@ -119,6 +129,9 @@ impl Dispatcher {
             pick_key: key,
             foretold,
             pick_ejected: pick.is_some_and(ejected),
+            backends: Arc::clone(set),
+            policy: served.policy,
+            local_client: served.local_client,
         }
     }
 
@@ -141,7 +154,7 @@ impl Dispatcher {
     /// The backends to try for one new connection or flow from `client` to `dst` on `fe`, at
     /// most `max_attempts` of them.
     pub fn choose<'a>(&'a self, fe: &'a Frontend, client: ClientAddr, dst: OrigDstAddr, max_attempts: usize) -> Choice<'a> {
-        let (scheduler, policy) = self.endpoint_set(fe, client);
+        let ServedFrom { scheduler, policy, .. } = self.endpoint_set(fe, Some(client.ip()));
         let set = scheduler.backends();
         // Affinity only while that backend is still in the set and may take connections.
         let sticky = fe
@@ -168,18 +181,49 @@ impl Dispatcher {
     /// Which of a frontend's endpoint sets serves `client`, and under which policy: the
     /// cluster-wide set, as `Cluster`, for a connection from this node or one of its pods to
     /// an external address of a `Local` Service (kube-proxy's short-circuit); the frontend's
-    /// own otherwise. Frontends without the short-circuit decide nothing here.
-    fn endpoint_set<'a>(&self, fe: &'a Frontend, client: ClientAddr) -> (&'a Arc<dyn Scheduler>, TrafficPolicy) {
-        match &fe.local_origin {
-            Some(lo) if lo.is_pod(client.ip()) || self.node_addrs.contains(client.ip()) => (&lo.scheduler, TrafficPolicy::Cluster),
-            _ => (&fe.scheduler, fe.policy),
-        }
+    /// own otherwise (and for an unknown client). Frontends without the short-circuit decide
+    /// nothing here.
+    fn endpoint_set<'a>(&self, fe: &'a Frontend, client: Option<IpAddr>) -> ServedFrom<'a> {
+        let own = ServedFrom { scheduler: &fe.scheduler, policy: fe.policy, local_client: None };
+        let (Some(lo), Some(ip)) = (&fe.local_origin, client) else { return own };
+        let local_client = if lo.is_pod(ip) {
+            LocalClient::Pod
+        } else if self.node_addrs.contains(ip) {
+            LocalClient::Node
+        } else {
+            return own;
+        };
+        ServedFrom { scheduler: &lo.scheduler, policy: TrafficPolicy::Cluster, local_client: Some(local_client) }
     }
 }
 
+/// The endpoint set a connection is served from.
+struct ServedFrom<'a> {
+    scheduler: &'a Arc<dyn Scheduler>,
+    policy: TrafficPolicy,
+    /// Set when the short-circuit of local traffic chose it: why the client counts as local.
+    local_client: Option<LocalClient>,
+}
+
+/// Why a client counts as this node's own traffic for the short-circuit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalClient {
+    /// Its address is in the pods' source ranges (`--detect-local-mode`).
+    Pod,
+    /// Its address is one of this node's.
+    Node,
+}
+
 /// What [`Dispatcher::preview`] found.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Preview {
+    /// The set the scheduler picks from for this client (the indices below are into it).
+    pub backends: Arc<BackendSet>,
+    /// The policy this client is served under (`Cluster` when short-circuited).
+    pub policy: TrafficPolicy,
+    /// Set when the client is short-circuited to the cluster-wide set, with why it counts as
+    /// local.
+    pub local_client: Option<LocalClient>,
     /// The client's live affinity entry: the backend's index in the set, and the time left.
     pub sticky: Option<(usize, Duration)>,
     /// The scheduler's first choice, when it could be foretold.

@@ -7,7 +7,8 @@
 //! pays anything. A found address is answered from the snapshot; an address not found re-reads
 //! the node's addresses when the snapshot is older than [`REREAD_ON_MISS`], so an address added
 //! to the node is known within that time while a stream of outside clients costs at most one
-//! read per interval.
+//! read per interval. `tpvs explain --manifests` answers for a node it does not run on: it
+//! gives the addresses the compiler knows instead ([`NodeAddrs::given`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -31,9 +32,20 @@ struct Snapshot {
 #[derive(Debug, Default)]
 pub struct NodeAddrs {
     snapshot: ArcSwap<Snapshot>,
+    /// Given, not read: the node's addresses as the compiler knows them, for answering about a
+    /// node this process does not run on (`tpvs explain --manifests`).
+    given: bool,
 }
 
 impl NodeAddrs {
+    /// Exactly `addrs` (and loopback), never read from this machine's interfaces.
+    pub fn given(addrs: impl IntoIterator<Item = IpAddr>) -> NodeAddrs {
+        let mut addrs: Vec<IpAddr> = addrs.into_iter().map(|ip| ip.to_canonical()).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        NodeAddrs { snapshot: ArcSwap::from_pointee(Snapshot { read_at: None, addrs }), given: true }
+    }
+
     /// Whether `ip` is one of this node's addresses (loopback always is).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
@@ -44,7 +56,7 @@ impl NodeAddrs {
         if snap.addrs.binary_search(&ip).is_ok() {
             return true;
         }
-        if snap.read_at.is_some_and(|t| t.elapsed() < REREAD_ON_MISS) {
+        if self.given || snap.read_at.is_some_and(|t| t.elapsed() < REREAD_ON_MISS) {
             return false;
         }
         match read_node_addrs() {
@@ -118,5 +130,18 @@ mod tests {
         if !own.contains(&outside) {
             assert!(!addrs.contains(outside));
         }
+    }
+
+    #[test]
+    fn given_addresses_are_the_only_ones_besides_loopback() {
+        let node = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 201));
+        let addrs = NodeAddrs::given([node]);
+        assert!(addrs.contains(node) && addrs.contains(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        // An address of the machine asking is not the explained node's.
+        let own = read_node_addrs().unwrap_or_else(|e| panic!("getifaddrs: {e}"));
+        for ip in own.iter().filter(|ip| !ip.is_loopback() && **ip != node) {
+            assert!(!addrs.contains(*ip), "{ip} is this machine's, not the node's");
+        }
+        assert!(!NodeAddrs::given([]).contains(node));
     }
 }

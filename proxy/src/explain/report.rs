@@ -9,12 +9,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use controlplane::explain::{EndpointVerdict, Exclusion, Topology};
-use controlplane::{Frontend, FrontendKey, FrontendKind, Protocol, Refusal, RoutingTable, TrafficPolicy, WhenEmpty};
-use schedulers::{ClientAddr, OrigDstAddr, PickKey};
+use controlplane::{Frontend, FrontendKey, FrontendKind, LocalOrigin, Protocol, Refusal, RoutingTable, TrafficPolicy, WhenEmpty};
+use schedulers::{BackendSet, ClientAddr, OrigDstAddr, PickKey};
 use serde::{Deserialize, Serialize};
 
 use super::query::{Destination, Query};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, LocalClient, Preview};
 use crate::dispatch::telemetry::{ConnectFailure, MetricsRegistry};
 use crate::netfilter::{ElementCount, Interception};
 
@@ -66,8 +66,31 @@ pub struct Report {
     /// The address the backend sees as the source: `"client"` or `"node"`.
     pub source_seen_by_backend: Option<String>,
     pub health_check: Option<HealthCheckView>,
+    /// kube-proxy's short-circuit of this node's own traffic, on the external frontends of an
+    /// `externalTrafficPolicy: Local` Service (absent elsewhere).
+    #[serde(default)]
+    pub short_circuit: Option<ShortCircuitView>,
     /// Step 6: counters of the running daemon (absent offline).
     pub live: Option<Live>,
+}
+
+/// Connections from this node and its pods to an external address of a `Local` Service are
+/// served from all its endpoints, under `Cluster` (the backend sees the node's address).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShortCircuitView {
+    /// Whether this client is served that way (then `endpoints` and `decision` are of the
+    /// cluster-wide set).
+    pub applies: bool,
+    /// Why it counts as this node's own traffic: `"pod"` (in `pod_sources`) or `"node"` (one
+    /// of the node's addresses); absent when it does not (or no `--from` was given).
+    pub client_is: Option<String>,
+    /// The pods' source ranges of the frontend's family (`--detect-local-mode`); empty when
+    /// only the node's own connections count.
+    pub pod_sources: Vec<String>,
+    /// Endpoints in the cluster-wide set.
+    pub endpoints: usize,
+    /// The fact, one line.
+    pub why: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -281,6 +304,7 @@ pub fn explain(q: &Query, src: &Sources<'_>) -> Report {
         experience: String::new(),
         source_seen_by_backend: None,
         health_check: None,
+        short_circuit: None,
         live: None,
     };
     match fe {
@@ -418,7 +442,17 @@ fn with_frontend(q: &Query, src: &Sources<'_>, fe: &Frontend, as_node_port: bool
             Topology::Node(n) => Some(format!("node {n}")),
         },
     });
-    r.endpoints = rec
+    let dst = match q.destination {
+        Destination::Addr(a) => a,
+        Destination::NodePort(p) => SocketAddr::new(fe.key.addr, p),
+    };
+    let client = q.client.map(ClientAddr);
+    // The set this client is served from, chosen as the data path chooses it.
+    let preview = src.dispatcher.preview(fe, client, OrigDstAddr(dst));
+    let short_circuited = preview.local_client.and(fe.local_origin.as_ref());
+    r.short_circuit = fe.local_origin.as_ref().map(|lo| short_circuit_view(lo, q, preview.local_client));
+    let shown = short_circuited.map_or(rec, |lo| &lo.explanation);
+    r.endpoints = shown
         .endpoints
         .iter()
         .map(|e| {
@@ -461,12 +495,7 @@ fn with_frontend(q: &Query, src: &Sources<'_>, fe: &Frontend, as_node_port: bool
             ),
         });
     }
-    let dst = match q.destination {
-        Destination::Addr(a) => a,
-        Destination::NodePort(p) => SocketAddr::new(fe.key.addr, p),
-    };
-    let client = q.client.map(ClientAddr);
-    let set = fe.backends();
+    let set = &preview.backends;
     let health = fe
         .health_check_node_port
         .and_then(|port| (src.health_check)(port).map(|(status, local_endpoints)| HealthCheckView { port, status, local_endpoints }));
@@ -493,7 +522,7 @@ fn with_frontend(q: &Query, src: &Sources<'_>, fe: &Frontend, as_node_port: bool
             ),
             _ => how.to_string(),
         };
-        r.diagnosis = empty_diagnosis(fe, r);
+        r.diagnosis = empty_diagnosis(fe, r, short_circuited.is_some());
     } else if out_of_range {
         r.outcome = Outcome::Dropped;
         r.experience = "dropped: the client is outside the Service's loadBalancerSourceRanges".into();
@@ -509,24 +538,32 @@ fn with_frontend(q: &Query, src: &Sources<'_>, fe: &Frontend, as_node_port: bool
         r.diagnosis = format!("{} has endpoints but tpvs does not intercept {} here", fe.service, fe.key.proto);
     } else {
         r.outcome = Outcome::Forwarded;
-        let (who, seen) = match fe.policy {
-            TrafficPolicy::Local => ("client", "the client's own address (policy Local)"),
-            TrafficPolicy::Cluster => ("node", "the node's address (policy Cluster)"),
+        let (who, seen) = match (preview.policy, short_circuited.is_some()) {
+            (TrafficPolicy::Local, _) => ("client", "the client's own address (policy Local)"),
+            (TrafficPolicy::Cluster, false) => ("node", "the node's address (policy Cluster)"),
+            (TrafficPolicy::Cluster, true) => ("node", "the node's address (short-circuited: served as policy Cluster)"),
         };
         r.source_seen_by_backend = Some(who.into());
         r.experience = format!("forwarded; the backend sees {seen}");
     }
-    let decision = decide(fe, src.dispatcher, client, OrigDstAddr(dst));
+    let decision = decide(fe, &preview, client);
     if r.outcome == Outcome::Forwarded {
         let used = r.endpoints.iter().filter(|e| e.used).count();
         r.diagnosis = match &decision.backend {
             Some(b) => format!("{} forwards to {b} ({})", fe.service, decision.by.as_deref().unwrap_or("scheduler")),
             None => format!("{} forwards to one of {used} endpoint(s) ({})", fe.service, fe.scheduler_kind()),
         };
+        if let (Some(kind), Some(c)) = (preview.local_client, q.client) {
+            let who = match kind {
+                LocalClient::Pod => "a pod of this node",
+                LocalClient::Node => "an address of this node",
+            };
+            r.diagnosis = format!("{}: {} is {who}, short-circuited to all endpoints as kube-proxy does", r.diagnosis, c.ip());
+        }
     }
     r.decision = Some(decision);
     if let Some(live) = &src.live {
-        r.live = Some(live_evidence(fe, src, live));
+        r.live = Some(live_evidence(fe, set, src, live));
         // The NodePort recipe: did packets reach the rule at all?
         if as_node_port
             && let Some(rule) = r.live.as_ref().and_then(|l| l.rule.as_ref())
@@ -548,8 +585,9 @@ fn with_frontend(q: &Query, src: &Sources<'_>, fe: &Frontend, as_node_port: bool
     }
 }
 
-/// Why a frontend has no backend: the first fact that decides it.
-fn empty_diagnosis(fe: &Frontend, r: &Report) -> String {
+/// Why a frontend has no backend for this client: the first fact that decides it
+/// (`short_circuited`: the client is served from the cluster-wide set, not the Local one).
+fn empty_diagnosis(fe: &Frontend, r: &Report, short_circuited: bool) -> String {
     let rec = &fe.explanation;
     let svc = fe.service.to_string();
     let base = svc.split(':').next().unwrap_or_default().to_string();
@@ -570,7 +608,7 @@ fn empty_diagnosis(fe: &Frontend, r: &Report) -> String {
         WhenEmpty::Reject => "refuses",
         WhenEmpty::Drop => "drops",
     };
-    if fe.policy == TrafficPolicy::Local && !other_node.is_empty() {
+    if fe.policy == TrafficPolicy::Local && !short_circuited && !other_node.is_empty() {
         return format!(
             "{svc} {verb}: traffic policy Local and no endpoint runs on this node ({} run elsewhere)",
             other_node.len()
@@ -594,9 +632,8 @@ fn empty_diagnosis(fe: &Frontend, r: &Report) -> String {
     format!("{svc} {verb}: no endpoint is usable")
 }
 
-fn decide(fe: &Frontend, d: &Dispatcher, client: Option<ClientAddr>, dst: OrigDstAddr) -> Decision {
-    let set = fe.backends();
-    let p = d.preview(fe, client, dst);
+fn decide(fe: &Frontend, p: &Preview, client: Option<ClientAddr>) -> Decision {
+    let set = &p.backends;
     let addr = |i: usize| set.get(i).map(|b| b.addr.to_string());
     let sticky = p.sticky.and_then(|(i, left)| {
         Some(StickyView { backend: addr(i)?, expires_in_seconds: left.as_secs() + u64::from(left.subsec_nanos() > 0) })
@@ -656,7 +693,8 @@ fn decide(fe: &Frontend, d: &Dispatcher, client: Option<ClientAddr>, dst: OrigDs
     Decision { scheduler: kind.as_str().to_string(), backend, by, text, sticky, candidates }
 }
 
-fn live_evidence(fe: &Frontend, src: &Sources<'_>, live: &LiveSources<'_>) -> Live {
+/// `set`: the backends this client is served from.
+fn live_evidence(fe: &Frontend, set: &BackendSet, src: &Sources<'_>, live: &LiveSources<'_>) -> Live {
     let rule = live.interception.and_then(|i| i.element(src.table, &fe.key)).map(|(el, count): (_, Option<ElementCount>)| {
         RuleView {
             map: el.map.to_string(),
@@ -665,8 +703,7 @@ fn live_evidence(fe: &Frontend, src: &Sources<'_>, live: &LiveSources<'_>) -> Li
             bytes: count.map(|c| c.bytes),
         }
     });
-    let backends: Vec<LiveBackend> = fe
-        .backends()
+    let backends: Vec<LiveBackend> = set
         .iter()
         .map(|b| {
             let m = live.metrics.peek(b.addr);
@@ -693,5 +730,36 @@ fn live_evidence(fe: &Frontend, src: &Sources<'_>, live: &LiveSources<'_>) -> Li
         frontend_connections: backends.iter().map(|b| b.connections).fold(0, u64::saturating_add),
         backends,
         node_port_addresses: node_port_addresses(src.dispatcher),
+    }
+}
+
+/// The short-circuit fact for `q`'s client (`local_client`: the data path's own answer).
+fn short_circuit_view(lo: &LocalOrigin, q: &Query, local_client: Option<LocalClient>) -> ShortCircuitView {
+    let pods: Vec<String> = lo.pod_sources.iter().map(ToString::to_string).collect();
+    let endpoints = lo.scheduler.backends().iter().filter(|b| b.is_pickable()).count();
+    let from = if pods.is_empty() { "this node".to_string() } else { format!("this node and its pods ({})", pods.join(", ")) };
+    let client = q.client.map(|c| c.ip().to_string()).unwrap_or_default();
+    let why = match local_client {
+        Some(LocalClient::Pod) => format!(
+            "{client} is a pod of this node (in {}), so it is short-circuited to all {endpoints} endpoint(s) as kube-proxy does: traffic policy Local applies to clients from outside only",
+            pods.join(", ")
+        ),
+        Some(LocalClient::Node) => format!(
+            "{client} is an address of this node, so it is short-circuited to all {endpoints} endpoint(s) as kube-proxy does: traffic policy Local applies to clients from outside only"
+        ),
+        None if q.client.is_some() => format!(
+            "connections from {from} are served from all {endpoints} endpoint(s) instead (kube-proxy's short-circuit); {client} is neither"
+        ),
+        None => format!("connections from {from} are served from all {endpoints} endpoint(s) instead (kube-proxy's short-circuit)"),
+    };
+    ShortCircuitView {
+        applies: local_client.is_some(),
+        client_is: local_client.map(|c| match c {
+            LocalClient::Pod => "pod".to_string(),
+            LocalClient::Node => "node".to_string(),
+        }),
+        pod_sources: pods,
+        endpoints,
+        why,
     }
 }

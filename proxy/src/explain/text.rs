@@ -56,10 +56,14 @@ pub fn render(r: &Report) -> String {
                 let _ = write!(knobs, "; topology hints in force for {t}");
             }
             line(format!("{knobs}."));
+            if let Some(sc) = &r.short_circuit {
+                line(format!("   short-circuit: {}.", sc.why));
+            }
             let used = r.endpoints.iter().filter(|e| e.used).count();
             let legend = if r.endpoints.is_empty() { "." } else { " (node/zone, verdict):" };
+            let set = if r.short_circuit.as_ref().is_some_and(|sc| sc.applies) { " (all endpoints, for this client)" } else { "" };
             line(format!(
-                "3. Endpoints: {} listed by {} EndpointSlice(s); the scheduler sees {used}{legend}",
+                "3. Endpoints: {} listed by {} EndpointSlice(s); the scheduler sees {used}{set}{legend}",
                 r.endpoints.len(),
                 f.slices
             ));

@@ -733,6 +733,7 @@ table inet tpvs {
             fe.local_origin = Some(controlplane::LocalOrigin {
                 pod_sources: pods.iter().map(|p| net(p)).collect(),
                 scheduler: Arc::clone(&cluster.scheduler),
+                explanation: Default::default(),
             });
             (k, Arc::new(fe))
         };

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use controlplane::{FrontendKey, RoutingTable, TrafficPolicy};
+use controlplane::{Frontend, FrontendKey, RoutingTable, TrafficPolicy};
 use rustc_hash::FxBuildHasher;
 use schedulers::BackendAddr;
 
@@ -264,9 +264,11 @@ impl<V> FlowTable<V> {
 }
 
 /// Whether a flow of `frontend` to `backend` may keep its backend when `new` replaces `old`:
-/// the frontend is still there with the same policy (`local`: the flow was made for `Local`,
-/// with the client's address as its source), and the backend is still in its set and
-/// pickable (not drained to weight 0). Anything else ends the flow, so the client's next
+/// the frontend is still there and still has the set the flow was served from (`local`: the
+/// flow was made for `Local`, with the client's address as its source; otherwise under
+/// `Cluster`, from the frontend's own set or, on a `Local` frontend, from the short-circuit's
+/// cluster-wide set that serves this node and its pods), and the backend is still in that set
+/// and pickable (not drained to weight 0). Anything else ends the flow, so the client's next
 /// datagram is scheduled afresh instead of going to a backend the Service no longer names.
 pub fn still_backed(old: &RoutingTable, new: &RoutingTable, frontend: &FrontendKey, backend: BackendAddr, local: bool) -> bool {
     let Some(fe) = new.get(frontend) else { return false };
@@ -274,10 +276,15 @@ pub fn still_backed(old: &RoutingTable, new: &RoutingTable, frontend: &FrontendK
         // The very same frontend (unchanged by this publish): nothing to re-check.
         return true;
     }
-    if (fe.policy == TrafficPolicy::Local) != local {
-        return false;
-    }
-    let set = fe.backends().as_slice();
+    serves(fe, backend, local)
+}
+
+/// Whether `fe` still serves a flow made for `local` (see [`still_backed`]) from `backend`:
+/// the set of the policy the flow was made under has it, pickable.
+pub fn serves(fe: &Frontend, backend: BackendAddr, local: bool) -> bool {
+    let served_as = if local { TrafficPolicy::Local } else { TrafficPolicy::Cluster };
+    let Some(scheduler) = fe.scheduler_for(served_as) else { return false };
+    let set = scheduler.backends().as_slice();
     // Sets are sorted by address; the linear scan is the fallback for one that is not.
     let found = match set.binary_search_by_key(&backend, |b| b.addr) {
         Ok(i) => set.get(i),

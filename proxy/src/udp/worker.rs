@@ -29,7 +29,7 @@ use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
 use super::batch::{BATCH, RawAddr, RecvBatch, SendBatch};
-use super::flows::{Flow, FlowId, FlowKey, FlowTable, still_backed};
+use super::flows::{Flow, FlowId, FlowKey, FlowTable, serves, still_backed};
 use super::socket::{self, Epoll, Waker};
 use super::stats::add;
 use super::{UdpShared, UdpWorkers};
@@ -62,7 +62,8 @@ struct FlowIo {
     reply: Rc<OwnedFd>,
     /// The client's address as `sendmmsg` takes it, built once.
     client: RawAddr,
-    /// Made for a `Local` frontend (spoofed source); a policy change invalidates it.
+    /// Made under `Local` (spoofed source); otherwise under `Cluster`, from the frontend's own
+    /// set or its short-circuit's. A table change keeps it only while that set has its backend.
     local: bool,
     lease: Lease,
     /// `None` only for a flow adopted over the cap (it was open already; it is not dropped).
@@ -359,7 +360,9 @@ impl Worker {
             };
             let backend = schedulers::BackendAddr(canonical(r.backend));
             let (lease, known) = shared.dispatch.adopt(key.dst, Protocol::Udp, backend);
-            if !known || (fe.policy == controlplane::TrafficPolicy::Local) != r.local {
+            // Checked against the set the flow was served from (on a `Local` frontend, a flow
+            // made under `Cluster` came through the short-circuit of this node's own traffic).
+            if !known || !serves(&fe, backend, r.local) {
                 add(&shared.stats.flows_evicted, 1);
                 debug!(worker = self.index, client = %key.client, %backend, "an adopted flow's backend or policy changed; closed");
                 continue;
