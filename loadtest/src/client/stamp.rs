@@ -108,6 +108,20 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr()?).await?;
         let (mut server, _) = listener.accept().await?;
         enable(&client)?;
+        // The kernel switches receive timestamps on system-wide through a deferred static key:
+        // until that work has run (late on a busy machine) packets arrive unstamped. Wait for
+        // the first stamped byte before measuring.
+        let mut one = [0u8; 1];
+        let mut stamped = false;
+        for _ in 0..200 {
+            tokio::io::AsyncWriteExt::write_all(&mut server, &[0u8]).await?;
+            if read_exact(&client, &mut one).await?.is_some() {
+                stamped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(stamped, "the kernel never stamped a received packet");
         tokio::io::AsyncWriteExt::write_all(&mut server, &[7u8; 16]).await?;
         std::thread::sleep(Duration::from_millis(30));
         let mut buf = [0u8; 16];
