@@ -17,6 +17,7 @@ use super::Shared;
 use super::accept::{PIPE_POOL, accept_admitted, spare};
 use super::connect::forward_to;
 use super::detach::{Command, Relays, serve_commands};
+use super::load::WorkerLoad;
 use super::splice::PipePool;
 use crate::addrs::{ClientAddr, OrigDstAddr, canonical, wildcard_listen_addrs};
 use crate::handover::DetachedPair;
@@ -146,7 +147,9 @@ fn run_worker(index: usize, shared: Arc<Shared>, pair: Pair, (gate, release, com
             }
         }
         spare::reserve();
-        let relays = Relays::new();
+        let load = shared.worker_load(index);
+        load.attach_to_current_thread();
+        let relays = Relays::new(Arc::clone(&load));
         // Commands are served from the start: a successor adopts its predecessor's
         // connections before its gate opens.
         tokio::task::spawn_local(serve_commands(commands, Rc::clone(&relays), Arc::clone(&shared), Rc::clone(&pool)));
@@ -155,8 +158,8 @@ fn run_worker(index: usize, shared: Arc<Shared>, pair: Pair, (gate, release, com
         debug!(worker = index, "listening");
         let mut tasks = Vec::new();
         for l in listeners {
-            let (shared, pool, relays) = (Arc::clone(&shared), Rc::clone(&pool), Rc::clone(&relays));
-            tasks.push(tokio::task::spawn_local(accept_loop(l, shared, pool, relays, stop.clone())));
+            let (shared, pool, relays, load) = (Arc::clone(&shared), Rc::clone(&pool), Rc::clone(&relays), Arc::clone(&load));
+            tasks.push(tokio::task::spawn_local(accept_loop(l, (shared, load), pool, relays, stop.clone())));
         }
         // Released: the accept loops have dropped their listeners; the connections they
         // started keep relaying on this thread until they end.
@@ -171,12 +174,18 @@ fn run_worker(index: usize, shared: Arc<Shared>, pair: Pair, (gate, release, com
 
 /// Accepts while the switch says so, holds the listener while paused, and drops it (this
 /// process's descriptor only) once released.
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, pool: Rc<PipePool>, relays: Rc<Relays>, mut stop: tokio::sync::watch::Receiver<Serve>) {
+async fn accept_loop(
+    listener: TcpListener,
+    (shared, load): (Arc<Shared>, Arc<WorkerLoad>),
+    pool: Rc<PipePool>,
+    relays: Rc<Relays>,
+    mut stop: tokio::sync::watch::Receiver<Serve>,
+) {
     loop {
         let paused = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s != Serve::Accepting) => true,
-            (stream, peer, slot) = accept_admitted(&listener, &shared) => {
+            (stream, peer, slot) = accept_admitted(&listener, &shared, &load) => {
                 let (shared, pool, relays) = (Arc::clone(&shared), Rc::clone(&pool), Rc::clone(&relays));
                 tokio::task::spawn_local(serve(stream, ClientAddr(canonical(peer)), shared, pool, relays, slot));
                 false
