@@ -8,6 +8,8 @@
 //!   timeout per attempt, and serving one connection from its frontend on (connect, relay).
 //! - [`relay`]: both directions in one future, with half-close, idle timeout and byte
 //!   counting; small messages copied through a per-worker buffer, bulk spliced.
+//! - [`steering`]: which worker a new connection goes to (the kernel's hash, or the CPU that
+//!   took the SYN through a reuseport BPF program, with workers pinned one per CPU).
 //! - [`splice`]: zero-copy socket-to-socket transfer through pooled pipes.
 //! - [`load`]: each worker's accepted and open connections and CPU time (imbalance metrics).
 //! - [`detach`]: a worker's live connections, paused and taken out for a hand-over, and
@@ -39,6 +41,7 @@ pub mod load;
 pub mod plain;
 pub mod relay;
 pub mod splice;
+pub mod steering;
 pub mod worker;
 
 use std::sync::Arc;
@@ -54,6 +57,7 @@ use crate::dispatch::telemetry::MetricsRegistry;
 use crate::slots::SlotPool;
 pub use load::WorkerLoad;
 pub use relay::RelayMode;
+pub use steering::Steering;
 
 /// Everything the data path is configured with.
 #[derive(Clone, Debug)]

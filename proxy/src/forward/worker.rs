@@ -3,7 +3,7 @@
 //! connected upstream and relayed on the same thread, with no cross-thread hand-off.
 
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,6 +19,7 @@ use super::connect::forward_to;
 use super::detach::{Command, Relays, serve_commands};
 use super::load::WorkerLoad;
 use super::splice::PipePool;
+use super::steering::{Steering, pin_current_thread};
 use crate::addrs::{ClientAddr, OrigDstAddr, canonical, wildcard_listen_addrs};
 use crate::handover::DetachedPair;
 use crate::listeners::{Gate, Pair, Release, Serve};
@@ -106,8 +107,14 @@ pub fn bind_listeners(port: u16, backlog: i32, workers: usize) -> Result<Vec<Pai
 
 /// Starts one thread per listener pair; returns once every worker holds its listeners. Each
 /// waits at `gate` before accepting, and lets go of its listeners when `release` fires.
-pub fn start(shared: Arc<Shared>, listeners: Vec<Pair>, gate: Gate, release: Release) -> Result<Workers, StartError> {
+/// `steering` (already resolved) is applied to the listeners' groups, whether they were bound
+/// here or handed over, and with `Cpu` worker `i` is pinned to CPU `i`.
+pub fn start(shared: Arc<Shared>, listeners: Vec<Pair>, gate: Gate, release: Release, steering: Steering) -> Result<Workers, StartError> {
     let ipv6 = listeners.iter().all(|[_, v6]| v6.is_some());
+    // Any member of a group carries the group's program: worker 0's listeners.
+    for fd in listeners.first().into_iter().flatten().flatten() {
+        steering.apply(fd.as_fd()).map_err(|source| StartError::Setup { what: "TCP steering", worker: 0, source })?;
+    }
     let mut listeners = listeners.into_iter();
     let mut control = Control { workers: Vec::new() };
     let spawned = workers::spawn("tpvs-worker", shared.config.workers, |index| {
@@ -116,7 +123,14 @@ pub fn start(shared: Arc<Shared>, listeners: Vec<Pair>, gate: Gate, release: Rel
         let (gate, release) = (gate.clone(), release.clone());
         let (tx, commands) = tokio::sync::mpsc::unbounded_channel();
         control.workers.push(tx);
-        Ok(move |ready: Ready<()>| run_worker(index, shared, pair, (gate, release, commands), ready))
+        Ok(move |ready: Ready<()>| {
+            if steering == Steering::Cpu
+                && let Err(source) = pin_current_thread(index)
+            {
+                return ready.fail(StartError::Setup { what: "TCP (pinning to its CPU)", worker: index, source });
+            }
+            run_worker(index, shared, pair, (gate, release, commands), ready)
+        })
     })?;
     drop(spawned.reports);
     Ok(Workers { threads: spawned.threads, ipv6, control })
