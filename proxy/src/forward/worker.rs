@@ -196,7 +196,7 @@ const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 /// A timer registered with an earlier deadline than the one the runtime's driver last promised
 /// to wake at makes tokio wake the driver through its eventfd (a `write`, and one more
 /// `epoll_wait` return), even on the driver's own thread. Every connect arms a timeout, and
-/// with only hour-long idle timers pending that was a wake-up for about every other
+/// with only the relays' later timers pending that was a wake-up for about every other
 /// connection. A pending heartbeat moves the promised wake-up to at most `HEARTBEAT` ahead, so
 /// connect timers never come first: one wake-up a second per worker instead of one for about
 /// every other connection (see benches/RESULTS.md). With `--connect-timeout` at or below
