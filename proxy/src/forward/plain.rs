@@ -109,6 +109,8 @@ fn run_plain_worker(
             Err(source) => return ready.fail(StartError::Bind { what: "plain TCP", addr, source }),
         };
         super::accept::spare::reserve();
+        // As in the transparent workers, so both measure the same connect path.
+        tokio::task::spawn_local(super::worker::timer_heartbeat());
         ready.ok(());
         let pool = Rc::new(PipePool::new(PIPE_POOL, Arc::clone(&shared.pipes)));
         let load = shared.worker_load(index);

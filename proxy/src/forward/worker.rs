@@ -201,7 +201,7 @@ const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 /// connect timers never come first: one wake-up a second per worker instead of one for about
 /// every other connection (see benches/RESULTS.md). With `--connect-timeout` at or below
 /// `HEARTBEAT` the saving is lost, nothing else.
-async fn timer_heartbeat() {
+pub(super) async fn timer_heartbeat() {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
