@@ -4,7 +4,7 @@
 #
 #   benches/peer.sh [--quick] [--duration SECS] [--reps N] [--connections N] [--threads N]
 #                   [--policy cluster|local] [--peers LIST] [--tpvs PATH] [--no-build]
-#                   [--out FILE] [--keep-going]
+#                   [--out FILE] [--keep-going] [--tpvs-args ARGS] [--rps]
 #
 #   --quick            2 s per measurement, 3 repetitions (the default is 5 s, 3 repetitions)
 #   --duration SECS    length of each measurement
@@ -20,6 +20,10 @@
 #   --out FILE         results file (default benches/results-<date>.md)
 #   --keep-going       a peer that fails to start is reported "not available" (the default
 #                      for tpvs; any other peer failing aborts the run without this flag)
+#   --tpvs-args ARGS   extra flags for `tpvs run` (e.g. "--worker-steering cpu")
+#   --rps              spread the node's receive processing over all CPUs by flow hash (RPS
+#                      on its veths), as a multi-queue NIC's RSS does on a real node; without
+#                      it a veth handles a packet on the sender's CPU
 #
 # Needs root (it builds network namespaces). Every byte stays inside the lab's namespaces.
 set -euo pipefail
@@ -38,9 +42,11 @@ BUILD=1
 OUT=
 KEEP_GOING=0
 WARMUP=1
+TPVS_ARGS=
+RPS=0
 
 usage() {
-    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -57,6 +63,8 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --out) OUT=${2:?}; shift ;;
         --keep-going) KEEP_GOING=1 ;;
+        --tpvs-args) TPVS_ARGS=${2?}; shift ;;
+        --rps) RPS=1 ;;
         -h | --help) usage ;;
         *) echo "benches/peer.sh: unknown argument $1" >&2; usage ;;
     esac
@@ -344,7 +352,7 @@ EOF
 peer_up_tpvs() {
     [ -n "$TPVS_BIN" ] || return 1
     ip netns exec "$NS_NODE" "$TPVS_BIN" run --manifests "$WORK/bench.yaml" --hostname-override node-a \
-        --nodeport-addresses 10.0.0.1/32 --proxy-port "$TPVS_PORT" \
+        --nodeport-addresses 10.0.0.1/32 --proxy-port "$TPVS_PORT" $TPVS_ARGS \
         </dev/null >"$WORK/tpvs.log" 2>&1 &
     PEER_PID=$!
     URLS=("http://$VIP_WEB/")
@@ -399,6 +407,23 @@ cpu_ticks() { # utime + stime of a process, in clock ticks
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
 
+# tpvs's per-worker counters: "accepted busy_seconds" per worker, one line each (worker order).
+tpvs_workers() {
+    node curl -s --max-time 2 http://127.0.0.1:10249/metrics 2>/dev/null | awk '
+        /^tpvs_worker_connections_accepted_total\{/ { match($0, /worker="[0-9]+"/); w = substr($0, RSTART + 8, RLENGTH - 9); a[w] = $NF; if (w + 1 > n) n = w + 1 }
+        /^tpvs_worker_busy_seconds_total\{/ { match($0, /worker="[0-9]+"/); w = substr($0, RSTART + 8, RLENGTH - 9); b[w] = $NF }
+        END { for (i = 0; i < n; i++) print a[i] + 0, b[i] + 0 }'
+}
+
+# worker_spread BEFORE AFTER: from two tpvs_workers snapshots, the busiest worker's share (%)
+# of the connections accepted and of the workers' CPU time in between, and the split itself.
+worker_spread() {
+    paste -d' ' <(echo "$1") <(echo "$2") | awk '
+        { da[NR] = $3 - $1; db[NR] = $4 - $2; ta += da[NR]; tb += db[NR]; if (da[NR] > ma) ma = da[NR]; if (db[NR] > mb) mb = db[NR] }
+        END { s = ""; for (i = 1; i <= NR; i++) s = s (i > 1 ? "/" : "") da[i]
+              printf "%.1f %.1f %s\n", (ta > 0 ? 100 * ma / ta : 0), (tb > 0 ? 100 * mb / tb : 0), s }'
+}
+
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # load OUTPREFIX SECONDS [wrk args...]: drives every URL in URLS with wrk at once (the threads
@@ -441,9 +466,20 @@ load() {
 measure_keepalive() {
     local peer=$1 t0 t1 out
     load "$WORK/warmup" "$WARMUP" >/dev/null || true
+    local w0= w1=
+    # The warm-up opened wrk's connections already: these are the measured run's own.
+    [ "$peer" = tpvs ] && w0=$(tpvs_workers)
     t0=$(cpu_ticks "$PEER_PID")
     out=$(load "$WORK/wrk-ka" "$DURATION") || return 1
     t1=$(cpu_ticks "$PEER_PID")
+    [ "$peer" = tpvs ] && w1=$(tpvs_workers)
+    if [ -n "$w0" ] && [ -n "$w1" ]; then
+        local conn_share busy_share split
+        read -r conn_share busy_share split <<<"$(worker_spread "$w0" "$w1")"
+        record "$peer" ka_worker_busy "$busy_share"
+        record "$peer" ka_worker_split "$split"
+        note "$(printf '%-8s keep-alive  busiest worker: %s%% of the workers'"'"' CPU; connections per worker %s' "$peer" "$busy_share" "$split")"
+    fi
     local rps requests p50 p99 errs
     read -r rps requests p50 p99 errs <<<"$out"
     record "$peer" ka_rps "$rps"
@@ -462,9 +498,18 @@ measure_keepalive() {
 measure_close() {
     local peer=$1 s0 s1 out
     reset_lab_state
+    local w0= w1=
+    [ "$peer" = tpvs ] && w0=$(tpvs_workers)
     s0=$(syn_retrans)
     out=$(load "$WORK/wrk-close" "$DURATION" -H 'Connection: close') || return 1
     s1=$(syn_retrans)
+    [ "$peer" = tpvs ] && w1=$(tpvs_workers)
+    if [ -n "$w0" ] && [ -n "$w1" ]; then
+        local conn_share busy_share split
+        read -r conn_share busy_share split <<<"$(worker_spread "$w0" "$w1")"
+        record "$peer" cc_worker_conns "$conn_share"
+        record "$peer" cc_worker_busy "$busy_share"
+    fi
     local cps conns p50 p99 errs tw
     read -r cps conns p50 p99 errs <<<"$out"
     tw=$(node ss -Htan state time-wait | wc -l)
@@ -593,9 +638,9 @@ report() {
 - date: $date
 - machine: $machine
 - tpvs: ${TPVS_VERSION:-not available} (tree $rev)
-- peers: HAProxy ${HAPROXY_VERSION} (\`mode tcp\`, TPROXY \`bind … transparent\`, nbthread $NCPU, no splicing), nftables ${NFT_VERSION} DNAT (\`numgen random\` map), tpvs (\`tpvs run\`, $NCPU workers)
+- peers: HAProxy ${HAPROXY_VERSION} (\`mode tcp\`, TPROXY \`bind … transparent\`, nbthread $NCPU, no splicing), nftables ${NFT_VERSION} DNAT (\`numgen random\` map), tpvs (\`tpvs run${TPVS_ARGS:+ $TPVS_ARGS}\`, $NCPU workers)
 - load: wrk ${WRK_VERSION}, $THREADS threads, $CONNS connections (direct: split over be1 and be2); iperf3 ${IPERF_VERSION}, one stream; nginx ${NGINX_VERSION} backends (be1, be2; bulk: be1)
-- each measurement ${DURATION} s, ${REPS} repetitions, medians shown; traffic policy: $POLICY
+- each measurement ${DURATION} s, ${REPS} repetitions, medians shown; traffic policy: $POLICY$([ "$RPS" -eq 1 ] && echo "; RPS over all CPUs on the node's interfaces")
 - CPU busy before the run (work outside the benchmark): ${BUSY_BEFORE}%$NOISE_NOTE
 
 | metric | direct | nft DNAT | HAProxy | tpvs | tpvs/HAProxy | tpvs/DNAT | target |
@@ -618,6 +663,8 @@ Diagnostics (medians):
 | node TIME_WAIT sockets after a new-connection run | $(cell direct cc_tw 0) | $(cell dnat cc_tw 0) | $(cell haproxy cc_tw 0) | $(cell tpvs cc_tw 0) |
 | wrk errors (keep-alive / close), all runs | $(errs direct) | $(errs dnat) | $(errs haproxy) | $(errs tpvs) |
 | peak RSS (MB) | – | – | $(cell haproxy rss_peak 1 1024) | $(cell tpvs rss_peak 1 1024) |
+| busiest tpvs worker's share of the workers' CPU, keep-alive / new connections (%; even: $((100 / NCPU))) | – | – | – | $(cell tpvs ka_worker_busy 1) / $(cell tpvs cc_worker_busy 1) |
+| busiest tpvs worker's share of new connections (%) | – | – | – | $(cell tpvs cc_worker_conns 1) |
 | connections a proxy process had served when "RSS after" was read | – | – | $(cell haproxy cc_conns 0) | $(cell tpvs cc_conns 0) |
 EOF
     local peer
@@ -685,6 +732,10 @@ fi
 
 say "lab $P up"
 "$ROOT/scripts/lab" up "$P" >/dev/null
+if [ "$RPS" -eq 1 ]; then
+    # `ip netns exec` mounts the namespace's own /sys, where its interfaces are.
+    node sh -c "for q in /sys/class/net/*/queues/rx-*/rps_cpus; do echo $(printf '%x' $(((1 << NCPU) - 1))) >\$q; done"
+fi
 tpvs_manifests
 
 for ((rep = 0; rep < REPS; rep++)); do

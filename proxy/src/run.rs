@@ -353,9 +353,10 @@ fn start(args: &RunArgs, source: TableSource) -> anyhow::Result<Serving> {
         None => (Arc::new(AdminSockets::new(Vec::new())), Gate::open()),
     };
     let release = Release::default();
-    let running = forward::start(Arc::clone(&shared), listeners.tcp, gate.clone(), release.clone())?;
+    let steering = args.worker_steering.resolve(workers);
+    let running = forward::start(Arc::clone(&shared), listeners.tcp, gate.clone(), release.clone(), steering)?;
     let tcp_control = running.control.clone();
-    info!(workers, port = args.proxy_port, ipv6 = running.ipv6, "transparent listeners ready");
+    info!(workers, port = args.proxy_port, ipv6 = running.ipv6, steering = ?steering, "transparent listeners ready");
     let (udp, udp_workers) = match start_udp(args, &publisher, workers, backend_metrics, budget, (listeners.udp, gate.clone(), release.clone()))? {
         Some((s, w)) => (Some(s), Some(Arc::new(w))),
         None => (None, None),

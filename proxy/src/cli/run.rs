@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::{AdminArgs, InterceptionArgs, OutlierArgs, TableArgs};
 use crate::addrs::{CidrError, NodePortAddrs};
-use crate::forward::RelayMode;
+use crate::forward::{RelayMode, Steering};
 use crate::units::parse_duration;
 
 #[derive(Debug, Clone, Args)]
@@ -24,6 +24,12 @@ pub struct RunArgs {
     /// Event-loop threads, each with its own listener (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Which worker takes a new connection: `cpu`, the one on the CPU that received its SYN
+    /// (workers pinned one per CPU, so connections follow the kernel's spread of packets over
+    /// CPUs; needs --workers equal to the CPUs, numbered from 0, else falls back to `hash`
+    /// with a warning), or `hash`, the kernel's hash of the addresses (workers not pinned).
+    #[arg(long, value_enum, default_value = "hash")]
+    pub worker_steering: Steering,
     /// Connections open at once; beyond it new ones are reset at once. Default: the TCP share
     /// of the open-file budget (two descriptors per connection); a larger value is lowered to
     /// it with a warning.

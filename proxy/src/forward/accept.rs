@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
 use super::Shared;
+use super::load::WorkerLoad;
 use crate::slots::Slot;
 use crate::sockopt::reset_on_close;
 
@@ -24,11 +25,12 @@ pub(super) const PIPE_POOL: usize = 1024;
 /// them), waiting would leave every queued client hanging until its own timeout: the spare
 /// descriptor this thread keeps is closed to make room, the next connection is accepted and
 /// reset, and the spare is opened again.
-pub(super) async fn accept_admitted(listener: &TcpListener, shared: &Arc<Shared>) -> (TcpStream, SocketAddr, Slot) {
+pub(super) async fn accept_admitted(listener: &TcpListener, shared: &Arc<Shared>, load: &WorkerLoad) -> (TcpStream, SocketAddr, Slot) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        load.count_accepted();
                 let Some(slot) = shared.connections.try_take() else {
                     shared.stats.over_limit.fetch_add(1, Ordering::Relaxed);
                     reset_on_close(&stream);
@@ -45,6 +47,7 @@ pub(super) async fn accept_admitted(listener: &TcpListener, shared: &Arc<Shared>
                 match next {
                     Ok((stream, _)) => {
                         shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        load.count_accepted();
                         shared.stats.over_limit.fetch_add(1, Ordering::Relaxed);
                         reset_on_close(&stream);
                         drop(stream);

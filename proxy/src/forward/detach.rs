@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tracing::debug;
 
 use super::Shared;
+use super::load::WorkerLoad;
 use super::connect::finish;
 use super::relay::{Resume, relay};
 use super::splice::PipePool;
@@ -66,9 +67,11 @@ impl Pause {
 }
 
 /// One worker's live connections.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Relays {
     pause: Pause,
+    /// The worker's exported counters (`open` follows `live`).
+    load: Arc<WorkerLoad>,
     live: Cell<usize>,
     none_left: Notify,
     out: RefCell<Vec<DetachedPair>>,
@@ -82,6 +85,7 @@ impl Drop for Live {
     fn drop(&mut self) {
         let n = self.0.live.get().saturating_sub(1);
         self.0.live.set(n);
+        self.0.load.closed();
         if n == 0 {
             self.0.none_left.notify_waiters();
         }
@@ -89,13 +93,14 @@ impl Drop for Live {
 }
 
 impl Relays {
-    pub fn new() -> Rc<Relays> {
-        Rc::new(Relays::default())
+    pub fn new(load: Arc<WorkerLoad>) -> Rc<Relays> {
+        Rc::new(Relays { pause: Pause::default(), load, live: Cell::new(0), none_left: Notify::new(), out: RefCell::default() })
     }
 
     /// Counts one connection live until the guard drops.
     pub fn enter(self: &Rc<Self>) -> Live {
         self.live.set(self.live.get() + 1);
+        self.load.opened();
         Live(Rc::clone(self))
     }
 

@@ -8,7 +8,10 @@
 //!   timeout per attempt, and serving one connection from its frontend on (connect, relay).
 //! - [`relay`]: both directions in one future, with half-close, idle timeout and byte
 //!   counting; small messages copied through a per-worker buffer, bulk spliced.
+//! - [`steering`]: which worker a new connection goes to (the kernel's hash, or the CPU that
+//!   took the SYN through a reuseport BPF program, with workers pinned one per CPU).
 //! - [`splice`]: zero-copy socket-to-socket transfer through pooled pipes.
+//! - [`load`]: each worker's accepted and open connections and CPU time (imbalance metrics).
 //! - [`detach`]: a worker's live connections, paused and taken out for a hand-over, and
 //!   connections adopted from another instance.
 //! - [`plain`]: the same path behind an ordinary listener with one fixed frontend (no
@@ -34,9 +37,11 @@
 mod accept;
 pub mod connect;
 pub mod detach;
+pub mod load;
 pub mod plain;
 pub mod relay;
 pub mod splice;
+pub mod steering;
 pub mod worker;
 
 use std::sync::Arc;
@@ -50,7 +55,9 @@ use crate::dispatch::Dispatcher;
 use crate::dispatch::outlier::OutlierPolicy;
 use crate::dispatch::telemetry::MetricsRegistry;
 use crate::slots::SlotPool;
+pub use load::WorkerLoad;
 pub use relay::RelayMode;
+pub use steering::Steering;
 
 /// Everything the data path is configured with.
 #[derive(Clone, Debug)]
@@ -102,6 +109,8 @@ pub struct Shared {
     pub connections: Arc<SlotPool>,
     /// One slot per pipe (`max_pipes`).
     pub pipes: Arc<SlotPool>,
+    /// Each worker's load, in worker order.
+    pub workers: Vec<Arc<WorkerLoad>>,
 }
 
 impl Shared {
@@ -110,6 +119,7 @@ impl Shared {
             dispatch: Dispatcher::new(table, config.nodeport_addrs.clone(), metrics, config.outliers),
             connections: SlotPool::new(config.max_connections),
             pipes: SlotPool::new(config.max_pipes),
+            workers: (0..config.workers.max(1)).map(|_| Arc::default()).collect(),
             config,
             stats: ForwardStats::default(),
         })
@@ -118,6 +128,11 @@ impl Shared {
     /// Connections open right now.
     pub fn open_connections(&self) -> usize {
         self.connections.taken()
+    }
+
+    /// Worker `index`'s load (a detached one, counted nowhere, for an index out of range).
+    pub fn worker_load(&self, index: usize) -> Arc<WorkerLoad> {
+        self.workers.get(index).cloned().unwrap_or_default()
     }
 }
 

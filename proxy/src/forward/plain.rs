@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use super::connect::forward_to;
 use super::detach::Relays;
+use super::load::WorkerLoad;
 use super::splice::PipePool;
 use super::accept::{PIPE_POOL, accept_admitted};
 use super::{ForwardConfig, Shared};
@@ -108,12 +109,16 @@ fn run_plain_worker(
             Err(source) => return ready.fail(StartError::Bind { what: "plain TCP", addr, source }),
         };
         super::accept::spare::reserve();
+        // As in the transparent workers, so both measure the same connect path.
+        tokio::task::spawn_local(super::worker::timer_heartbeat());
         ready.ok(());
         let pool = Rc::new(PipePool::new(PIPE_POOL, Arc::clone(&shared.pipes)));
+        let load = shared.worker_load(index);
+        load.attach_to_current_thread();
         // Never paused: the plain mode has no hand-over.
-        let relays = Relays::new();
+        let relays = Relays::new(Arc::clone(&load));
         tokio::select! {
-            () = accept_plain(&listener, &fe, &shared, &pool, &relays) => {}
+            () = accept_plain(&listener, &fe, (&shared, &load), &pool, &relays) => {}
             // Err: the sender is gone, which is the stop signal.
             _ = stopped.changed() => {}
         }
@@ -121,9 +126,9 @@ fn run_plain_worker(
     // Dropping the LocalSet dropped every connection task, closing their sockets.
 }
 
-async fn accept_plain(listener: &TcpListener, fe: &Arc<Frontend>, shared: &Arc<Shared>, pool: &Rc<PipePool>, relays: &Rc<Relays>) {
+async fn accept_plain(listener: &TcpListener, fe: &Arc<Frontend>, (shared, load): (&Arc<Shared>, &WorkerLoad), pool: &Rc<PipePool>, relays: &Rc<Relays>) {
     loop {
-        let (stream, peer, slot) = accept_admitted(listener, shared).await;
+        let (stream, peer, slot) = accept_admitted(listener, shared, load).await;
         let Ok(orig) = stream.local_addr().map(|a| OrigDstAddr(canonical(a))) else { continue };
         let (fe, shared, pool, relays) = (Arc::clone(fe), Arc::clone(shared), Rc::clone(pool), Rc::clone(relays));
         tokio::task::spawn_local(async move {

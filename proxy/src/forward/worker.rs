@@ -3,7 +3,7 @@
 //! connected upstream and relayed on the same thread, with no cross-thread hand-off.
 
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,7 +17,9 @@ use super::Shared;
 use super::accept::{PIPE_POOL, accept_admitted, spare};
 use super::connect::forward_to;
 use super::detach::{Command, Relays, serve_commands};
+use super::load::WorkerLoad;
 use super::splice::PipePool;
+use super::steering::{Steering, pin_current_thread};
 use crate::addrs::{ClientAddr, OrigDstAddr, canonical, wildcard_listen_addrs};
 use crate::handover::DetachedPair;
 use crate::listeners::{Gate, Pair, Release, Serve};
@@ -105,8 +107,14 @@ pub fn bind_listeners(port: u16, backlog: i32, workers: usize) -> Result<Vec<Pai
 
 /// Starts one thread per listener pair; returns once every worker holds its listeners. Each
 /// waits at `gate` before accepting, and lets go of its listeners when `release` fires.
-pub fn start(shared: Arc<Shared>, listeners: Vec<Pair>, gate: Gate, release: Release) -> Result<Workers, StartError> {
+/// `steering` (already resolved) is applied to the listeners' groups, whether they were bound
+/// here or handed over, and with `Cpu` worker `i` is pinned to CPU `i`.
+pub fn start(shared: Arc<Shared>, listeners: Vec<Pair>, gate: Gate, release: Release, steering: Steering) -> Result<Workers, StartError> {
     let ipv6 = listeners.iter().all(|[_, v6]| v6.is_some());
+    // Any member of a group carries the group's program: worker 0's listeners.
+    for fd in listeners.first().into_iter().flatten().flatten() {
+        steering.apply(fd.as_fd()).map_err(|source| StartError::Setup { what: "TCP steering", worker: 0, source })?;
+    }
     let mut listeners = listeners.into_iter();
     let mut control = Control { workers: Vec::new() };
     let spawned = workers::spawn("tpvs-worker", shared.config.workers, |index| {
@@ -115,7 +123,14 @@ pub fn start(shared: Arc<Shared>, listeners: Vec<Pair>, gate: Gate, release: Rel
         let (gate, release) = (gate.clone(), release.clone());
         let (tx, commands) = tokio::sync::mpsc::unbounded_channel();
         control.workers.push(tx);
-        Ok(move |ready: Ready<()>| run_worker(index, shared, pair, (gate, release, commands), ready))
+        Ok(move |ready: Ready<()>| {
+            if steering == Steering::Cpu
+                && let Err(source) = pin_current_thread(index)
+            {
+                return ready.fail(StartError::Setup { what: "TCP (pinning to its CPU)", worker: index, source });
+            }
+            run_worker(index, shared, pair, (gate, release, commands), ready)
+        })
     })?;
     drop(spawned.reports);
     Ok(Workers { threads: spawned.threads, ipv6, control })
@@ -146,17 +161,20 @@ fn run_worker(index: usize, shared: Arc<Shared>, pair: Pair, (gate, release, com
             }
         }
         spare::reserve();
-        let relays = Relays::new();
+        let load = shared.worker_load(index);
+        load.attach_to_current_thread();
+        let relays = Relays::new(Arc::clone(&load));
         // Commands are served from the start: a successor adopts its predecessor's
         // connections before its gate opens.
         tokio::task::spawn_local(serve_commands(commands, Rc::clone(&relays), Arc::clone(&shared), Rc::clone(&pool)));
         ready.ok(());
+        tokio::task::spawn_local(timer_heartbeat());
         gate.opened().await;
         debug!(worker = index, "listening");
         let mut tasks = Vec::new();
         for l in listeners {
-            let (shared, pool, relays) = (Arc::clone(&shared), Rc::clone(&pool), Rc::clone(&relays));
-            tasks.push(tokio::task::spawn_local(accept_loop(l, shared, pool, relays, stop.clone())));
+            let (shared, pool, relays, load) = (Arc::clone(&shared), Rc::clone(&pool), Rc::clone(&relays), Arc::clone(&load));
+            tasks.push(tokio::task::spawn_local(accept_loop(l, (shared, load), pool, relays, stop.clone())));
         }
         // Released: the accept loops have dropped their listeners; the connections they
         // started keep relaying on this thread until they end.
@@ -169,14 +187,42 @@ fn run_worker(index: usize, shared: Arc<Shared>, pair: Pair, (gate, release, com
     });
 }
 
+/// How often a worker's timer driver wakes at the least; below the connect timeout (2 s by
+/// default) so a connect's timeout timer never has the earliest deadline.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps a timer pending that fires sooner than any connect timeout.
+///
+/// A timer registered with an earlier deadline than the one the runtime's driver last promised
+/// to wake at makes tokio wake the driver through its eventfd (a `write`, and one more
+/// `epoll_wait` return), even on the driver's own thread. Every connect arms a timeout, and
+/// with only the relays' later timers pending that was a wake-up for about every other
+/// connection. A pending heartbeat moves the promised wake-up to at most `HEARTBEAT` ahead, so
+/// connect timers never come first: one wake-up a second per worker instead of one for about
+/// every other connection (see benches/RESULTS.md). With `--connect-timeout` at or below
+/// `HEARTBEAT` the saving is lost, nothing else.
+pub(super) async fn timer_heartbeat() {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+    }
+}
+
 /// Accepts while the switch says so, holds the listener while paused, and drops it (this
 /// process's descriptor only) once released.
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, pool: Rc<PipePool>, relays: Rc<Relays>, mut stop: tokio::sync::watch::Receiver<Serve>) {
+async fn accept_loop(
+    listener: TcpListener,
+    (shared, load): (Arc<Shared>, Arc<WorkerLoad>),
+    pool: Rc<PipePool>,
+    relays: Rc<Relays>,
+    mut stop: tokio::sync::watch::Receiver<Serve>,
+) {
     loop {
         let paused = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s != Serve::Accepting) => true,
-            (stream, peer, slot) = accept_admitted(&listener, &shared) => {
+            (stream, peer, slot) = accept_admitted(&listener, &shared, &load) => {
                 let (shared, pool, relays) = (Arc::clone(&shared), Rc::clone(&pool), Rc::clone(&relays));
                 tokio::task::spawn_local(serve(stream, ClientAddr(canonical(peer)), shared, pool, relays, slot));
                 false

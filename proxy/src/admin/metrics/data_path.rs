@@ -1,5 +1,5 @@
 //! The data path's own counters, read at scrape time: the TCP listeners' accept/reject
-//! counters, the rules' refusals and drops (read from the kernel through `nft` at most once per
+//! counters (in total and per worker), the rules' refusals and drops (read from the kernel through `nft` at most once per
 //! `COUNTERS_MAX_AGE`, whatever the scrape rate), the netfilter syncs and re-asserts, and the
 //! UDP flow table.
 
@@ -25,6 +25,7 @@ pub(super) fn collect(sources: &Sources, last_verdicts: &Mutex<VerdictCounts>, o
             f.value(&[("reason", reason)], c.load(Relaxed) as f64);
         }
         out.push(f.mf);
+        workers(fwd, out);
         out.push(Fam::single(&spec::idle, st.idle_closed.load(Relaxed) as f64));
         let (adopted, unknown) = (st.adopted.load(Relaxed), st.adopted_without_backend.load(Relaxed));
         let mut f = Fam::new(&spec::adopted);
@@ -97,6 +98,22 @@ pub(super) fn collect(sources: &Sources, last_verdicts: &Mutex<VerdictCounts>, o
     out.push(f.mf);
     out.push(Fam::single(&spec::udp_per_source, sources.udp.as_ref().map_or(0, |u| u.flows.per_key()) as f64));
     descriptors(out);
+}
+
+/// Each TCP worker's share: accepted, open, CPU time (an uneven spread shows here first).
+fn workers(fwd: &crate::forward::Shared, out: &mut Vec<MetricFamily>) {
+    let (mut accepted, mut open, mut busy) = (Fam::new(&spec::worker_accepted), Fam::new(&spec::worker_open), Fam::new(&spec::worker_busy));
+    for (i, w) in fwd.workers.iter().enumerate() {
+        let worker = i.to_string();
+        let l = [("worker", worker.as_str())];
+        accepted.value(&l, w.accepted() as f64);
+        open.value(&l, w.open() as f64);
+        // A thread whose accounting cannot be read has no sample rather than a false zero.
+        if let Some(s) = w.busy_seconds() {
+            busy.value(&l, s);
+        }
+    }
+    out.extend([accepted.mf, open.mf, busy.mf]);
 }
 
 /// The descriptor budget (when `tpvs run` planned one) and the descriptors open now.

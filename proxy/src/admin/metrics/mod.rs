@@ -18,6 +18,7 @@
 //!   by at most 1, 4 and 2. A backend address shared by two Services (the same pod port
 //!   selected twice) shares its counters, and is reported under each Service.
 //! - per Service port (`namespace`, `service`, `port`, `traffic_policy`): a few series each.
+//! - per worker (`worker`): 3 series per TCP worker (`--workers`).
 //! - everything else has fixed labels.
 //!
 //! Each endpoint costs about 30 series (17 of them the connect histogram), so per-backend

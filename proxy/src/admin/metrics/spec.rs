@@ -73,6 +73,11 @@ specs! {
     open = "tpvs_connections_open", G, &[], "TCP connections open through the proxy now.";
     rejected = "tpvs_connections_rejected_total", C, &["reason"],
         "Accepted connections reset by the proxy (no_frontend, connect_failed: every candidate failed, over_limit).";
+    worker_accepted = "tpvs_worker_connections_accepted_total", C, &["worker"],
+        "TCP connections accepted by the worker's listeners (the kernel's reuseport steering decides which worker).";
+    worker_open = "tpvs_worker_connections_open", G, &["worker"], "TCP connections the worker relays now (adopted ones included).";
+    worker_busy = "tpvs_worker_busy_seconds_total", C, &["worker"],
+        "CPU time (user and system) the worker's thread has used; its rate is the worker's utilisation (1 = a whole CPU).";
     idle = "tpvs_connections_idle_closed_total", C, &[], "Connections reset after the idle timeout.";
     adopted = "tpvs_connections_adopted_total", C, &["backend_known"],
         "Established TCP connections received from a predecessor at a takeover (or taken back from a successor that failed); backend_known=false: its backend is not in this table (relayed to its end, counted by no scheduler).";
