@@ -11,7 +11,7 @@ use schedulers::SchedulerKind;
 use serde::{Deserialize, Serialize};
 
 use crate::client::Mode;
-use crate::profile::{BackendProfile, Dist, Stall, Window};
+use crate::profile::{BackendProfile, Dist, Slowdown, Stall, Window};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Scenario {
@@ -125,6 +125,20 @@ pub fn builtin() -> Vec<Scenario> {
         "10 backends lognormal median 5 ms, backend 5 median 40 ms (σ 0.5 for all).",
         slow,
     ));
+
+    // Bounded exploration's other half: a backend that stops being slow must win its share
+    // back (issue: ≥ 50 % of its fair share within 5 s of recovering).
+    let mut recovers = uniform(11, base());
+    recovers[ODD].slow =
+        Some(Slowdown { window: Window { start: S(0), len: S(10) }, latency: Dist::LogNormal { median_ms: 40.0, sigma: 0.5 } });
+    let mut s = Scenario::new(
+        "slow-then-recovers",
+        "One backend 8× slower for the first half, normal after",
+        "11 backends lognormal median 5 ms; backend 5 has median 40 ms for the first 10 s measured, then          5 ms like the others. The per-second shares show how fast each scheduler gives it its traffic back.",
+        recovers,
+    );
+    s.measure = S(20);
+    out.push(s);
 
     let mut flap = uniform(11, base());
     flap[ODD].refuse = Some(Window { start: S(3), len: S(4) });
