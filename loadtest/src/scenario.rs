@@ -123,7 +123,7 @@ pub fn builtin() -> Vec<Scenario> {
         "one-slow",
         "One backend 8× slower, all the time",
         "10 backends lognormal median 5 ms, backend 5 median 40 ms (σ 0.5 for all).",
-        slow,
+        slow.clone(),
     ));
 
     // Bounded exploration's other half: a backend that stops being slow must win its share
@@ -138,6 +138,33 @@ pub fn builtin() -> Vec<Scenario> {
         recovers,
     );
     s.measure = S(20);
+    out.push(s);
+
+    // Persistent-connection pools: at L4 the scheduler chooses per connection, so what it
+    // knows when the pool connects is all it can use. One backend slow from the start, and
+    // one that turns slow halfway through the pool's life.
+    let mut s = Scenario::new(
+        "pool-one-slow",
+        "Connection pools, one backend 8× slower",
+        "As one-slow, but the client keeps a pool of 64 persistent connections and sends every request \
+         on an idle one: the scheduler decides once per connection, when the pool opens.",
+        slow.clone(),
+    );
+    s.mode = Mode::Persistent;
+    out.push(s);
+
+    let mut turns = uniform(11, base());
+    turns[ODD].slow =
+        Some(Slowdown { window: Window { start: S(5), len: S(3600) }, latency: Dist::LogNormal { median_ms: 40.0, sigma: 0.5 } });
+    let mut s = Scenario::new(
+        "pool-turns-slow",
+        "Connection pools, one backend turns 8× slower halfway",
+        "64 persistent connections opened while all 11 backends are alike (lognormal median 5 ms); \
+         backend 5 turns to median 40 ms 5 s into the measurement. The pool's connections to it stay \
+         where the scheduler put them.",
+        turns,
+    );
+    s.mode = Mode::Persistent;
     out.push(s);
 
     let mut flap = uniform(11, base());
