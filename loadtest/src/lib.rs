@@ -14,11 +14,13 @@
 //!   thread at real-time priority where allowed; [`client`]: the generator that puts it on the
 //!   wire (TCP per-request / persistent — written by the pacing thread itself — and UDP), and
 //!   measures its own error per request from the kernel's receive timestamps.
-//! - [`record`]: HdrHistograms overall and per backend, failures by reason.
+//! - [`record`]: HdrHistograms overall and per backend, failures by reason, successes per
+//!   second and backend.
 //! - [`runner`]: one scenario once per scheduler; [`progress`]: the live progress line;
 //!   [`metrics`]: optional live `/metrics`.
-//! - [`summary`]: the serializable results and the "best scheduler" rule; [`report`]: the
-//!   terminal table and the self-contained HTML page with SVG charts; [`units`]: how
+//! - [`summary`]: the serializable results (shares per second, a recovered backend's time to
+//!   get its share back) and the "best scheduler" and "pinned" rules; [`report`]: the terminal
+//!   table and the self-contained HTML page with SVG charts; [`units`]: how
 //!   durations and scheduler names are written in the JSON.
 
 pub mod backends;

@@ -82,6 +82,10 @@ pub struct BackendProfile {
     pub latency: Dist,
     /// Requests arriving inside the window take this long instead (the "stalled" backend).
     pub stall: Option<Stall>,
+    /// Requests arriving inside the window follow another distribution (a backend that is
+    /// slow for a while, then recovers). Absent in reports from before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow: Option<Slowdown>,
     /// New connections are refused inside the window (the backend is restarting / flapping);
     /// UDP requests are dropped.
     pub refuse: Option<Window>,
@@ -96,9 +100,16 @@ pub struct Stall {
     pub latency: Duration,
 }
 
+/// A window in which a backend's service time follows `latency` instead of its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Slowdown {
+    pub window: Window,
+    pub latency: Dist,
+}
+
 impl BackendProfile {
     pub fn new(latency: Dist) -> Self {
-        BackendProfile { latency, stall: None, refuse: None, concurrency: None }
+        BackendProfile { latency, stall: None, slow: None, refuse: None, concurrency: None }
     }
 
     /// The service time of request `id` arriving `t` after the measurement began (`None`
@@ -110,7 +121,10 @@ impl BackendProfile {
             return stall.latency;
         }
         let mut rng = Rng::new(derive(derive(seed, backend as u64), id));
-        self.latency.sample(&mut rng)
+        match (&self.slow, t) {
+            (Some(slow), Some(t)) if slow.window.contains(t) => slow.latency.sample(&mut rng),
+            _ => self.latency.sample(&mut rng),
+        }
     }
 
     pub fn refusing(&self, t: Option<Duration>) -> bool {
@@ -122,6 +136,9 @@ impl BackendProfile {
         let mut parts = Vec::new();
         if let Some(s) = self.stall {
             parts.push(format!("stalled {}s@{}s", fmt_secs(s.window.len), fmt_secs(s.latency)));
+        }
+        if let Some(s) = &self.slow {
+            parts.push(format!("{} for {}s@{}s", s.latency.describe(), fmt_secs(s.window.len), fmt_secs(s.window.start)));
         }
         if self.refuse.is_some() {
             parts.push("refusing".to_string());
@@ -138,6 +155,9 @@ impl BackendProfile {
         if let Some(s) = self.stall.as_mut() {
             s.window = s.window.scaled(f);
             s.latency = s.latency.mul_f64(f);
+        }
+        if let Some(s) = self.slow.as_mut() {
+            s.window = s.window.scaled(f);
         }
         self.refuse = self.refuse.map(|w| w.scaled(f));
         self
@@ -180,6 +200,20 @@ mod tests {
         let half = p.scaled(0.1);
         assert_eq!(half.stall.map(|s| s.latency), Some(Duration::from_millis(200)));
         assert_eq!(half.label(), "stalled 3s@0.20s");
+    }
+
+    #[test]
+    fn slowdown_applies_inside_its_window_only() {
+        let mut p = BackendProfile::new(Dist::Constant { ms: 5.0 });
+        p.slow = Some(Slowdown {
+            window: Window { start: Duration::ZERO, len: Duration::from_secs(10) },
+            latency: Dist::Constant { ms: 40.0 },
+        });
+        assert_eq!(p.service_time(1, 0, 1, Some(Duration::from_secs(3))), Duration::from_millis(40));
+        assert_eq!(p.service_time(1, 0, 1, Some(Duration::from_secs(10))), Duration::from_millis(5));
+        assert_eq!(p.service_time(1, 0, 1, None), Duration::from_millis(5), "warm-up is never slow");
+        assert_eq!(p.label(), "constant 40ms for 10s@0s");
+        assert_eq!(p.scaled(0.5).slow.map(|s| s.window.len), Some(Duration::from_secs(5)));
     }
 
     #[test]

@@ -8,8 +8,11 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
+
+use crate::pacer::{Job, Timeline};
 
 /// Recorded latencies span 1 µs .. 10 min at 3 significant digits (0.1 % resolution).
 const LOWEST_NS: u64 = 1_000;
@@ -73,10 +76,17 @@ pub struct Tallies {
     /// Indexed by the backend index the reply carried.
     pub per_backend: Vec<Histogram<u64>>,
     pub failures: BTreeMap<Failure, u64>,
+    /// Successful requests per second of the measurement (by due time) and backend: how the
+    /// shares move over time (a backend that recovers, a stall that starts). Empty when the
+    /// recorder was not given a time line.
+    pub per_second: Vec<Vec<u64>>,
 }
 
 /// Backend indices beyond this are treated as garbage rather than growing memory without bound.
 const MAX_BACKENDS: usize = 4096;
+
+/// Seconds of measurement the per-second counts cover; later requests are only in the totals.
+const MAX_SECONDS: usize = 24 * 3600;
 
 #[derive(Debug)]
 pub struct Recorder {
@@ -87,21 +97,35 @@ pub struct Recorder {
     pub failed: AtomicU64,
     /// All requests, warm-up included, not finished yet.
     pub in_flight: AtomicU64,
+    /// Start of the measurement, from which the per-second counts are kept.
+    measure_from: Option<Instant>,
 }
 
 impl Default for Recorder {
     fn default() -> Self {
         Recorder {
-            tallies: Mutex::new(Tallies { all: new_histogram(), generator: new_histogram(), per_backend: Vec::new(), failures: BTreeMap::new() }),
+            tallies: Mutex::new(Tallies {
+                all: new_histogram(),
+                generator: new_histogram(),
+                per_backend: Vec::new(),
+                failures: BTreeMap::new(),
+                per_second: Vec::new(),
+            }),
             sent: AtomicU64::new(0),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            measure_from: None,
         }
     }
 }
 
 impl Recorder {
+    /// A recorder that also keeps per-second counts along `timeline`'s measurement.
+    pub fn for_timeline(timeline: &Timeline) -> Self {
+        Recorder { measure_from: Some(timeline.measure_from()), ..Recorder::default() }
+    }
+
     /// A request is starting; `measured` says whether it counts.
     pub fn start(&self, measured: bool) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -110,9 +134,11 @@ impl Recorder {
         }
     }
 
-    /// A measured success; `generator_ns` is the generator's own error on it, when known.
-    pub fn ok(&self, measured: bool, backend: u32, latency_ns: u64, generator_ns: Option<u64>) {
-        if measured {
+    /// `job` succeeded (counted if measured); `generator_ns` is the generator's own error on
+    /// it, when known.
+    pub fn ok(&self, job: &Job, backend: u32, latency_ns: u64, generator_ns: Option<u64>) {
+        let second = self.measure_from.map(|from| job.due.saturating_duration_since(from).as_secs() as usize);
+        if job.measured {
             let mut t = self.lock();
             t.all.saturating_record(latency_ns);
             if let Some(g) = generator_ns {
@@ -126,6 +152,19 @@ impl Recorder {
                 }
                 if let Some(h) = t.per_backend.get_mut(b) {
                     h.saturating_record(latency_ns);
+                }
+                if let Some(sec) = second.filter(|s| *s < MAX_SECONDS) {
+                    if t.per_second.len() <= sec {
+                        t.per_second.resize_with(sec + 1, Vec::new);
+                    }
+                    if let Some(row) = t.per_second.get_mut(sec) {
+                        if row.len() <= b {
+                            row.resize(b + 1, 0);
+                        }
+                        if let Some(n) = row.get_mut(b) {
+                            *n += 1;
+                        }
+                    }
                 }
             }
             drop(t);

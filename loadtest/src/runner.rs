@@ -84,7 +84,6 @@ pub fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Sc
 
 /// One scenario with one scheduler (`None`: straight to backend 0, no proxy).
 pub fn run_one(scenario: &Scenario, kind: Option<SchedulerKind>, opts: &RunOptions) -> anyhow::Result<RunResult> {
-    let rec = Arc::new(Recorder::default());
     // A little lead time, so backends and proxy are up before the first request is due.
     let timeline = Timeline {
         start: Instant::now() + Duration::from_millis(300),
@@ -92,6 +91,7 @@ pub fn run_one(scenario: &Scenario, kind: Option<SchedulerKind>, opts: &RunOptio
         warmup: scenario.warmup,
         measure: scenario.measure,
     };
+    let rec = Arc::new(Recorder::for_timeline(&timeline));
     let specs: Vec<Spec> = scenario
         .backends
         .iter()
@@ -164,6 +164,7 @@ pub fn run_one(scenario: &Scenario, kind: Option<SchedulerKind>, opts: &RunOptio
     }
     run.proxy = counters;
     annotate_backends(&mut run, scenario, &addrs, sched.as_deref());
+    run.recovery = summary::recoveries(scenario, &run);
     if let Some(live) = &opts.live {
         live.end(&run);
     }
@@ -187,6 +188,7 @@ fn annotate_backends(run: &mut RunResult, scenario: &Scenario, addrs: &[SocketAd
             connect_failures: None,
         });
     }
+    run.pad_per_second(n);
     for b in &mut run.backends {
         if let Some(a) = addrs.get(b.index) {
             b.addr = a.to_string();
@@ -230,9 +232,9 @@ pub fn run_external(spec: &ExternalSpec, opts: &RunOptions) -> anyhow::Result<Sc
         direct: false,
         schedulers: Vec::new(),
     };
-    let rec = Arc::new(Recorder::default());
     let timeline =
         Timeline { start: Instant::now() + Duration::from_millis(100), rate: spec.rate, warmup: spec.warmup, measure: spec.measure };
+    let rec = Arc::new(Recorder::for_timeline(&timeline));
     if let Some(live) = &opts.live {
         live.begin("external", &spec.label, Arc::clone(&rec));
     }
@@ -258,6 +260,9 @@ pub fn run_external(spec: &ExternalSpec, opts: &RunOptions) -> anyhow::Result<Sc
         *run.failures.entry("timeout".to_string()).or_insert(0) += unresolved;
         run.failed += unresolved;
     }
+    // Nothing here knows what stands behind the target: the backends are those that answered
+    // (by the index each reply carried), and shares and the pinned rule are about them only.
+    run.backends.retain(|b| b.requests > 0);
     if let Some(live) = &opts.live {
         live.end(&run);
     }

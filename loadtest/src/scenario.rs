@@ -11,7 +11,7 @@ use schedulers::SchedulerKind;
 use serde::{Deserialize, Serialize};
 
 use crate::client::Mode;
-use crate::profile::{BackendProfile, Dist, Stall, Window};
+use crate::profile::{BackendProfile, Dist, Slowdown, Stall, Window};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Scenario {
@@ -123,8 +123,49 @@ pub fn builtin() -> Vec<Scenario> {
         "one-slow",
         "One backend 8× slower, all the time",
         "10 backends lognormal median 5 ms, backend 5 median 40 ms (σ 0.5 for all).",
-        slow,
+        slow.clone(),
     ));
+
+    // Bounded exploration's other half: a backend that stops being slow must win its share
+    // back (issue: ≥ 50 % of its fair share within 5 s of recovering).
+    let mut recovers = uniform(11, base());
+    recovers[ODD].slow =
+        Some(Slowdown { window: Window { start: S(0), len: S(10) }, latency: Dist::LogNormal { median_ms: 40.0, sigma: 0.5 } });
+    let mut s = Scenario::new(
+        "slow-then-recovers",
+        "One backend 8× slower for the first half, normal after",
+        "11 backends lognormal median 5 ms; backend 5 has median 40 ms for the first 10 s measured, then          5 ms like the others. The per-second shares show how fast each scheduler gives it its traffic back.",
+        recovers,
+    );
+    s.measure = S(20);
+    out.push(s);
+
+    // Persistent-connection pools: at L4 the scheduler chooses per connection, so what it
+    // knows when the pool connects is all it can use. One backend slow from the start, and
+    // one that turns slow halfway through the pool's life.
+    let mut s = Scenario::new(
+        "pool-one-slow",
+        "Connection pools, one backend 8× slower",
+        "As one-slow, but the client keeps a pool of 64 persistent connections and sends every request \
+         on an idle one: the scheduler decides once per connection, when the pool opens.",
+        slow.clone(),
+    );
+    s.mode = Mode::Persistent;
+    out.push(s);
+
+    let mut turns = uniform(11, base());
+    turns[ODD].slow =
+        Some(Slowdown { window: Window { start: S(5), len: S(3600) }, latency: Dist::LogNormal { median_ms: 40.0, sigma: 0.5 } });
+    let mut s = Scenario::new(
+        "pool-turns-slow",
+        "Connection pools, one backend turns 8× slower halfway",
+        "64 persistent connections opened while all 11 backends are alike (lognormal median 5 ms); \
+         backend 5 turns to median 40 ms 5 s into the measurement. The pool's connections to it stay \
+         where the scheduler put them.",
+        turns,
+    );
+    s.mode = Mode::Persistent;
+    out.push(s);
 
     let mut flap = uniform(11, base());
     flap[ODD].refuse = Some(Window { start: S(3), len: S(4) });

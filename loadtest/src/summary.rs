@@ -84,6 +84,66 @@ pub struct BackendResult {
     pub connect_failures: Option<u64>,
 }
 
+/// One second of the measurement (requests grouped by their due time): successful requests
+/// and shares by backend, both indexed by backend index.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Second {
+    /// Seconds since the measurement began (this row covers [t, t + 1)).
+    pub t: u64,
+    pub requests: Vec<u64>,
+    pub share: Vec<f64>,
+}
+
+impl Second {
+    fn new(t: u64, mut requests: Vec<u64>, backends: usize) -> Self {
+        if requests.len() < backends {
+            requests.resize(backends, 0);
+        }
+        let total: u64 = requests.iter().sum();
+        let share = requests.iter().map(|&n| if total > 0 { n as f64 / total as f64 } else { 0.0 }).collect();
+        Second { t, requests, share }
+    }
+}
+
+/// The first second at or after `from` in which `backend` served at least `share` of the
+/// successful requests (how long a recovered backend takes to win its traffic back).
+pub fn first_second_with_share(run: &RunResult, backend: usize, from: u64, share: f64) -> Option<u64> {
+    run.per_second.iter().filter(|s| s.t >= from).find(|s| s.share.get(backend).is_some_and(|&x| x >= share)).map(|s| s.t)
+}
+
+/// How fast a backend got its traffic back after a slowdown ended inside the measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recovery {
+    pub backend: usize,
+    /// When its slowdown ended, in seconds since the measurement began.
+    pub recovered_at: f64,
+    /// Seconds from then to the end of the first whole second in which it served at least half
+    /// its fair share (1/n of the backends listed); `None`: not within the run.
+    pub back_within: Option<f64>,
+}
+
+/// The fraction of its fair share a recovered backend must serve in a second to count as back.
+pub const BACK_AT_FAIR_FRACTION: f64 = 0.5;
+
+/// [`Recovery`] for every backend of `scenario` whose slowdown ends inside the measurement.
+pub fn recoveries(scenario: &crate::scenario::Scenario, run: &RunResult) -> Vec<Recovery> {
+    let n = run.backends.len().max(1);
+    scenario
+        .backends
+        .iter()
+        .enumerate()
+        .filter_map(|(backend, p)| {
+            let end = p.slow.as_ref()?.window.end();
+            (end < scenario.measure).then_some((backend, end))
+        })
+        .map(|(backend, end)| {
+            let from = end.as_secs_f64().ceil() as u64;
+            let back = first_second_with_share(run, backend, from, BACK_AT_FAIR_FRACTION / n as f64);
+            Recovery { backend, recovered_at: end.as_secs_f64(), back_within: back.map(|t| (t + 1) as f64 - end.as_secs_f64()) }
+        })
+        .collect()
+}
+
 /// The data path's own counters over the run (self-hosted TCP only).
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct ProxyCounters {
@@ -112,6 +172,12 @@ pub struct RunResult {
     pub generator: Option<Percentiles>,
     pub curve: Vec<CurvePoint>,
     pub backends: Vec<BackendResult>,
+    /// Shares second by second (absent in reports from before it existed).
+    #[serde(default)]
+    pub per_second: Vec<Second>,
+    /// Backends whose slowdown ended during the run, and how fast they got traffic back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovery: Vec<Recovery>,
     pub proxy: Option<ProxyCounters>,
 }
 
@@ -149,7 +215,21 @@ impl RunResult {
             generator: (!t.generator.is_empty()).then(|| Percentiles::of(&t.generator)),
             curve: curve(&t.all),
             backends,
+            per_second: t
+                .per_second
+                .iter()
+                .enumerate()
+                .map(|(sec, row)| Second::new(sec as u64, row.clone(), t.per_backend.len()))
+                .collect(),
+            recovery: Vec::new(),
             proxy: None,
+        }
+    }
+
+    /// Widens every per-second row to `n` backends (those that served nothing in it, or at all).
+    pub fn pad_per_second(&mut self, n: usize) {
+        for s in &mut self.per_second {
+            *s = Second::new(s.t, std::mem::take(&mut s.requests), n);
         }
     }
 }
@@ -164,12 +244,20 @@ pub struct ScenarioReport {
     pub best: Option<String>,
 }
 
-/// Whether one backend served more than half of the requests of a set of three or more: what
-/// a hashing scheduler (dh, sh) does with a single client and a single frontend. Such a run
-/// may look fast only because the one backend it pinned happens not to be the odd one.
+/// Whether one backend served more than half of the requests and more than twice its fair
+/// share of the backends the run lists: what a hashing scheduler (dh, sh) does with a single
+/// client and a single frontend. Such a run may look fast only because the one backend it
+/// pinned happens not to be the odd one. The backends listed are the scenario's own in a
+/// self-hosted run, and those that answered in an `external` one (its only knowledge of what
+/// stands behind the target): with 3 answering, one of them serving 52 % while a slow third
+/// is avoided is spreading, not pinning.
 pub fn pinned(run: &RunResult) -> bool {
-    run.backends.len() >= 3 && run.backends.iter().any(|b| b.share > 0.5)
+    let n = run.backends.len();
+    n >= 2 && run.backends.iter().any(|b| b.share > PINNED_SHARE.max(2.0 / n as f64))
 }
+
+/// The share above which one backend is said to hold a run (with enough backends listed).
+pub const PINNED_SHARE: f64 = 0.5;
 
 /// The best run: among runs that spread their load (not [`pinned`]) and are within 0.1
 /// percentage point of the highest success rate, the lowest p99, then the lowest p99.9.
@@ -229,6 +317,8 @@ mod tests {
             generator: None,
             curve: Vec::new(),
             backends,
+            per_second: Vec::new(),
+            recovery: Vec::new(),
             proxy: None,
         }
     }
@@ -243,6 +333,13 @@ mod tests {
             run("good", 1.0, 3.0, &even),
         ];
         assert!(pinned(&runs[1]) && !pinned(&runs[3]));
+        // Three backends answered, the slow one avoided: 52 % on one is spreading, not pinning.
+        assert!(!pinned(&run("spread", 1.0, 3.0, &[0.52, 0.47, 0.01])));
+        assert!(pinned(&run("held", 1.0, 3.0, &[0.9, 0.05, 0.05])));
+        // Of eleven, anything over half is held (the rule the self-hosted tables always used).
+        let mut eleven = [0.049; 11];
+        eleven[4] = 0.51;
+        assert!(pinned(&run("eleven", 1.0, 3.0, &eleven)));
         assert_eq!(best(&runs), Some(3));
         assert_eq!(best(&[]), None);
     }

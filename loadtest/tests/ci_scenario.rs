@@ -107,3 +107,4 @@ fn generator_overhead_direct_and_handoff_pacing() {
     // a loaded machine either can come out ahead in a run this short.
     eprintln!("generator error, mean: hand-off {} ms, direct {} ms", means[0], means[1]);
 }
+

@@ -44,7 +44,13 @@ pub(crate) fn count_untried(cands: &[Candidate], tried: &Tried) -> usize {
 
 /// The `k`-th (0-based, set order) candidate not in `tried`.
 pub(crate) fn nth_untried<'a>(cands: &'a [Candidate], tried: &Tried, k: usize) -> Option<&'a Candidate> {
-    cands.iter().filter(|c| !tried.contains(c.index())).nth(k)
+    nth_untried_pos(cands, tried, k).and_then(|p| cands.get(p))
+}
+
+/// The position in `cands` of the `k`-th candidate not in `tried` (for schedulers that keep
+/// per-candidate state alongside `cands`).
+pub(crate) fn nth_untried_pos(cands: &[Candidate], tried: &Tried, k: usize) -> Option<usize> {
+    cands.iter().enumerate().filter(|(_, c)| !tried.contains(c.index())).map(|(p, _)| p).nth(k)
 }
 
 /// Builders shared by the unit tests of every algorithm module.

@@ -10,28 +10,120 @@
 //! [`crate::p2c`]: O(1) picks, and no herding of every proxy onto the one backend that looked
 //! best a moment ago. With two or fewer candidates the comparison covers them all anyway, so
 //! the minimum is taken directly (ties to the first in set order).
+//!
+//! **Bounded exploration.** Load × latency alone lets a slow backend win whenever the other
+//! candidate is busy, or once its estimate has decayed: a share of traffic that grows with the
+//! load, and every such request lands in the tail. So a backend that *looks slow* — its decayed
+//! latency estimate above [`SLOW_FACTOR`] × the set's reference (the upper median of the
+//! measured backends' estimates, refreshed every [`REFERENCE_REFRESH_NS`]) — is picked at most
+//! once per [`EXPLORE_INTERVAL_NS`]: a probe at a bounded *rate*, whose cost in the tail
+//! shrinks as load grows. Each probe is a fresh sample, and the read-time decay still brings
+//! the estimate of a backend that stopped being probed down, so a recovered backend stops
+//! looking slow and is scheduled normally again.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::BackendSet;
-use crate::candidates::{Candidate, count_untried, nth_untried, pickable};
+use crate::candidates::{Candidate, count_untried, nth_untried, nth_untried_pos, pickable};
 use crate::context::{PickContext, Tried};
 use crate::scheduler::{BackendIndex, Scheduler, SchedulerKind};
 use crate::mix::AtomicSplitMix;
 use crate::p2c::two_distinct;
 use crate::stats::{EWMA_DECAY_NS, now_nanos};
 
+/// A backend looks slow when its latency estimate exceeds the set's reference by this factor.
+/// Estimates are peak-sensitive (they sit near recent maxima), so the ratio between a slow and
+/// a healthy backend's estimates is smaller than between their medians; 2 separates a backend
+/// 8× slower from the ordinary spread of a lognormal service time.
+pub const SLOW_FACTOR: f64 = 2.0;
+
+/// A backend that looks slow is picked at most once per this interval (per scheduler).
+pub const EXPLORE_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// How often the reference latency is recomputed (an O(n) pass over the set).
+pub const REFERENCE_REFRESH_NS: u64 = 100_000_000;
+
+/// A clock reading no run reaches (584 years of uptime): "not yet".
+const NEVER: u64 = u64::MAX;
+
 #[derive(Debug)]
 pub struct PeakEwma {
     set: Arc<BackendSet>,
     cands: Vec<Candidate>,
     rng: AtomicSplitMix,
+    /// Per candidate position: `now_nanos` of the last pick while it looked slow (0: never).
+    last_probe: Vec<AtomicU64>,
+    /// f64 bits of the reference latency in ns (0.0: not enough measured backends yet).
+    reference: AtomicU64,
+    /// `now_nanos` at the last recomputation of `reference` ([`NEVER`]: not computed yet).
+    reference_stamp: AtomicU64,
 }
 
 impl PeakEwma {
     pub fn new(set: Arc<BackendSet>, seed: u64) -> Self {
         let cands = pickable(&set);
-        PeakEwma { set, cands, rng: AtomicSplitMix::new(seed) }
+        let last_probe = cands.iter().map(|_| AtomicU64::new(0)).collect();
+        PeakEwma {
+            set,
+            cands,
+            rng: AtomicSplitMix::new(seed),
+            last_probe,
+            reference: AtomicU64::new(0f64.to_bits()),
+            reference_stamp: AtomicU64::new(NEVER),
+        }
+    }
+
+    /// The reference latency as of `now`, recomputed by one picker at a time when stale: the
+    /// upper median of the measured candidates' decayed estimates. A median, so that one slow
+    /// backend (or a few) does not move the yardstick it is measured against; the upper one,
+    /// so that in a set of two neither is ever "slow" (one backend against one other is no
+    /// majority: there the load trade-off alone decides). 0 when fewer than two backends have
+    /// been measured (nothing to compare with).
+    fn reference_at(&self, now: u64) -> f64 {
+        let stamp = self.reference_stamp.load(Ordering::Relaxed);
+        if (stamp == NEVER || now.saturating_sub(stamp) >= REFERENCE_REFRESH_NS)
+            && self.reference_stamp.compare_exchange(stamp, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            let mut measured: Vec<f64> =
+                self.cands.iter().filter(|c| c.stats.ewma_sample().1 != 0).map(|c| c.stats.ewma_ns_at(now)).collect();
+            let reference = if measured.len() < 2 {
+                0.0
+            } else {
+                let mid = measured.len() / 2;
+                let (_, m, _) = measured.select_nth_unstable_by(mid, f64::total_cmp);
+                *m
+            };
+            self.reference.store(reference.to_bits(), Ordering::Relaxed);
+        }
+        f64::from_bits(self.reference.load(Ordering::Relaxed))
+    }
+
+    /// Whether `c` looks slow as of `now` against `reference`.
+    fn looks_slow(c: &Candidate, now: u64, reference: f64) -> bool {
+        reference > 0.0 && c.stats.ewma_sample().1 != 0 && c.stats.ewma_ns_at(now) > SLOW_FACTOR * reference
+    }
+
+    /// Claims `pos`'s probe slot if its last probe is at least [`EXPLORE_INTERVAL_NS`] old.
+    fn claim_probe(&self, pos: usize, now: u64) -> bool {
+        let Some(slot) = self.last_probe.get(pos) else { return false };
+        let last = slot.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= EXPLORE_INTERVAL_NS)
+            && slot.compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+
+    /// The choice between the two drawn candidates (positions in `cands`): the cheaper one,
+    /// unless it looks slow and its probe slot is taken — then the other, when that one does
+    /// not look slow too (two slow candidates: the cheaper, as without exploration bounds).
+    fn decide(&self, a: usize, b: usize) -> Option<BackendIndex> {
+        let (ca, cb) = (self.cands.get(a)?, self.cands.get(b)?);
+        let (win, wpos, lose) = if cheaper(cb, ca) { (cb, b, ca) } else { (ca, a, cb) };
+        let now = now_nanos();
+        let reference = self.reference_at(now);
+        if !Self::looks_slow(win, now, reference) || self.claim_probe(wpos, now) || Self::looks_slow(lose, now, reference) {
+            return Some(win.index());
+        }
+        Some(lose.index())
     }
 }
 
@@ -69,27 +161,24 @@ impl Scheduler for PeakEwma {
 
     fn pick(&self, _ctx: &PickContext, tried: &Tried) -> Option<BackendIndex> {
         let (a, b) = if tried.is_empty() {
-            match self.cands.as_slice() {
-                [] => return None,
-                [only] => return Some(only.index()),
-                [a, b] => (a, b),
-                cands => {
-                    let (i, j) = two_distinct(self.rng.next_u64(), cands.len());
-                    (cands.get(i)?, cands.get(j)?)
-                }
+            match self.cands.len() {
+                0 => return None,
+                1 => return self.cands.first().map(Candidate::index),
+                2 => (0, 1),
+                n => two_distinct(self.rng.next_u64(), n),
             }
         } else {
             match count_untried(&self.cands, tried) {
                 0 => return None,
                 1 => return nth_untried(&self.cands, tried, 0).map(Candidate::index),
-                2 => (nth_untried(&self.cands, tried, 0)?, nth_untried(&self.cands, tried, 1)?),
+                2 => (nth_untried_pos(&self.cands, tried, 0)?, nth_untried_pos(&self.cands, tried, 1)?),
                 m => {
                     let (i, j) = two_distinct(self.rng.next_u64(), m);
-                    (nth_untried(&self.cands, tried, i)?, nth_untried(&self.cands, tried, j)?)
+                    (nth_untried_pos(&self.cands, tried, i)?, nth_untried_pos(&self.cands, tried, j)?)
                 }
             }
         };
-        Some(if cheaper(b, a) { b.index() } else { a.index() })
+        self.decide(a, b)
     }
 }
 
@@ -173,6 +262,43 @@ mod tests {
         // Weight 4 divides the busy one's cost to 2.5 ms: now it wins.
         let w = Arc::new(BackendSet::new(vec![s.as_slice()[0].clone().with_weight(4), s.as_slice()[1].clone()]));
         assert_eq!(counts(&PeakEwma::new(w, 0), 2, 10), [10, 0]);
+    }
+
+    #[test]
+    fn a_slow_backend_is_probed_at_a_bounded_rate_however_busy_the_others_are() {
+        // Backend 3 answers in 80 ms, the others in 5 ms but with 100 connections open each:
+        // on latency × load alone the slow one wins every comparison it is drawn into.
+        let s = set(&[1; 5]);
+        for (i, b) in s.iter().enumerate() {
+            b.stats.observe_latency_ns(if i == 3 { 80_000_000 } else { 5_000_000 });
+            if i != 3 {
+                b.stats.set_active(100);
+            }
+        }
+        let p = PeakEwma::new(s, 5);
+        let started = std::time::Instant::now();
+        let c = counts(&p, 5, 20_000);
+        // One probe per started interval at most (the loop normally takes milliseconds).
+        let intervals = 1 + (started.elapsed().as_nanos() / u128::from(EXPLORE_INTERVAL_NS)) as usize;
+        assert!((1..=intervals).contains(&c[3]), "slow backend picked {} times in {intervals} interval(s): {c:?}", c[3]);
+        assert_eq!(c.iter().sum::<usize>(), 20_000);
+    }
+
+    #[test]
+    fn with_a_single_measured_backend_nothing_looks_slow() {
+        // No reference to compare with: plain peak-EWMA (the unmeasured default of 1 ms wins).
+        let s = set(&[1, 1, 1]);
+        s.as_slice()[0].stats.observe_latency_ns(80_000_000);
+        let p = PeakEwma::new(s, 6);
+        let c = counts(&p, 3, 3_000);
+        assert_eq!(c[0], 0, "{c:?}");
+        // Two measured backends: the upper median is the slow one itself, so nothing is bounded
+        // and a busy fast backend loses to an idle slow one on latency × load.
+        let two = set(&[1, 1]);
+        two.as_slice()[0].stats.observe_latency_ns(80_000_000);
+        two.as_slice()[1].stats.observe_latency_ns(5_000_000);
+        two.as_slice()[1].stats.set_active(100);
+        assert_eq!(counts(&PeakEwma::new(two, 7), 2, 1_000), [1_000, 0]);
     }
 
     #[test]

@@ -177,7 +177,7 @@ async fn serve(shared: &Shared, conn: &Conn, k: usize, stream: &TcpStream) {
             Ok(Ok((backend, lag))) => {
                 // The reply arrived `lag` before this read: that wait is the generator's.
                 let latency = now.saturating_duration_since(job.due).saturating_sub(lag.unwrap_or_default());
-                shared.rec.ok(job.measured, backend, nanos(latency), generator_error(req.send_lag, lag, true));
+                shared.rec.ok(&job, backend, nanos(latency), generator_error(req.send_lag, lag, true));
                 shared.freed(k);
             }
             Ok(Err(why)) => {

@@ -60,7 +60,7 @@ pub async fn one_shot(addr: SocketAddr, job: Job, timeout: Duration, rec: Arc<Re
     let now = Instant::now();
     match outcome {
         Ok(Ok((backend, lag))) => {
-            rec.ok(job.measured, backend, nanos(now.saturating_duration_since(job.due)), generator_error(send_lag, lag, false))
+            rec.ok(&job, backend, nanos(now.saturating_duration_since(job.due)), generator_error(send_lag, lag, false))
         }
         Ok(Err(why)) => rec.failed(job.measured, why),
         Err(_) => rec.failed(job.measured, Failure::Timeout),
@@ -111,7 +111,7 @@ async fn conn_loop(addr: SocketAddr, rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>
         let now = Instant::now();
         match outcome {
             Ok(Ok((backend, lag))) => {
-                rec.ok(job.measured, backend, nanos(now.saturating_duration_since(job.due)), generator_error(send_lag, lag, false))
+                rec.ok(&job, backend, nanos(now.saturating_duration_since(job.due)), generator_error(send_lag, lag, false))
             }
             Ok(Err(why)) => {
                 // The connection is in an unknown state (a frame may be half read): start over.

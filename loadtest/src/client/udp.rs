@@ -96,7 +96,7 @@ impl Client {
             if let Some(g) = &p.guard {
                 g.stats().observe_latency_ns(nanos(now - p.sent));
             }
-            self.rec.ok(p.job.measured, backend, nanos(now.saturating_duration_since(p.job.due)), None);
+            self.rec.ok(&p.job, backend, nanos(now.saturating_duration_since(p.job.due)), None);
         }
     }
 

@@ -1,9 +1,9 @@
 //! The self-contained HTML report: no scripts, no external files; one section per scenario with
-//! its table, percentile plot and share bars.
+//! its table, percentile plot, share bars and shares over time.
 
 use std::fmt::Write as _;
 
-use super::svg::{esc, percentile_plot, share_bars};
+use super::svg::{esc, percentile_plot, share_bars, share_timeline};
 use crate::summary::{Report, ScenarioReport};
 
 const STYLE: &str = "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}\
@@ -54,6 +54,11 @@ fn scenario_section(sr: &ScenarioReport) -> String {
     h.push_str(&percentile_plot(sr));
     h.push_str("<h3>Share of requests by backend</h3>");
     h.push_str(&share_bars(sr));
+    let timeline = share_timeline(sr);
+    if !timeline.is_empty() {
+        h.push_str("<h3>Share of requests by backend, second by second</h3>");
+        h.push_str(&timeline);
+    }
     h.push_str("</section>");
     h
 }
@@ -69,7 +74,7 @@ pub fn render(report: &Report) -> String {
         "<h1>tpvs scheduler comparison</h1><p class=\"small\">{} on {} CPUs. Latency is measured from each request's \
          scheduled send time on an open-loop time line (coordinated-omission corrected); warm-up excluded. \
          ★ marks the best scheduler: highest success rate, then lowest p99, then p99.9, among those \
-         that spread the load (a run where one backend served over half is <i>pinned</i>).</p>",
+         that spread the load (a run where one backend served over half, and over twice its fair share, is <i>pinned</i>).</p>",
         esc(&report.tool),
         report.cpus
     );

@@ -1,5 +1,6 @@
-//! The two charts, drawn as inline SVG by hand: a latency-by-percentile plot (log "nines" axis
-//! across, log latency up, one line per scheduler) and per-backend share bars.
+//! The charts, drawn as inline SVG by hand: a latency-by-percentile plot (log "nines" axis
+//! across, log latency up, one line per scheduler), per-backend share bars, and the shares
+//! second by second (one strip per scheduler).
 
 use std::fmt::Write as _;
 
@@ -145,9 +146,13 @@ pub fn share_bars(sr: &ScenarioReport) -> String {
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
     );
+    // Columns by position in the list: the scenario's backends in order (self-hosted), or
+    // those that answered (external), labelled with their indices.
+    let widest = sr.runs.iter().max_by_key(|r| r.backends.len());
     for i in 0..n {
         let x = left + i as f64 * (bar_w + gap) + bar_w / 2.0;
-        let _ = write!(s, r#"<text x="{x:.1}" y="16" text-anchor="middle">#{i}</text>"#);
+        let index = widest.and_then(|r| r.backends.get(i)).map_or(i, |b| b.index);
+        let _ = write!(s, r#"<text x="{x:.1}" y="16" text-anchor="middle">#{index}</text>"#);
     }
     let fair = 1.0 / n as f64;
     for (ri, r) in sr.runs.iter().enumerate() {
@@ -162,8 +167,8 @@ pub fn share_bars(sr: &ScenarioReport) -> String {
             if best { "bold" } else { "normal" },
             esc(&if best { format!("★ {}", r.scheduler) } else { r.scheduler.clone() })
         );
-        for b in &r.backends {
-            let x = left + b.index as f64 * (bar_w + gap);
+        for (pos, b) in r.backends.iter().enumerate() {
+            let x = left + pos as f64 * (bar_w + gap);
             let clipped = b.share > max_share;
             let bh = b.share.min(max_share) * scale;
             if clipped {
@@ -201,6 +206,69 @@ pub fn share_bars(sr: &ScenarioReport) -> String {
         s,
         r#"<text x="{left}" y="{:.1}">bar height: share of successful requests; dashed: fair share {:.1}%; red: odd backend</text>"#,
         h - 4.0,
+        fair * 100.0
+    );
+    s.push_str("</svg>");
+    s
+}
+
+/// The shares second by second: one strip per scheduler, time across, share up, a line per
+/// backend (odd backends in red, drawn last), the fair share dashed. Where a backend that was
+/// slow or stalled gets its traffic back shows as its red line climbing to the dashed one.
+pub fn share_timeline(sr: &ScenarioReport) -> String {
+    let secs = sr.runs.iter().map(|r| r.per_second.len()).max().unwrap_or(0);
+    let n = sr.runs.iter().flat_map(|r| r.per_second.iter().map(|s| s.share.len())).max().unwrap_or(0);
+    if secs == 0 || n == 0 {
+        return String::new();
+    }
+    let odd: Vec<bool> = (0..n).map(|i| sr.scenario.backends.get(i).is_some_and(|b| !b.label().is_empty())).collect();
+    let fair = 1.0 / n as f64;
+    // Up to three fair shares: enough to see a backend take more than its part, without one
+    // pinned run flattening the rest (higher values are clipped at the strip's top).
+    let top_share = (3.0 * fair).min(1.0);
+    let (strip_h, gap, left, width) = (70.0, 14.0, 80.0, 640.0);
+    let w = left + width + 20.0;
+    let h = 10.0 + sr.runs.len() as f64 * (strip_h + gap) + 24.0;
+    let sx = |t: f64| left + t / secs as f64 * width;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
+    );
+    for (ri, r) in sr.runs.iter().enumerate() {
+        let y0 = 10.0 + ri as f64 * (strip_h + gap);
+        let sy = |share: f64| y0 + strip_h - share.min(top_share) / top_share * strip_h;
+        let _ = write!(s, r##"<rect x="{left}" y="{y0:.1}" width="{width}" height="{strip_h}" fill="#fafafa" stroke="#999"/>"##);
+        let _ = write!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, left - 8.0, y0 + strip_h / 2.0 + 4.0, esc(&r.scheduler));
+        let fy = sy(fair);
+        let _ = write!(s, r##"<line x1="{left}" y1="{fy:.1}" x2="{:.1}" y2="{fy:.1}" stroke="#333" stroke-dasharray="3,3"/>"##, left + width);
+        let order = (0..n).filter(|i| !odd[*i]).chain((0..n).filter(|i| odd[*i]));
+        for b in order {
+            // Each second's share drawn at the middle of its second.
+            let pts: Vec<String> = r
+                .per_second
+                .iter()
+                .map(|sec| format!("{:.1},{:.1}", sx(sec.t as f64 + 0.5), sy(sec.share.get(b).copied().unwrap_or(0.0))))
+                .collect();
+            let (stroke, width_px) = if odd[b] { ("#d62728", 2.2) } else { ("#9aa9bb", 1.0) };
+            let _ = write!(
+                s,
+                r#"<polyline fill="none" stroke="{stroke}" stroke-width="{width_px}" points="{}"><title>{} #{b}</title></polyline>"#,
+                pts.join(" "),
+                esc(&r.scheduler)
+            );
+        }
+    }
+    let base = 10.0 + sr.runs.len() as f64 * (strip_h + gap);
+    let step = if secs > 30 { 5 } else { 1 };
+    for t in (0..=secs).step_by(step) {
+        let _ = write!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{t}s</text>"#, sx(t as f64), base + 2.0);
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{left}" y="{:.1}">share of each second's successful requests (0 to {:.0}%); dashed: fair share {:.1}%; red: odd backend</text>"#,
+        h - 4.0,
+        top_share * 100.0,
         fair * 100.0
     );
     s.push_str("</svg>");

@@ -15,12 +15,16 @@ fn ms(v: f64) -> String {
     }
 }
 
+/// Shares in backend order; when the listed backends are not simply #0..#n (an `external` run
+/// lists those that answered), each is prefixed with its index.
 fn shares(run: &RunResult) -> String {
+    let contiguous = run.backends.iter().enumerate().all(|(i, b)| b.index == i);
     run.backends
         .iter()
         .map(|b| {
             let pct = format!("{:.1}", b.share * 100.0);
-            if b.label.is_empty() { pct } else { format!("[{pct}]") }
+            let pct = if b.label.is_empty() { pct } else { format!("[{pct}]") };
+            if contiguous { pct } else { format!("#{} {pct}", b.index) }
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -73,9 +77,27 @@ pub fn render(sr: &ScenarioReport) -> String {
     if !failures.is_empty() {
         let _ = writeln!(out, "   failures — {}", failures.join("; "));
     }
+    let recovered: Vec<String> = sr
+        .runs
+        .iter()
+        .flat_map(|r| {
+            r.recovery.iter().map(move |rc| {
+                let back = rc.back_within.map_or("not within the run".to_string(), |s| format!("{s:.1} s"));
+                format!("{} #{}: {back}", r.scheduler, rc.backend)
+            })
+        })
+        .collect();
+    if !recovered.is_empty() {
+        let _ = writeln!(
+            out,
+            "   back to ≥ {:.0}% of fair share after recovering — {}",
+            summary::BACK_AT_FAIR_FRACTION * 100.0,
+            recovered.join("; ")
+        );
+    }
     let pinned: Vec<&str> = sr.runs.iter().filter(|r| summary::pinned(r)).map(|r| r.scheduler.as_str()).collect();
     if !pinned.is_empty() {
-        let _ = writeln!(out, "   pinned (one backend served > 50%, not eligible for best): {}", pinned.join(", "));
+        let _ = writeln!(out, "   pinned (one backend served > 50% and > 2× its fair share, not eligible for best): {}", pinned.join(", "));
     }
     if let Some(b) = &sr.best {
         let _ = writeln!(out, "   * best: {b} (highest success rate, then lowest p99, then p99.9)");

@@ -683,6 +683,8 @@ pub struct Svc {
     pub target_port: u16,
     /// (address, nodeName)
     pub endpoints: Vec<(String, String)>,
+    /// Service annotations (e.g. `tpvs/scheduler`), in order.
+    pub annotations: Vec<(String, String)>,
 }
 
 impl Svc {
@@ -701,7 +703,13 @@ impl Svc {
             port: SVC_PORT,
             target_port: BACKEND_PORT,
             endpoints: Vec::new(),
+            annotations: Vec::new(),
         }
+    }
+
+    pub fn annotate(mut self, key: &str, value: &str) -> Svc {
+        self.annotations.push((key.to_string(), value.to_string()));
+        self
     }
 
     pub fn endpoint(mut self, addr: &str, node: &str) -> Svc {
@@ -713,6 +721,12 @@ impl Svc {
         let v6 = self.cluster_ip.contains(':');
         let mut y = String::new();
         let _ = writeln!(y, "apiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: default", self.name);
+        if !self.annotations.is_empty() {
+            let _ = writeln!(y, "  annotations:");
+            for (k, v) in &self.annotations {
+                let _ = writeln!(y, "    {k}: {v:?}");
+            }
+        }
         let _ = writeln!(y, "spec:\n  type: {}\n  clusterIP: {}\n  clusterIPs:\n  - {}", self.kind, self.cluster_ip, self.cluster_ip);
         let _ = writeln!(y, "  ipFamilies:\n  - {}", if v6 { "IPv6" } else { "IPv4" });
         if self.kind != "ClusterIP" {
