@@ -2,9 +2,9 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line's flag definitions (`tpvs run`, `tpvs list`, `tpvs cleanup`),
-//!   one file per subcommand (`explain` too) plus the shared table, interception and admin flags; it depends
-//!   on no command. [`commands`]: runs the subcommand the command line chose.
+//! - [`cli`]: the command line's flag definitions (`tpvs run`, `tpvs list`, `tpvs cleanup`,
+//!   `tpvs ready`, `tpvs explain`), one file per subcommand plus the shared table,
+//!   interception and admin flags; it depends on no command. [`commands`]: runs the subcommand the command line chose.
 //! - [`list`]: `tpvs list --manifests`, the routing table printed in the spirit of
 //!   `ipvsadm -Ln`; [`list_live`]: the same for the running daemon, with counters and rates.
 //! - [`explain`]: `tpvs explain DEST`, why a connection goes where it goes or nowhere, from
@@ -33,8 +33,9 @@
 //!   `externalTrafficPolicy: Local` external address, with the node's own addresses), session
 //!   affinity, pick with retry, and all feedback to the schedulers and the per-backend metrics.
 //! - [`forward`]: the TCP data path: per-core event loops on `SO_REUSEPORT` transparent
-//!   listeners, connect, splice relay, relays paused and taken out for a hand-over; and the
-//!   plain listen mode for load tests.
+//!   listeners, connect, splice relay, relays paused and taken out for a hand-over
+//!   (`forward::detach`), per-worker load counters (`forward::load`) and CPU steering of new
+//!   connections (`forward::steering`); and the plain listen mode for load tests.
 //! - [`udp`]: the UDP data path: per-core epoll loops on `SO_REUSEPORT` transparent UDP
 //!   listeners, a sans-io flow table, batched `recvmmsg`/`sendmmsg`, eviction on table change.
 //! - [`workers`]: the one way data-path threads start (bound, then ready, then serving).
