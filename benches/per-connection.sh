@@ -13,7 +13,9 @@
 # Load: wrk from the lab's client, 2 threads, 16 connections, `Connection: close` (one proxied
 # connection per request). Syscalls: `strace -c -f` attached to tpvs during one run, divided by
 # the connections (or requests) it served in that run. CPU: utime+stime of tpvs over a run
-# without strace, per connection. Needs root; traffic stays in the lab's namespaces.
+# without strace, per connection, and its user/system split (system time includes the softirq
+# work a veth does in the sender's context: the receiving side's TCP processing of the packets
+# tpvs sends). Needs root; traffic stays in the lab's namespaces.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -76,7 +78,7 @@ done
 client curl -s --max-time 1 http://10.96.1.10/ | grep -q '^be' || { cat "$WORK/tpvs.log" >&2; exit 1; }
 
 metric() { node curl -s --max-time 2 http://127.0.0.1:10249/metrics | awk -v m="$1" '$1 == m { print $2 }'; }
-ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$PID/stat"; }
+ticks() { awk '{ sub(/^.*\) /, ""); print $12, $13 }' "/proc/$PID/stat"; } # utime stime
 HDR=(-H 'Connection: close')
 [ "$KEEPALIVE" -eq 1 ] && HDR=()
 run_load() { # prints the requests wrk completed
@@ -88,11 +90,13 @@ unit=connection
 # Warm-up (pipes pooled, tables built), then CPU per connection, three times.
 run_load >/dev/null
 cpu=()
+split=()
 for _ in 1 2 3; do
     t0=$(ticks)
     n=$(run_load)
     t1=$(ticks)
-    cpu+=("$(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="$n" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')")
+    cpu+=("$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" -v n="$n" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.1f", (y[1] + y[2] - x[1] - x[2]) / hz * 1e6 / n }')")
+    split+=("$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" -v n="$n" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.1f/%.1f", (y[1] - x[1]) / hz * 1e6 / n, (y[2] - x[2]) / hz * 1e6 / n }')")
 done
 cpu_med=$(printf '%s\n' "${cpu[@]}" | sort -g | sed -n 2p)
 
@@ -108,7 +112,7 @@ a1=$(metric tpvs_connections_accepted_total)
 per=$n
 [ "$KEEPALIVE" -eq 0 ] && per=$(awk -v a="$a0" -v b="$a1" 'BEGIN { print b - a }')
 
-echo "tpvs run ${TPVS_ARGS:-(defaults)}: CPU per $unit ${cpu_med} µs (runs: ${cpu[*]}); under strace: $per ${unit}s"
+echo "tpvs run ${TPVS_ARGS:-(defaults)}: CPU per $unit ${cpu_med} µs (runs: ${cpu[*]}; user/system: ${split[*]}); under strace: $per ${unit}s"
 awk -v n="$per" -v unit="$unit" '
     /^-/ { next }
     $NF == "total" { printf "%-22s %8.2f\n", "syscalls per " unit, $(NF - 2) / n; next }
