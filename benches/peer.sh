@@ -430,8 +430,8 @@ worker_spread() {
 # whole lab. A veth does the receiving side's work in the sender's context (the DNAT peer's
 # NAT and the backends' TCP run in wrk's system time), so only the sum over the lab is
 # comparable between peers: "lab CPU" is the user+system time of every process in the lab's
-# namespaces (proxy, nginx, iperf3) plus wrk's own (from /usr/bin/time, since wrk has exited
-# when the run is read) — other engineers' work on the machine is not in it, unlike /proc/stat.
+# namespaces (proxy, nginx, iperf3) plus wrk's own (GNU time around wrk: wrk has exited when
+# the run is read) — other engineers' work on the machine is not in it, unlike /proc/stat.
 # The proxy's user and system time are shown apart: user is its own code, system the kernel's
 # TCP on its two sockets (and on veth the peers' receive processing of what it sends).
 lab_ticks() { # user+system clock ticks of every process now in the lab's namespaces
@@ -461,7 +461,7 @@ cpu_snapshot() { # cpu_snapshot PID: "lab_ticks utime stime segments" (utime sti
 }
 # record_cpu_split PEER PREFIX BEFORE AFTER N WRKPREFIX: records PREFIX_segs (TCP segments the
 # lab sent, a count: each one costs a send and a receive), PREFIX_lab_us (the lab's
-# processes between the snapshots plus the wrk runs whose /usr/bin/time files are
+# processes between the snapshots plus the wrk runs whose GNU time files are
 # WRKPREFIX.*.cpu), and with a proxy process PREFIX_user_us and PREFIX_sys_us, each per one
 # of N connections or requests (microseconds).
 record_cpu_split() {
@@ -504,7 +504,7 @@ load() {
     rm -f "$prefix".*.cpu # wrk's CPU time (see record_cpu_split), of this run only
     for ((i = 0; i < n; i++)); do
         timeout $((secs + 30)) ip netns exec "$NS_CLIENT" \
-            /usr/bin/time -f '%U %S' -o "$prefix.$i.cpu" \
+            time -f '%U %S' -o "$prefix.$i.cpu" \
             wrk -t "$t" -c "$c" -d "${secs}s" --timeout 5s --latency "$@" "${URLS[$i]}" >"$prefix.$i" 2>&1 &
         pids+=("$!")
     done
