@@ -144,11 +144,15 @@ pub fn recoveries(scenario: &crate::scenario::Scenario, run: &RunResult) -> Vec<
         .collect()
 }
 
-/// The data path's own counters over the run (self-hosted TCP only).
+/// The data path's own counters over the run (self-hosted targets).
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct ProxyCounters {
+    /// Connections accepted; for UDP, flows opened.
     pub accepted: u64,
+    /// Connections that found no backend to connect to; for UDP, datagrams dropped for want of
+    /// a backend, an upstream socket, or because the backend's port was closed.
     pub connect_failed: u64,
+    /// Refused for the connection (UDP: flow) caps.
     pub over_limit: u64,
 }
 
