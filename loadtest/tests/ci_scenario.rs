@@ -108,3 +108,32 @@ fn generator_overhead_direct_and_handoff_pacing() {
     eprintln!("generator error, mean: hand-off {} ms, direct {} ms", means[0], means[1]);
 }
 
+
+/// UDP through the engine's UDP data path, each request its own flow: round robin spreads the
+/// requests evenly (a shared flow would put them all on one backend), every request opened a
+/// flow, the stall shows in round robin's tail, and ewma — fed each flow's first-reply latency
+/// by the engine — sends the stalled backend less.
+#[test]
+fn udp_one_stalled_through_the_engine() {
+    let mut s = scenario("udp-one-stalled", 0.2);
+    s.rate = 500.0;
+    s.schedulers = vec![SchedulerKind::Rr, SchedulerKind::Ewma];
+    let stalled = s.backends.iter().position(|b| b.stall.is_some()).unwrap_or_else(|| panic!("no stalled backend"));
+    let sr = run_scenario(&s, &quiet()).unwrap_or_else(|e| panic!("run failed: {e:#}"));
+    check_consistent(&sr);
+    for r in &sr.runs {
+        assert!(r.success_rate >= 0.99, "{}: success {:.4} ({:?})", r.scheduler, r.success_rate, r.failures);
+        assert!(r.target.starts_with("tpvs plain listener"), "{}: not through the engine: {}", r.scheduler, r.target);
+        let p = r.proxy.unwrap_or_else(|| panic!("{}: no engine counters", r.scheduler));
+        // The warm-up's requests open flows too; each request is its own.
+        assert!(p.accepted >= r.sent, "{}: {} flows for {} measured requests", r.scheduler, p.accepted, r.sent);
+        assert_eq!((p.connect_failed, p.over_limit), (0, 0), "{}: {p:?}", r.scheduler);
+    }
+    let rr = run(&sr, "rr");
+    for b in &rr.backends {
+        assert!((b.share - 1.0 / 11.0).abs() < 0.01, "rr gives every backend its 1/11 per request: #{} {:.4}", b.index, b.share);
+    }
+    assert!(rr.latency.p99 >= 300.0, "the 400 ms stall shows in rr's p99: {:?}", rr.latency);
+    let ewma = run(&sr, "ewma").backends[stalled].share;
+    assert!(ewma < rr.backends[stalled].share * 0.8, "ewma should steer away from the stalled backend: {ewma:.4}");
+}
