@@ -81,7 +81,15 @@ pub fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Sc
         runs.push(run);
     }
     let best = summary::best(&runs).and_then(|i| runs.get(i)).map(|r| r.scheduler.clone());
-    Ok(ScenarioReport { scenario: scenario.clone(), time_scale: opts.time_scale, seed: opts.seed, runs, best })
+    Ok(ScenarioReport {
+        scenario: scenario.clone(),
+        time_scale: opts.time_scale,
+        seed: opts.seed,
+        runs,
+        best,
+        other_seeds: Vec::new(),
+        spread: None,
+    })
 }
 
 /// One scenario with one scheduler (`None`: straight to backend 0, no proxy).
@@ -303,5 +311,5 @@ pub fn run_external(spec: &ExternalSpec, opts: &RunOptions) -> anyhow::Result<Sc
         live.end(&run);
     }
     let best = Some(run.scheduler.clone());
-    Ok(ScenarioReport { scenario, time_scale: 1.0, seed: opts.seed, runs: vec![run], best })
+    Ok(ScenarioReport { scenario, time_scale: 1.0, seed: opts.seed, runs: vec![run], best, other_seeds: Vec::new(), spread: None })
 }
