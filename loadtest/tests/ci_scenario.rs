@@ -137,3 +137,50 @@ fn udp_one_stalled_through_the_engine() {
     let ewma = run(&sr, "ewma").backends[stalled].share;
     assert!(ewma < rr.backends[stalled].share * 0.8, "ewma should steer away from the stalled backend: {ewma:.4}");
 }
+
+/// `run --seeds` end to end through the command line, at CI scale: every seed's runs are in
+/// the JSON, each scheduler's spread brackets its median, the best is the best on the medians,
+/// and the table and the page show the spread.
+#[test]
+fn multi_seed_run_reports_medians_and_spread() {
+    use clap::Parser as _;
+    let dir = std::env::temp_dir().join(format!("tpvs-loadtest-seeds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let (json, html) = (dir.join("report.json"), dir.join("report.html"));
+    let args = [
+        "tpvs-loadtest", "run", "one-stalled", "--time-scale", "0.03", "--rate", "300", "--schedulers", "rr,lc", "--seeds", "11,12,13",
+        "--quiet", "--json",
+    ];
+    let mut argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    argv.extend([json.display().to_string(), "--html".into(), html.display().to_string()]);
+    let cli = loadtest::cli::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{e}"));
+    loadtest::cli::main(cli).unwrap_or_else(|e| panic!("run failed: {e:#}"));
+
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("{e}"));
+    let page = std::fs::read_to_string(&html).unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let report: Report = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let sr = &report.scenarios[0];
+    assert_eq!(sr.seed, 11);
+    assert_eq!(sr.other_seeds.iter().map(|s| s.seed).collect::<Vec<_>>(), vec![12, 13]);
+    check_consistent(sr);
+    for s in &sr.other_seeds {
+        assert_eq!(s.runs.len(), 2, "seed {}: every scheduler ran", s.seed);
+    }
+    let spread = sr.spread.as_ref().unwrap_or_else(|| panic!("no spread in the JSON"));
+    assert_eq!(spread.seeds, vec![11, 12, 13]);
+    for s in &spread.schedulers {
+        assert_eq!(s.seeds, 3, "{}", s.scheduler);
+        for (what, x) in [("p50", s.p50), ("p99", s.p99), ("max", s.max)] {
+            assert!(x.min <= x.median && x.median <= x.max, "{} {what}: {x:?}", s.scheduler);
+        }
+        // Different seeds, different service times: a spread of exactly zero means the seeds
+        // were not used.
+        assert!(s.p50.min < s.p50.max, "{}: p50 identical across seeds {:?}", s.scheduler, s.p50);
+    }
+    assert_eq!(sr.best, loadtest::seeds::best(spread), "the best is decided on the medians");
+    let table = loadtest::report::table::render(sr);
+    assert!(table.contains("3 seeds (11, 12, 13)"), "{table}");
+    assert_eq!(table.lines().filter(|l| l.starts_with('*')).count(), 1, "exactly one best mark:\n{table}");
+    assert!(page.contains("Median across 3 seeds") && page.contains("Seed 11"), "the page shows the spread");
+}

@@ -16,6 +16,12 @@
 //! forwards and is woken by an eventfd on every publish; a flow whose backend left the table,
 //! was drained (weight 0) or whose frontend changed policy is closed before any further
 //! datagram is forwarded, and the client's next datagram is scheduled afresh.
+//!
+//! What schedulers learn from a flow: it holds its backend's active slot for its whole life
+//! (until it expires idle, not when a request is answered — a datagram path cannot tell), and
+//! its first reply is a latency sample (first datagram in to first datagram back, as the TCP
+//! path's first byte). So with a flow per request the connection-counting schedulers see every
+//! backend alike, stalled or not, and only the latency-aware ones see a stall.
 
 pub mod batch;
 pub mod flows;
