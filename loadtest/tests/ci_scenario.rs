@@ -1,6 +1,8 @@
 //! End to end, shortened: the Linkerd one-stalled scenario at a tenth of its time line through
 //! the in-process tpvs engine, checking that the report's numbers are consistent and that the
 //! load-aware schedulers steer away from the stalled backend.
+//! Also, shortened: a refusing backend, the generator's own overhead, UDP through the engine's
+//! UDP data path, and a multi-seed run through the command line.
 
 use loadtest::runner::{RunOptions, run_scenario};
 use loadtest::scenario::{Scenario, find};
