@@ -80,6 +80,11 @@ pub struct RunArgs {
     /// Seed for service times and randomised schedulers: same seed, same run.
     #[arg(long, default_value_t = 0x7470_7673)]
     pub seed: u64,
+    /// Run every scenario × scheduler once per seed (comma-separated; overrides --seed) and
+    /// report per scheduler the median and the spread (min–max) across seeds; the best
+    /// scheduler is decided on the medians.
+    #[arg(long, value_delimiter = ',', value_name = "SEED,...")]
+    pub seeds: Vec<u64>,
     /// Event-loop threads of the in-process tpvs engine.
     #[arg(long, default_value_t = 2)]
     pub proxy_workers: usize,
@@ -210,7 +215,14 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         if !args.schedulers.is_empty() && !s.direct {
             s.schedulers = args.schedulers.clone();
         }
-        let sr = runner::run_scenario(&s, &opts)?;
+        let seeds = if args.seeds.is_empty() { vec![args.seed] } else { args.seeds.clone() };
+        let distinct: std::collections::BTreeSet<u64> = seeds.iter().copied().collect();
+        anyhow::ensure!(distinct.len() == seeds.len(), "--seeds lists a seed twice: {seeds:?}");
+        let mut per_seed = Vec::with_capacity(seeds.len());
+        for seed in seeds {
+            per_seed.push(runner::run_scenario(&s, &RunOptions { seed, ..opts.clone() })?);
+        }
+        let sr = crate::seeds::combine(per_seed).context("no seed to run")?;
         println!("{}", report::table::render(&sr));
         reports.push(sr);
     }
@@ -241,7 +253,7 @@ fn rerender(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let report: Report = serde_json::from_str(&text).with_context(|| format!("{} is not a report", args.input.display()))?;
     let mut scenarios = report.scenarios;
     for sr in &mut scenarios {
-        sr.best = crate::summary::best(&sr.runs).and_then(|i| sr.runs.get(i)).map(|r| r.scheduler.clone());
+        crate::seeds::rejudge(sr);
         println!("{}", report::table::render(sr));
     }
     write_outputs(&args.out, scenarios)?;

@@ -9,14 +9,16 @@
 //!   windows; concurrency caps), reproducible from a seed; [`rng`]: the seeded generator.
 //! - [`backends`]: loopback (or any-address) TCP/UDP servers that follow a profile;
 //!   [`wire`]: the 16-byte request/response frames they speak.
-//! - [`target`]: the self-hosted target — the tpvs forwarding engine in plain listen mode.
+//! - [`target`]: the self-hosted target — the tpvs forwarding engine (TCP or UDP) in plain
+//!   listen mode.
 //! - [`pacer`]: the open-loop time line (latency from the scheduled send time), paced by a
 //!   thread at real-time priority where allowed; [`client`]: the generator that puts it on the
 //!   wire (TCP per-request / persistent — written by the pacing thread itself — and UDP), and
 //!   measures its own error per request from the kernel's receive timestamps.
 //! - [`record`]: HdrHistograms overall and per backend, failures by reason, successes per
 //!   second and backend.
-//! - [`runner`]: one scenario once per scheduler; [`progress`]: the live progress line;
+//! - [`runner`]: one scenario once per scheduler; [`seeds`]: several seeds of a scenario, each
+//!   scheduler's median and spread across them, the best on the medians; [`progress`]: the live progress line;
 //!   [`metrics`]: optional live `/metrics`.
 //! - [`summary`]: the serializable results (shares per second, a recovered backend's time to
 //!   get its share back) and the "best scheduler" and "pinned" rules; [`report`]: the terminal
@@ -35,6 +37,7 @@ pub mod report;
 pub mod rng;
 pub mod runner;
 pub mod scenario;
+pub mod seeds;
 pub mod summary;
 pub mod target;
 pub mod units;

@@ -1,5 +1,5 @@
-//! One scenario, once per scheduler: fresh backends, a fresh proxy (or client-side scheduler
-//! for UDP), the open-loop generator, then the numbers.
+//! One scenario, once per scheduler: fresh backends, a fresh proxy (the TCP or the UDP
+//! engine, by mode), the open-loop generator, then the numbers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use schedulers::{Scheduler, SchedulerKind};
 
 use crate::backends::{self, Epoch, Spec};
-use crate::client::{self, ClientConfig, Mode, Pacing, Target};
+use crate::client::{self, ClientConfig, Mode, Pacing, Target, UdpFlows};
 use crate::metrics::Live;
 use crate::pacer::Timeline;
 use crate::progress::Progress;
@@ -18,6 +18,8 @@ use crate::record::Recorder;
 use crate::scenario::Scenario;
 use crate::summary::{self, ProxyCounters, RunResult, ScenarioReport};
 use crate::target::{self, ProxySettings};
+use tpvs::forward::PlainServer;
+use tpvs::udp::PlainUdpServer;
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -79,7 +81,15 @@ pub fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Sc
         runs.push(run);
     }
     let best = summary::best(&runs).and_then(|i| runs.get(i)).map(|r| r.scheduler.clone());
-    Ok(ScenarioReport { scenario: scenario.clone(), time_scale: opts.time_scale, seed: opts.seed, runs, best })
+    Ok(ScenarioReport {
+        scenario: scenario.clone(),
+        time_scale: opts.time_scale,
+        seed: opts.seed,
+        runs,
+        best,
+        other_seeds: Vec::new(),
+        spread: None,
+    })
 }
 
 /// One scenario with one scheduler (`None`: straight to backend 0, no proxy).
@@ -104,21 +114,19 @@ pub fn run_one(scenario: &Scenario, kind: Option<SchedulerKind>, opts: &RunOptio
 
     let name = kind.map_or("direct", SchedulerKind::as_str);
     let sched: Option<Arc<dyn Scheduler>> = kind.map(|k| target::scheduler(k, &farm.addrs, opts.seed));
-    let mut proxy = None;
-    let target = match (&sched, scenario.mode) {
-        (None, _) => Target::Addr(*farm.addrs.first().context("a direct scenario needs a backend")?),
-        (Some(s), Mode::Udp) => Target::UdpBalanced { scheduler: Arc::clone(s), backends: farm.addrs.clone() },
-        (Some(s), _) => {
-            let p = target::start_proxy(Arc::clone(s), &scenario.name, opts.proxy).context("starting the tpvs engine")?;
-            let addr = p.addr;
-            proxy = Some(p);
-            Target::Addr(addr)
-        }
+    let proxy = match (&sched, scenario.mode) {
+        (None, _) => None,
+        (Some(s), Mode::Udp) => Some(Engine::Udp(
+            target::start_udp_proxy(Arc::clone(s), &scenario.name, opts.proxy, scenario.timeout).context("starting the tpvs UDP engine")?,
+        )),
+        (Some(s), _) => Some(Engine::Tcp(target::start_proxy(Arc::clone(s), &scenario.name, opts.proxy).context("starting the tpvs engine")?)),
     };
-    let target_label = match (&target, &proxy) {
-        (Target::Addr(a), Some(_)) => format!("tpvs plain listener {a}"),
-        (Target::Addr(a), None) => format!("backend {a} (no proxy)"),
-        (Target::UdpBalanced { .. }, _) => "UDP direct to backends, client-side pick".to_string(),
+    let (target, target_label) = match &proxy {
+        Some(p) => (Target::Addr(p.addr()), format!("tpvs plain listener {}", p.addr())),
+        None => {
+            let a = *farm.addrs.first().context("a direct scenario needs a backend")?;
+            (Target::Addr(a), format!("backend {a} (no proxy)"))
+        }
     };
 
     if let Some(live) = &opts.live {
@@ -132,22 +140,14 @@ pub fn run_one(scenario: &Scenario, kind: Option<SchedulerKind>, opts: &RunOptio
         max_in_flight: opts.max_in_flight,
         threads: opts.client_threads,
         pacing: opts.pacing,
+        udp_flows: scenario.udp_flows,
     };
     let stop = AtomicBool::new(false);
     let driven = client::drive(&target, timeline, cfg, &rec, &stop);
     progress.finish();
     driven.context("running the load")?;
 
-    let counters = proxy.map(|p| {
-        let s = &p.shared.stats;
-        let c = ProxyCounters {
-            accepted: s.accepted.load(std::sync::atomic::Ordering::Relaxed),
-            connect_failed: s.connect_failed.load(std::sync::atomic::Ordering::Relaxed),
-            over_limit: s.over_limit.load(std::sync::atomic::Ordering::Relaxed),
-        };
-        p.stop();
-        c
-    });
+    let counters = proxy.map(Engine::stop);
     let addrs = farm.addrs.clone();
     drop(farm);
 
@@ -169,6 +169,47 @@ pub fn run_one(scenario: &Scenario, kind: Option<SchedulerKind>, opts: &RunOptio
         live.end(&run);
     }
     Ok(run)
+}
+
+/// The self-hosted engine in front of the backends.
+enum Engine {
+    Tcp(PlainServer),
+    Udp(PlainUdpServer),
+}
+
+impl Engine {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Engine::Tcp(p) => p.addr,
+            Engine::Udp(p) => p.addr,
+        }
+    }
+
+    /// Stops it and returns its counters over the run.
+    fn stop(self) -> ProxyCounters {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self {
+            Engine::Tcp(p) => {
+                let s = &p.shared.stats;
+                let c = ProxyCounters {
+                    accepted: s.accepted.load(Relaxed),
+                    connect_failed: s.connect_failed.load(Relaxed),
+                    over_limit: s.over_limit.load(Relaxed),
+                };
+                p.stop();
+                c
+            }
+            Engine::Udp(p) => {
+                let s = p.shared.snapshot();
+                p.stop();
+                ProxyCounters {
+                    accepted: s.flows_created,
+                    connect_failed: s.drop_no_backend + s.drop_socket + s.drop_backend_refused,
+                    over_limit: s.drop_max_flows + s.drop_source_share,
+                }
+            }
+        }
+    }
 }
 
 /// Adds every backend (also those that served nothing), its address and label, and the
@@ -231,6 +272,7 @@ pub fn run_external(spec: &ExternalSpec, opts: &RunOptions) -> anyhow::Result<Sc
         timeout: spec.timeout,
         direct: false,
         schedulers: Vec::new(),
+        udp_flows: UdpFlows::Shared,
     };
     let timeline =
         Timeline { start: Instant::now() + Duration::from_millis(100), rate: spec.rate, warmup: spec.warmup, measure: spec.measure };
@@ -246,6 +288,8 @@ pub fn run_external(spec: &ExternalSpec, opts: &RunOptions) -> anyhow::Result<Sc
         max_in_flight: opts.max_in_flight,
         threads: opts.client_threads,
         pacing: opts.pacing,
+        // Unchanged for external targets: one socket, so one flow to whatever is behind it.
+        udp_flows: UdpFlows::Shared,
     };
     let stop = AtomicBool::new(false);
     let driven = client::drive(&Target::Addr(spec.target), timeline, cfg, &rec, &stop);
@@ -267,5 +311,5 @@ pub fn run_external(spec: &ExternalSpec, opts: &RunOptions) -> anyhow::Result<Sc
         live.end(&run);
     }
     let best = Some(run.scheduler.clone());
-    Ok(ScenarioReport { scenario, time_scale: 1.0, seed: opts.seed, runs: vec![run], best })
+    Ok(ScenarioReport { scenario, time_scale: 1.0, seed: opts.seed, runs: vec![run], best, other_seeds: Vec::new(), spread: None })
 }

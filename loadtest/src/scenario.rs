@@ -10,7 +10,7 @@ use std::time::Duration;
 use schedulers::SchedulerKind;
 use serde::{Deserialize, Serialize};
 
-use crate::client::Mode;
+use crate::client::{Mode, UdpFlows};
 use crate::profile::{BackendProfile, Dist, Slowdown, Stall, Window};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,6 +34,9 @@ pub struct Scenario {
     pub direct: bool,
     #[serde(with = "crate::units::kinds")]
     pub schedulers: Vec<SchedulerKind>,
+    /// UDP mode: a flow per request (the proxy schedules every request) or one for the run.
+    #[serde(default)]
+    pub udp_flows: UdpFlows,
 }
 
 const S: fn(u64) -> Duration = Duration::from_secs;
@@ -65,6 +68,7 @@ impl Scenario {
             timeout: S(10),
             direct: false,
             schedulers: SchedulerKind::ALL.to_vec(),
+            udp_flows: UdpFlows::PerRequest,
         }
     }
 
@@ -196,10 +200,11 @@ pub fn builtin() -> Vec<Scenario> {
     udp[ODD].stall = Some(Stall { window: Window { start: S(2), len: S(6) }, latency: S(2) });
     let mut s = Scenario::new(
         "udp-one-stalled",
-        "UDP, one backend stalled at 2 s for 6 s (client-side pick)",
-        "As one-stalled, over UDP datagrams, with a shorter stall. The self-hosted target has no UDP \
-         proxy path yet: the generator picks each request's backend with the tpvs scheduler and sends \
-         straight to it, feeding the scheduler the request latency a UDP data path would see.",
+        "UDP, one backend stalled at 2 s for 6 s",
+        "As one-stalled, over UDP datagrams through the tpvs UDP engine, with a shorter stall. Each \
+         request is its own flow (a source address and port of its own, as a resolver's fresh port \
+         per DNS query), so the engine schedules every request; a flow's first reply is the \
+         latency sample latency-aware schedulers see.",
         udp,
     );
     s.mode = Mode::Udp;

@@ -144,11 +144,15 @@ pub fn recoveries(scenario: &crate::scenario::Scenario, run: &RunResult) -> Vec<
         .collect()
 }
 
-/// The data path's own counters over the run (self-hosted TCP only).
+/// The data path's own counters over the run (self-hosted targets).
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct ProxyCounters {
+    /// Connections accepted; for UDP, flows opened.
     pub accepted: u64,
+    /// Connections that found no backend to connect to; for UDP, datagrams dropped for want of
+    /// a backend, an upstream socket, or because the backend's port was closed.
     pub connect_failed: u64,
+    /// Refused for the connection (UDP: flow) caps.
     pub over_limit: u64,
 }
 
@@ -239,9 +243,17 @@ pub struct ScenarioReport {
     pub scenario: crate::scenario::Scenario,
     pub time_scale: f64,
     pub seed: u64,
+    /// The runs with `seed` (the first seed, when there were several).
     pub runs: Vec<RunResult>,
-    /// The best run's scheduler (see [`best`]).
+    /// The best run's scheduler (see [`best`]); with several seeds, the best on the medians
+    /// (see [`crate::seeds`]).
     pub best: Option<String>,
+    /// The runs with every further seed of a multi-seed invocation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_seeds: Vec<crate::seeds::SeedRuns>,
+    /// With several seeds: per scheduler, the median and range across all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<crate::seeds::SeedSpread>,
 }
 
 /// Whether one backend served more than half of the requests and more than twice its fair
@@ -264,14 +276,32 @@ pub const PINNED_SHARE: f64 = 0.5;
 /// Success comes first because a scheduler that "wins" on latency by failing the slow requests
 /// has not won.
 pub fn best(runs: &[RunResult]) -> Option<usize> {
-    let eligible = |r: &RunResult| !pinned(r);
-    let top = runs.iter().filter(|r| eligible(r)).map(|r| r.success_rate).fold(f64::NEG_INFINITY, f64::max);
-    runs.iter()
+    best_of(&runs.iter().map(Standing::of).collect::<Vec<_>>())
+}
+
+/// What the best rule reads of a run — or of a scheduler's medians across seeds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Standing {
+    pub pinned: bool,
+    pub success_rate: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+impl Standing {
+    pub fn of(r: &RunResult) -> Standing {
+        Standing { pinned: pinned(r), success_rate: r.success_rate, p99: r.latency.p99, p999: r.latency.p999 }
+    }
+}
+
+/// The rule of [`best`] over standings.
+pub fn best_of(standings: &[Standing]) -> Option<usize> {
+    let top = standings.iter().filter(|s| !s.pinned).map(|s| s.success_rate).fold(f64::NEG_INFINITY, f64::max);
+    standings
+        .iter()
         .enumerate()
-        .filter(|(_, r)| eligible(r) && r.success_rate >= top - 0.001)
-        .min_by(|(_, a), (_, b)| {
-            (a.latency.p99, a.latency.p999).partial_cmp(&(b.latency.p99, b.latency.p999)).unwrap_or(std::cmp::Ordering::Equal)
-        })
+        .filter(|(_, s)| !s.pinned && s.success_rate >= top - 0.001)
+        .min_by(|(_, a), (_, b)| (a.p99, a.p999).partial_cmp(&(b.p99, b.p999)).unwrap_or(std::cmp::Ordering::Equal))
         .map(|(i, _)| i)
 }
 
@@ -284,11 +314,11 @@ pub struct Report {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::record::new_histogram;
 
-    fn run(name: &str, success: f64, p99: f64, shares: &[f64]) -> RunResult {
+    pub(crate) fn run(name: &str, success: f64, p99: f64, shares: &[f64]) -> RunResult {
         let backends = shares
             .iter()
             .enumerate()

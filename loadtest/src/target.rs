@@ -1,5 +1,6 @@
 //! The self-hosted target: the tpvs forwarding engine, in-process, in plain listen mode in
-//! front of the loopback backends, with one scheduler over one frontend.
+//! front of the loopback backends, with one scheduler over one frontend — the TCP engine
+//! ([`start_proxy`]) or the UDP one ([`start_udp_proxy`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use schedulers::{Backend, BackendSet, BackendStats, Scheduler, SchedulerKind, Sc
 use tpvs::addrs::NodePortAddrs;
 use tpvs::dispatch::outlier::OutlierPolicy;
 use tpvs::forward::{ForwardConfig, PlainServer, RelayMode, serve_plain};
+use tpvs::udp::{PlainUdpServer, Timeouts, UdpConfig, serve_plain_udp};
 
 /// Fresh stats for every backend: each scheduler starts from the same blank state.
 pub fn scheduler(kind: SchedulerKind, backends: &[SocketAddr], seed: u64) -> Arc<dyn Scheduler> {
@@ -32,12 +34,15 @@ impl Default for ProxySettings {
     }
 }
 
-/// Starts the engine on an ephemeral loopback port serving `scheduler`.
-pub fn start_proxy(scheduler: Arc<dyn Scheduler>, name: &str, settings: ProxySettings) -> anyhow::Result<PlainServer> {
-    let listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+fn loopback_any_port() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
+}
+
+/// The one frontend the plain listener serves.
+fn frontend(scheduler: Arc<dyn Scheduler>, name: &str, protocol: Protocol) -> Frontend {
     let local_endpoints = scheduler.backends().len();
-    let frontend = Frontend {
-        key: FrontendKey::new(listen.ip(), 0, Protocol::Tcp),
+    Frontend {
+        key: FrontendKey::new(loopback_any_port().ip(), 0, protocol),
         kind: FrontendKind::ClusterIp,
         service: ServicePortName { namespace: "loadtest".into(), name: name.into(), port: "".into() },
         policy: TrafficPolicy::Cluster,
@@ -50,7 +55,12 @@ pub fn start_proxy(scheduler: Arc<dyn Scheduler>, name: &str, settings: ProxySet
         scheduler,
         explanation: Default::default(),
         local_origin: None,
-    };
+    }
+}
+
+/// Starts the engine on an ephemeral loopback port serving `scheduler`.
+pub fn start_proxy(scheduler: Arc<dyn Scheduler>, name: &str, settings: ProxySettings) -> anyhow::Result<PlainServer> {
+    let frontend = frontend(scheduler, name, Protocol::Tcp);
     let config = ForwardConfig {
         port: 0,
         workers: settings.workers,
@@ -66,5 +76,26 @@ pub fn start_proxy(scheduler: Arc<dyn Scheduler>, name: &str, settings: ProxySet
         // their hands.
         outliers: OutlierPolicy { consecutive_failures: 0, ..OutlierPolicy::default() },
     };
-    Ok(serve_plain(listen, Arc::new(frontend), config)?)
+    Ok(serve_plain(loopback_any_port(), Arc::new(frontend), config)?)
+}
+
+/// Starts the engine's UDP data path on an ephemeral loopback port serving `scheduler`; a flow
+/// idle for `idle` expires.
+///
+/// `idle` is the request timeout rather than the daemon's 30 s: with a flow per request the
+/// open flows are the request rate times the idle timeout, each with its upstream socket, and
+/// a flow needs to outlive only the wait for its reply (a later reply is a timeout anyway).
+pub fn start_udp_proxy(scheduler: Arc<dyn Scheduler>, name: &str, settings: ProxySettings, idle: Duration) -> anyhow::Result<PlainUdpServer> {
+    let frontend = frontend(scheduler, name, Protocol::Udp);
+    let config = UdpConfig {
+        port: 0,
+        workers: settings.workers,
+        // Far above what a run opens: a flow refused for a cap would be the proxy's failure,
+        // not the scheduler's.
+        max_flows: 1_000_000,
+        max_flows_per_source: 1_000_000,
+        timeouts: Timeouts { idle, stream: Timeouts::default().stream.max(idle) },
+        nodeport_addrs: NodePortAddrs::default(),
+    };
+    Ok(serve_plain_udp(loopback_any_port(), Arc::new(frontend), config)?)
 }

@@ -37,7 +37,8 @@
 //!   (`forward::detach`), per-worker load counters (`forward::load`) and CPU steering of new
 //!   connections (`forward::steering`); and the plain listen mode for load tests.
 //! - [`udp`]: the UDP data path: per-core epoll loops on `SO_REUSEPORT` transparent UDP
-//!   listeners, a sans-io flow table, batched `recvmmsg`/`sendmmsg`, eviction on table change.
+//!   listeners, a sans-io flow table, batched `recvmmsg`/`sendmmsg`, eviction on table change;
+//!   and the plain listen mode for load tests (`udp::plain`).
 //! - [`workers`]: the one way data-path threads start (bound, then ready, then serving).
 //! - [`slots`]: budgets of open connections and flows.
 //! - [`limits`]: the file-descriptor budget split from the process's limit; [`capabilities`]: the Linux

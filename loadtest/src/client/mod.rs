@@ -4,7 +4,10 @@
 //!   per request (the mode in which an L4 proxy's scheduler decides every request).
 //! - [`direct`]: persistent connections the pacer thread writes on itself (the default
 //!   persistent pacing: no thread hop between a request's due time and its send).
-//! - [`udp`]: request/response datagrams, matched to their request by id.
+//! - [`udp`]: request/response datagrams on one socket (one flow), matched to their request
+//!   by id.
+//! - [`udp_flow`]: one datagram each way on a socket of its own per request (a flow per
+//!   request, the mode in which a UDP proxy's scheduler decides every request).
 //! - [`stamp`]: reading a reply with the kernel's receive timestamp, to measure how long it
 //!   waited for the generator.
 //!
@@ -14,6 +17,7 @@ pub mod direct;
 pub mod stamp;
 pub mod tcp;
 pub mod udp;
+pub mod udp_flow;
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,7 +25,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use schedulers::Scheduler;
 use serde::{Deserialize, Serialize};
 
 use crate::pacer::{self, Timeline};
@@ -49,6 +52,20 @@ impl Mode {
     }
 }
 
+/// What a UDP request is to a proxy that keys flows on the client's address and port (see
+/// [`udp_flow`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum UdpFlows {
+    /// Every request from a source address and port of its own: a new flow, scheduled on its
+    /// own (as a resolver's fresh source port per DNS query).
+    #[default]
+    PerRequest,
+    /// Every request from one socket: one flow, one pick for the whole run (a long-lived
+    /// client such as a metrics sender).
+    Shared,
+}
+
 /// How a due request reaches its persistent connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -73,9 +90,6 @@ pub(crate) fn nanos(d: Duration) -> u64 {
 pub enum Target {
     /// One address (the in-process proxy, or an external VIP); TCP or UDP by mode.
     Addr(SocketAddr),
-    /// UDP straight to the backends, each request's backend chosen by a tpvs scheduler in the
-    /// generator — the stand-in for a UDP data path the self-hosted target cannot run yet.
-    UdpBalanced { scheduler: Arc<dyn Scheduler>, backends: Vec<SocketAddr> },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -92,6 +106,8 @@ pub struct ClientConfig {
     pub threads: usize,
     /// Persistent mode only: how requests reach the connections.
     pub pacing: Pacing,
+    /// UDP mode only: a flow per request or one for the run.
+    pub udp_flows: UdpFlows,
 }
 
 /// Runs the whole time line against `target`, recording into `rec`; returns after every
@@ -136,6 +152,16 @@ pub fn drive(target: &Target, timeline: Timeline, cfg: ClientConfig, rec: &Arc<R
                 handle.spawn(tcp::one_shot(*addr, job, cfg.timeout, Arc::clone(rec)));
             });
         }
+        (Mode::Udp, Target::Addr(addr)) if cfg.udp_flows == UdpFlows::PerRequest => {
+            pacer::run(timeline, stop, realtime, |job| {
+                rec.start(job.measured);
+                if rec.in_flight.load(Ordering::Relaxed) > cfg.max_in_flight {
+                    rec.failed(job.measured, Failure::Overload);
+                    return;
+                }
+                handle.spawn(udp_flow::one_shot(*addr, job, cfg.timeout, Arc::clone(rec)));
+            });
+        }
         (Mode::Udp, target) => {
             let client = runtime.block_on(udp::Client::start(target.clone(), cfg.timeout, Arc::clone(rec)))?;
             pacer::run(timeline, stop, realtime, |job| {
@@ -147,9 +173,6 @@ pub fn drive(target: &Target, timeline: Timeline, cfg: ClientConfig, rec: &Arc<R
                 let c = Arc::clone(&client);
                 handle.spawn(async move { c.send(job).await });
             });
-        }
-        (_, Target::UdpBalanced { .. }) => {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "client-side balancing exists for UDP only"));
         }
     }
     // Every request has its own deadline (due + timeout); past the last one, anything still

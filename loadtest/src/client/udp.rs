@@ -1,9 +1,6 @@
-//! UDP request/response: one datagram each way, matched by request id; a request whose reply
-//! has not come by its deadline has failed (a lost datagram looks exactly like a slow one).
-//!
-//! With [`Target::UdpBalanced`] the generator picks each request's backend with a tpvs
-//! scheduler and keeps that backend's stats (active count while outstanding, latency
-//! observations) the way a data path would, treating every request as its own flow.
+//! UDP request/response on one socket: one datagram each way, matched by request id; a
+//! request whose reply has not come by its deadline has failed (a lost datagram looks exactly
+//! like a slow one). Through a proxy the socket is one flow: one pick for the whole run.
 
 use std::collections::HashMap;
 use std::io;
@@ -11,7 +8,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use schedulers::{ActiveGuard, ClientAddr, OrigDstAddr, PickContext, Tried};
 use tokio::net::UdpSocket;
 
 use super::{Target, nanos};
@@ -21,9 +17,6 @@ use crate::wire;
 
 struct Pending {
     job: Job,
-    sent: Instant,
-    /// Holds the backend's active slot until the reply or the deadline.
-    guard: Option<ActiveGuard>,
 }
 
 pub struct Client {
@@ -43,10 +36,8 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Binds the socket and starts the receive and expiry loops on the current runtime.
     pub async fn start(target: Target, timeout: Duration, rec: Arc<Recorder>) -> io::Result<Arc<Client>> {
-        let any = match &target {
-            Target::Addr(a) if a.is_ipv6() => SocketAddr::from(([0u16; 8], 0)),
-            _ => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-        };
+        let Target::Addr(a) = &target;
+        let any = if a.is_ipv6() { SocketAddr::from(([0u16; 8], 0)) } else { SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)) };
         let sock = UdpSocket::bind(any).await?;
         let client = Arc::new(Client { sock, target, pending: Mutex::new(HashMap::new()), timeout, rec });
         tokio::spawn(Arc::clone(&client).receive_loop());
@@ -59,26 +50,8 @@ impl Client {
     }
 
     pub async fn send(&self, job: Job) {
-        let (dst, guard) = match &self.target {
-            Target::Addr(a) => (*a, None),
-            Target::UdpBalanced { scheduler, backends } => {
-                // A distinct source port per request: hashing schedulers see many flows, as
-                // they would from many clients.
-                let client = SocketAddr::from(([127, 0, 0, 1], (job.id % 64_511) as u16 + 1024));
-                let vip = SocketAddr::from(([127, 0, 0, 1], 0));
-                let Some(i) = scheduler.pick(&PickContext::new(ClientAddr(client), OrigDstAddr(vip)), &Tried::new()) else {
-                    self.rec.failed(job.measured, Failure::Refused);
-                    return;
-                };
-                let (Some(b), Some(addr)) = (scheduler.backends().get(i), backends.get(i)) else {
-                    self.rec.failed(job.measured, Failure::Other);
-                    return;
-                };
-                b.stats.record_pick();
-                (*addr, Some(b.stats.open()))
-            }
-        };
-        self.pending().insert(job.id, Pending { job, sent: Instant::now(), guard });
+        let Target::Addr(dst) = self.target;
+        self.pending().insert(job.id, Pending { job });
         if let Err(e) = self.sock.send_to(&wire::request(job.id), dst).await
             && self.pending().remove(&job.id).is_some()
         {
@@ -93,9 +66,6 @@ impl Client {
             let now = Instant::now();
             let Ok((backend, id)) = wire::parse_response(&buf[..n]) else { continue };
             let Some(p) = self.pending().remove(&id) else { continue };
-            if let Some(g) = &p.guard {
-                g.stats().observe_latency_ns(nanos(now - p.sent));
-            }
             self.rec.ok(&p.job, backend, nanos(now.saturating_duration_since(p.job.due)), None);
         }
     }
@@ -111,11 +81,6 @@ impl Client {
                 ids.iter().filter_map(|id| map.remove(id)).collect()
             };
             for p in expired {
-                if let Some(g) = &p.guard {
-                    // A lost reply is the worst latency seen; a latency-aware pick steers away.
-                    g.stats().record_failure();
-                    g.stats().observe_latency_ns(nanos(self.timeout));
-                }
                 self.rec.failed(p.job.measured, Failure::Timeout);
             }
         }

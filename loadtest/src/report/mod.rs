@@ -18,8 +18,8 @@ pub fn load_line(s: &crate::scenario::Scenario) -> String {
     }
     let target = if s.direct {
         "no proxy"
-    } else if s.mode == crate::client::Mode::Udp {
-        "client-side pick"
+    } else if s.mode == crate::client::Mode::Udp && s.udp_flows == crate::client::UdpFlows::PerRequest {
+        "through the tpvs engine, a flow per request"
     } else {
         "through the tpvs engine"
     };

@@ -1,8 +1,10 @@
 //! The terminal table: one row per scheduler, the best marked with `*`, and the per-backend
-//! shares with the odd backends (stalled, slow, capped) in brackets.
+//! shares with the odd backends (stalled, slow, capped) in brackets. With several seeds each
+//! number is the median across seeds followed by its range, `17.4ms (17.1–18.0)`.
 
 use std::fmt::Write as _;
 
+use crate::seeds::{SeedSpread, Spread};
 use crate::summary::{self, RunResult, ScenarioReport};
 
 fn ms(v: f64) -> String {
@@ -44,6 +46,122 @@ pub fn render(sr: &ScenarioReport) -> String {
     if !odd.is_empty() {
         let _ = writeln!(out, "   odd backends: {}", odd.join("; "));
     }
+    match &sr.spread {
+        Some(spread) => spread_rows(&mut out, sr, spread),
+        None => run_rows(&mut out, sr),
+    }
+    let failures: Vec<String> = every_run(sr)
+        .filter(|(_, r)| r.failed > 0)
+        .map(|(seed, r)| {
+            let why: Vec<String> = r.failures.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            format!("{}{}: {}", r.scheduler, seed_note(sr, seed), why.join(", "))
+        })
+        .collect();
+    if !failures.is_empty() {
+        let _ = writeln!(out, "   failures — {}", failures.join("; "));
+    }
+    let recovered: Vec<String> = every_run(sr)
+        .flat_map(|(seed, r)| {
+            r.recovery.iter().map(move |rc| {
+                let back = rc.back_within.map_or("not within the run".to_string(), |s| format!("{s:.1} s"));
+                format!("{}{} #{}: {back}", r.scheduler, seed_note(sr, seed), rc.backend)
+            })
+        })
+        .collect();
+    if !recovered.is_empty() {
+        let _ = writeln!(
+            out,
+            "   back to ≥ {:.0}% of fair share after recovering — {}",
+            summary::BACK_AT_FAIR_FRACTION * 100.0,
+            recovered.join("; ")
+        );
+    }
+    let pinned: Vec<&str> = match &sr.spread {
+        Some(spread) => spread.schedulers.iter().filter(|s| s.pinned()).map(|s| s.scheduler.as_str()).collect(),
+        None => sr.runs.iter().filter(|r| summary::pinned(r)).map(|r| r.scheduler.as_str()).collect(),
+    };
+    if !pinned.is_empty() {
+        let most = if sr.spread.is_some() { " in most seeds" } else { "" };
+        let _ = writeln!(out, "   pinned{most} (one backend served > 50% and > 2× its fair share, not eligible for best): {}", pinned.join(", "));
+    }
+    if let Some(b) = &sr.best {
+        let on = if sr.spread.is_some() { " on the medians" } else { "" };
+        let _ = writeln!(out, "   * best{on}: {b} (highest success rate, then lowest p99, then p99.9)");
+    }
+    if let Some(spread) = &sr.spread
+        && spread.seeds_disagree(sr.best.as_deref())
+    {
+        let each: Vec<String> =
+            spread.seeds.iter().zip(&spread.best_by_seed).map(|(s, b)| format!("seed {s} {}", b.as_deref().unwrap_or("none"))).collect();
+        let _ = writeln!(out, "   seeds disagree on the best — {}", each.join(", "));
+    }
+    out
+}
+
+/// Every run of the report with its seed (the first seed's, then the others').
+fn every_run(sr: &ScenarioReport) -> impl Iterator<Item = (u64, &RunResult)> {
+    sr.runs.iter().map(|r| (sr.seed, r)).chain(sr.other_seeds.iter().flat_map(|s| s.runs.iter().map(|r| (s.seed, r))))
+}
+
+/// " (seed N)" when the report has several seeds.
+fn seed_note(sr: &ScenarioReport, seed: u64) -> String {
+    if sr.other_seeds.is_empty() { String::new() } else { format!(" (seed {seed})") }
+}
+
+/// A median and its range in the median's unit: `17.4ms (17.1–18.0)`.
+fn ms_spread(s: &Spread) -> String {
+    let (scale, unit, digits) = if s.median >= 1000.0 {
+        (1e-3, "s", 2)
+    } else if s.median >= 10.0 {
+        (1.0, "ms", 1)
+    } else {
+        (1.0, "ms", 2)
+    };
+    let f = |v: f64| format!("{:.*}", digits, v * scale);
+    format!("{}{unit} ({}–{})", f(s.median), f(s.min), f(s.max))
+}
+
+fn pct_spread(s: &Spread) -> String {
+    format!("{:.2} ({:.2}–{:.2})", s.median * 100.0, s.min * 100.0, s.max * 100.0)
+}
+
+fn spread_rows(out: &mut String, sr: &ScenarioReport, spread: &SeedSpread) {
+    let seeds: Vec<String> = spread.seeds.iter().map(u64::to_string).collect();
+    let _ = writeln!(out, "   {} seeds ({}): median (min–max) across seeds", spread.seeds.len(), seeds.join(", "));
+    let _ = writeln!(
+        out,
+        "  {:<8} {:>21} {:>21} {:>21} {:>21} {:>21} {:>21} {:>21}  median share % by backend",
+        "sched", "ok %", "p50", "p90", "p99", "p99.9", "max", "odd share %"
+    );
+    let odd: Vec<bool> = sr.scenario.backends.iter().map(|b| !b.label().is_empty()).collect();
+    for s in &spread.schedulers {
+        let mark = if sr.best.as_deref() == Some(s.scheduler.as_str()) { "*" } else { " " };
+        let shares: Vec<String> = s
+            .shares
+            .iter()
+            .enumerate()
+            .map(|(i, sh)| {
+                let pct = format!("{:.1}", sh.median * 100.0);
+                if odd.get(i).copied().unwrap_or(false) { format!("[{pct}]") } else { pct }
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{mark} {:<8} {:>21} {:>21} {:>21} {:>21} {:>21} {:>21} {:>21}  {}",
+            s.scheduler,
+            pct_spread(&s.success_rate),
+            ms_spread(&s.p50),
+            ms_spread(&s.p90),
+            ms_spread(&s.p99),
+            ms_spread(&s.p999),
+            ms_spread(&s.max),
+            s.odd_share.as_ref().map_or("—".to_string(), pct_spread),
+            shares.join(" ")
+        );
+    }
+}
+
+fn run_rows(out: &mut String, sr: &ScenarioReport) {
     let _ = writeln!(
         out,
         "  {:<8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}  share % by backend",
@@ -65,42 +183,4 @@ pub fn render(sr: &ScenarioReport) -> String {
             shares(r)
         );
     }
-    let failures: Vec<String> = sr
-        .runs
-        .iter()
-        .filter(|r| r.failed > 0)
-        .map(|r| {
-            let why: Vec<String> = r.failures.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            format!("{}: {}", r.scheduler, why.join(", "))
-        })
-        .collect();
-    if !failures.is_empty() {
-        let _ = writeln!(out, "   failures — {}", failures.join("; "));
-    }
-    let recovered: Vec<String> = sr
-        .runs
-        .iter()
-        .flat_map(|r| {
-            r.recovery.iter().map(move |rc| {
-                let back = rc.back_within.map_or("not within the run".to_string(), |s| format!("{s:.1} s"));
-                format!("{} #{}: {back}", r.scheduler, rc.backend)
-            })
-        })
-        .collect();
-    if !recovered.is_empty() {
-        let _ = writeln!(
-            out,
-            "   back to ≥ {:.0}% of fair share after recovering — {}",
-            summary::BACK_AT_FAIR_FRACTION * 100.0,
-            recovered.join("; ")
-        );
-    }
-    let pinned: Vec<&str> = sr.runs.iter().filter(|r| summary::pinned(r)).map(|r| r.scheduler.as_str()).collect();
-    if !pinned.is_empty() {
-        let _ = writeln!(out, "   pinned (one backend served > 50% and > 2× its fair share, not eligible for best): {}", pinned.join(", "));
-    }
-    if let Some(b) = &sr.best {
-        let _ = writeln!(out, "   * best: {b} (highest success rate, then lowest p99, then p99.9)");
-    }
-    out
 }

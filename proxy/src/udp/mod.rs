@@ -8,15 +8,24 @@
 //! - [`worker`]: one thread per core, each a plain epoll loop owning its own flows (which
 //!   it gives out and takes in at a hand-over).
 //! - [`stats`]: counters (flows, datagrams, drops by reason).
+//! - [`plain`]: plain listen mode — the same workers and flows behind an ordinary loopback
+//!   socket serving one fixed frontend (the load tester's UDP target).
 //!
 //! Why no stale flow: kube-proxy's UDP bugs come from conntrack entries outliving the endpoint
 //! they point at. Here every worker compares the table generation before each batch it
 //! forwards and is woken by an eventfd on every publish; a flow whose backend left the table,
 //! was drained (weight 0) or whose frontend changed policy is closed before any further
 //! datagram is forwarded, and the client's next datagram is scheduled afresh.
+//!
+//! What schedulers learn from a flow: it holds its backend's active slot for its whole life
+//! (until it expires idle, not when a request is answered — a datagram path cannot tell), and
+//! its first reply is a latency sample (first datagram in to first datagram back, as the TCP
+//! path's first byte). So with a flow per request the connection-counting schedulers see every
+//! backend alike, stalled or not, and only the latency-aware ones see a stall.
 
 pub mod batch;
 pub mod flows;
+pub mod plain;
 pub mod socket;
 pub mod stats;
 pub mod worker;
@@ -138,6 +147,17 @@ impl UdpWorkers {
         }
     }
 
+    /// Ends every worker (closing its flows) and joins them.
+    pub fn stop(self) {
+        for (m, w) in self.mailboxes.iter().zip(&self.wakers) {
+            m.post(worker::UdpCommand::Stop);
+            w.wake();
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
     /// A publisher callback that wakes the workers.
     pub fn on_publish(&self) -> impl Fn(&Arc<RoutingTable>) + Send + Sync + 'static {
         let wakers = self.wakers.clone();
@@ -149,7 +169,8 @@ impl UdpWorkers {
     }
 }
 
-pub use worker::{bind_listeners, start};
+pub use plain::{PlainUdpServer, serve_plain_udp};
+pub use worker::{Serving, bind_listeners, start, start_serving};
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,8 @@
 //!   binds its own with `SO_REUSEPORT`: the kernel hashes a datagram's addresses to pick the
 //!   socket (TPROXY's socket lookup honours reuseport groups), so one client flow always lands
 //!   on the same worker and each worker owns its flows outright, with no lock.
+//!   In plain listen mode ([`plain_listener`]) the same socket without `IP_TRANSPARENT`, bound
+//!   to a local address, which is also where replies are sent from.
 //! - a **reply socket** per frontend address: transparent, bound to VIP:port, never read;
 //!   replies to clients are sent from it so they come *from the address the client sent to*
 //!   (a reply from any other address or port would be dropped by the client's connected
@@ -39,6 +41,18 @@ fn set_transparent(s: &Socket, v4: bool) -> io::Result<()> {
 
 /// The transparent listener of one worker for one family.
 pub fn listener(addr: SocketAddr) -> io::Result<OwnedFd> {
+    listening_socket(addr, true)
+}
+
+/// The plain-mode listener of one worker: an ordinary socket on an address of this host, which
+/// also sends the replies (it is the address the client sent to). `IP_RECVORIGDSTADDR` still
+/// applies — it reports the local address a datagram was sent to, the same key the
+/// transparent path builds its flows from.
+pub fn plain_listener(addr: SocketAddr) -> io::Result<OwnedFd> {
+    listening_socket(addr, false)
+}
+
+fn listening_socket(addr: SocketAddr, transparent: bool) -> io::Result<OwnedFd> {
     let s = udp(&addr)?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
@@ -46,7 +60,9 @@ pub fn listener(addr: SocketAddr) -> io::Result<OwnedFd> {
     if !v4 {
         s.set_only_v6(true)?;
     }
-    set_transparent(&s, v4)?;
+    if transparent {
+        set_transparent(&s, v4)?;
+    }
     if v4 {
         set_int(s.as_raw_fd(), libc::SOL_IP, libc::IP_RECVORIGDSTADDR, 1)?;
     } else {

@@ -1,5 +1,6 @@
 //! UDP worker threads: each a plain epoll loop over its own listeners and its flows' upstream
-//! sockets. No async runtime: a datagram's whole way (receive, look up, send) is a few system
+//! sockets (or, in plain listen mode, over ordinary listeners serving one fixed frontend:
+//! [`Serving`]). No async runtime: a datagram's whole way (receive, look up, send) is a few system
 //! calls amortised over a batch, and nothing about it waits.
 //!
 //! One pass of the loop:
@@ -8,7 +9,8 @@
 //! 3. client datagrams: `recvmmsg` a batch from the listener, find or open each one's flow,
 //!    then `sendmmsg` the datagrams of each flow on its connected upstream socket;
 //! 4. backend datagrams: `recvmmsg` from each readable upstream socket into a shared batch,
-//!    then `sendmmsg` them to their clients grouped by reply socket;
+//!    then `sendmmsg` them to their clients grouped by reply socket; a flow's first reply
+//!    is its backend's latency sample (first datagram in to first datagram back);
 //! 5. now and then, expire idle flows.
 //!
 //! Around a hand-over the worker follows the listeners' switch ([`Serve`]): paused, it stops
@@ -24,7 +26,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use controlplane::{Protocol, RoutingTable};
+use controlplane::{Frontend, Protocol, RoutingTable};
 use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
@@ -77,6 +79,26 @@ pub enum UdpCommand {
     Detach(std::sync::mpsc::Sender<Vec<DetachedFlow>>),
     /// Relay these flows here.
     Adopt(Vec<DetachedFlow>),
+    /// Return from the loop, closing every flow (the plain mode's end; the daemon's workers
+    /// live as long as the process).
+    Stop,
+}
+
+/// What a worker's listeners serve.
+#[derive(Clone, Debug)]
+pub enum Serving {
+    /// TPROXY'd datagrams for any frontend in the table, by their original destination.
+    Transparent,
+    /// Plain listen mode: every datagram is for this one frontend, whatever address it came
+    /// to, and replies leave from the listener itself.
+    Plain(Arc<Frontend>),
+}
+
+/// A plain-mode worker's fixed frontend and the socket its replies are sent from.
+struct PlainFrontend {
+    frontend: Arc<Frontend>,
+    /// A duplicate of the worker's listener descriptor (the same socket).
+    reply: Rc<OwnedFd>,
 }
 
 /// A worker's commands, checked once per wake-up (an atomic load when there are none).
@@ -132,6 +154,11 @@ pub fn bind_listeners(port: u16, workers: usize) -> Result<Vec<Pair>, StartError
 /// waits at `gate` before reading, and lets go of its listeners when `release` fires (its
 /// flows keep relaying replies until they expire).
 pub fn start(shared: Arc<UdpShared>, listeners: Vec<Pair>, gate: Gate, release: Release) -> Result<UdpWorkers, StartError> {
+    start_serving(shared, listeners, gate, release, &Serving::Transparent)
+}
+
+/// [`start`], for listeners that serve as `serving` says.
+pub fn start_serving(shared: Arc<UdpShared>, listeners: Vec<Pair>, gate: Gate, release: Release, serving: &Serving) -> Result<UdpWorkers, StartError> {
     let ipv6 = listeners.iter().all(|[_, v6]| v6.is_some());
     let mut listeners = listeners.into_iter();
     let mut wakers = Vec::new();
@@ -143,8 +170,8 @@ pub fn start(shared: Arc<UdpShared>, listeners: Vec<Pair>, gate: Gate, release: 
         mailboxes.push(Arc::clone(&mailbox));
         let shared = Arc::clone(&shared);
         let pair = listeners.next().ok_or(StartError::Vanished(index))?;
-        let (gate, release) = (gate.clone(), release.clone());
-        Ok(move |ready: Ready<()>| match Worker::new(index, shared, (waker, mailbox), pair, release) {
+        let (gate, release, serving) = (gate.clone(), release.clone(), serving.clone());
+        Ok(move |ready: Ready<()>| match Worker::new(index, shared, (waker, mailbox), pair, release, serving) {
             Ok(mut w) => {
                 ready.ok(());
                 gate.wait();
@@ -168,6 +195,8 @@ struct Worker {
     listening: bool,
     /// Pauses, resumes or releases the listeners around a hand-over.
     release: tokio::sync::watch::Receiver<Serve>,
+    /// Plain listen mode's frontend (`None`: transparent, frontends from the table).
+    plain: Option<PlainFrontend>,
     table: Arc<RoutingTable>,
     flows: FlowTable<FlowIo>,
     /// Reply sockets by frontend address, shared by that frontend's flows.
@@ -194,9 +223,24 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(index: usize, shared: Arc<UdpShared>, (waker, mailbox): (Arc<Waker>, Arc<Mailbox>), pair: Pair, release: Release) -> Result<Worker, StartError> {
+    fn new(
+        index: usize,
+        shared: Arc<UdpShared>,
+        (waker, mailbox): (Arc<Waker>, Arc<Mailbox>),
+        pair: Pair,
+        release: Release,
+        serving: Serving,
+    ) -> Result<Worker, StartError> {
         let [l4, l6] = pair;
         let setup = |source| StartError::Setup { what: "UDP", worker: index, source };
+        let plain = match serving {
+            Serving::Transparent => None,
+            Serving::Plain(frontend) => {
+                // Replies to a client must come from the address it sent to: the listener's.
+                let listener = l4.as_ref().or(l6.as_ref()).ok_or(StartError::Vanished(index))?;
+                Some(PlainFrontend { frontend, reply: Rc::new(listener.try_clone().map_err(setup)?) })
+            }
+        };
         let epoll = Epoll::new().map_err(setup)?;
         if let Some(l) = &l4 {
             epoll.add(l.as_raw_fd(), LISTENER_V4).map_err(setup)?;
@@ -220,6 +264,7 @@ impl Worker {
             listeners: [l4, l6],
             listening: true,
             release: release.subscribe(),
+            plain,
             table,
             flows,
             replies: FxHashMap::default(),
@@ -241,6 +286,7 @@ impl Worker {
         })
     }
 
+    /// Serves until a [`UdpCommand::Stop`].
     fn run(&mut self) {
         debug!(worker = self.index, "UDP worker listening");
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
@@ -267,6 +313,10 @@ impl Worker {
                         }
                     }
                     UdpCommand::Adopt(flows) => self.adopt_flows(flows),
+                    UdpCommand::Stop => {
+                        debug!(worker = self.index, flows = self.flows.len(), "UDP worker stopping");
+                        return;
+                    }
                 }
             }
             for ev in &events[..n] {
@@ -522,7 +572,7 @@ impl Worker {
         // A handle of our own, so the dispatcher's borrow does not pin `self`.
         let shared = Arc::clone(&self.shared);
         let stats = &shared.stats;
-        let Some(fe) = shared.dispatch.frontend_in(&self.table, key.dst, Protocol::Udp) else {
+        let Some(fe) = self.frontend_for(key.dst) else {
             add(&stats.drops.no_frontend, 1);
             debug!(client = %key.client, dst = %key.dst, "no UDP frontend; dropped");
             return None;
@@ -602,7 +652,18 @@ impl Worker {
         Some(id)
     }
 
+    /// The frontend a datagram sent to `dst` is for.
+    fn frontend_for(&self, dst: OrigDstAddr) -> Option<Arc<Frontend>> {
+        match &self.plain {
+            Some(p) => Some(Arc::clone(&p.frontend)),
+            None => self.shared.dispatch.frontend_in(&self.table, dst, Protocol::Udp),
+        }
+    }
+
     fn reply_socket(&mut self, frontend: std::net::SocketAddr) -> io::Result<Rc<OwnedFd>> {
+        if let Some(p) = &self.plain {
+            return Ok(Rc::clone(&p.reply));
+        }
         if let Some(s) = self.replies.get(&frontend) {
             return Ok(Rc::clone(s));
         }
@@ -637,6 +698,12 @@ impl Worker {
             return;
         }
         self.up_used += n;
+        if flow.replies == 0 {
+            // The backend's first answer on this flow: for a request/response protocol (DNS)
+            // the time it took to answer, which latency-aware schedulers need as much as the
+            // TCP path's first byte back; a backend that stalls shows up here.
+            flow.value.lease.turn_took(self.now.saturating_duration_since(flow.created));
+        }
         let mut bytes = 0u64;
         for slot in start..start + n {
             if self.up.truncated(slot) {
