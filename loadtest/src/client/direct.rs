@@ -13,14 +13,16 @@
 use std::collections::VecDeque;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::nanos;
+use super::http::ResponseReader;
 use super::tcp::{connect, generator_error, read_response};
+use super::{Protocol, nanos, stamp};
 use crate::pacer::Job;
 use crate::record::{Failure, Recorder};
 use crate::wire;
@@ -39,7 +41,16 @@ struct Shared {
     state: Mutex<PoolState>,
     timeout: Duration,
     rec: Arc<Recorder>,
+    protocol: Protocol,
+    target: SocketAddr,
+    /// The first unreadable reply is described on stderr (the rest are only counted): a
+    /// target that speaks something else should say what, once.
+    told_protocol_error: AtomicBool,
 }
+
+/// Backend index recorded for HTTP replies: they do not say which backend served them, so
+/// they count in the totals and in no backend's share (the recorder ignores indices this large).
+const NO_BACKEND: u32 = u32::MAX;
 
 #[derive(Debug, Default)]
 struct PoolState {
@@ -76,12 +87,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl DirectPool {
     /// Starts `connections` connection tasks on `rt`; each joins the idle list once connected.
-    pub fn start(rt: &tokio::runtime::Handle, addr: SocketAddr, connections: usize, timeout: Duration, rec: Arc<Recorder>) -> DirectPool {
+    pub fn start(
+        rt: &tokio::runtime::Handle,
+        addr: SocketAddr,
+        connections: usize,
+        timeout: Duration,
+        protocol: Protocol,
+        rec: Arc<Recorder>,
+    ) -> DirectPool {
         let shared = Arc::new(Shared {
             conns: (0..connections.max(1)).map(|_| Conn::default()).collect(),
             state: Mutex::new(PoolState::default()),
             timeout,
             rec,
+            protocol,
+            target: addr,
+            told_protocol_error: AtomicBool::new(false),
         });
         for k in 0..shared.conns.len() {
             rt.spawn(conn_task(Arc::clone(&shared), k, addr));
@@ -113,11 +134,20 @@ impl Shared {
     /// hands it to the connection's task.
     fn send(&self, k: usize, job: Job, send_lag: Duration) {
         let Some(conn) = self.conns.get(k) else { return };
+        let frame;
+        let request: &[u8] = match &self.protocol {
+            Protocol::Frames => {
+                frame = wire::request(job.id);
+                &frame
+            }
+            Protocol::Http(req) => req.bytes(),
+        };
         let written = match lock(&conn.writer).as_ref() {
-            // 16 bytes on a connection with nothing else in flight: the socket buffer has room,
-            // so the non-blocking write completes; anything else is a broken connection.
-            Some(w) => (&*w).write(&wire::request(job.id)).and_then(|n| {
-                if n == wire::FRAME { Ok(()) } else { Err(io::ErrorKind::WriteZero.into()) }
+            // A short request on a connection with nothing else in flight: the socket buffer
+            // has room, so the non-blocking write completes; anything else is a broken
+            // connection.
+            Some(w) => (&*w).write(request).and_then(|n| {
+                if n == request.len() { Ok(()) } else { Err(io::ErrorKind::WriteZero.into()) }
             }),
             None => Err(io::ErrorKind::NotConnected.into()),
         };
@@ -160,8 +190,23 @@ async fn conn_task(shared: Arc<Shared>, k: usize, addr: SocketAddr) {
     }
 }
 
-/// Reads the reply to each request written on this connection; returns when it broke.
+/// What one reply said: the backend that served it (frames only), how long it waited in the
+/// socket, and whether the connection can carry the next request.
+struct Reply {
+    backend: u32,
+    lag: Option<Duration>,
+    keep_alive: bool,
+    /// HTTP: a whole response with a non-2xx status.
+    refused: bool,
+}
+
+/// Reads the reply to each request written on this connection; returns when it broke (or
+/// the server asked to close it).
 async fn serve(shared: &Shared, conn: &Conn, k: usize, stream: &TcpStream) {
+    let mut http = match &shared.protocol {
+        Protocol::Frames => None,
+        Protocol::Http(_) => Some((ResponseReader::default(), vec![0u8; 16 * 1024])),
+    };
     loop {
         conn.sent.notified().await;
         let Some(req) = lock(&conn.in_flight).take() else { continue };
@@ -171,13 +216,31 @@ async fn serve(shared: &Shared, conn: &Conn, k: usize, stream: &TcpStream) {
             return;
         }
         let deadline = tokio::time::Instant::from_std(job.due + shared.timeout);
-        let outcome = tokio::time::timeout_at(deadline, read_response(stream, job.id)).await;
+        let reply = async {
+            match http.as_mut() {
+                None => read_response(stream, job.id).await.map(|(backend, lag)| Reply {
+                    backend,
+                    lag,
+                    keep_alive: true,
+                    refused: false,
+                }),
+                Some((reader, buf)) => read_http(shared, stream, reader, buf).await,
+            }
+        };
+        let outcome = tokio::time::timeout_at(deadline, reply).await;
         let now = Instant::now();
         match outcome {
-            Ok(Ok((backend, lag))) => {
-                // The reply arrived `lag` before this read: that wait is the generator's.
-                let latency = now.saturating_duration_since(job.due).saturating_sub(lag.unwrap_or_default());
-                shared.rec.ok(&job, backend, nanos(latency), generator_error(req.send_lag, lag, true));
+            Ok(Ok(reply)) => {
+                if reply.refused {
+                    shared.rec.failed(job.measured, Failure::HttpStatus);
+                } else {
+                    // The reply arrived `lag` before this read: that wait is the generator's.
+                    let latency = now.saturating_duration_since(job.due).saturating_sub(reply.lag.unwrap_or_default());
+                    shared.rec.ok(&job, reply.backend, nanos(latency), generator_error(req.send_lag, reply.lag, true));
+                }
+                if !reply.keep_alive {
+                    return;
+                }
                 shared.freed(k);
             }
             Ok(Err(why)) => {
@@ -187,6 +250,32 @@ async fn serve(shared: &Shared, conn: &Conn, k: usize, stream: &TcpStream) {
             Err(_) => {
                 shared.rec.failed(job.measured, Failure::Timeout);
                 return;
+            }
+        }
+    }
+}
+
+/// Reads one whole HTTP response; the wait measured is that of its last bytes (the response
+/// is complete only when they arrive).
+async fn read_http(shared: &Shared, stream: &TcpStream, reader: &mut ResponseReader, buf: &mut [u8]) -> Result<Reply, Failure> {
+    loop {
+        let (n, at) = stamp::read_some(stream, buf).await.map_err(|e| Failure::from_io(&e))?;
+        let piece = buf.get(..n).unwrap_or_default();
+        match reader.feed(piece) {
+            Ok(None) => continue,
+            Ok(Some(r)) => {
+                return Ok(Reply {
+                    backend: NO_BACKEND,
+                    lag: stamp::waited_since(at),
+                    keep_alive: r.keep_alive,
+                    refused: !r.is_success(),
+                });
+            }
+            Err(e) => {
+                if !shared.told_protocol_error.swap(true, Ordering::Relaxed) {
+                    eprintln!("tpvs-loadtest: unreadable reply from {}: {e} (counted as protocol failures)", shared.target);
+                }
+                return Err(Failure::Protocol);
             }
         }
     }
