@@ -8,12 +8,17 @@
 //! writes it from its task (the wait counts: latency is measured from the due time). Replies
 //! carry the kernel's receive timestamp, so the time a reply waits for the task to run is the
 //! generator's, not the target's: it is taken out of the latency, and what remains of the
-//! generator's error in a latency is how late the pacer wrote the request.
+//! generator's error in a latency is how late the request was written — by the pacer, after
+//! its due time; by a connection's task, after the reply that freed the connection arrived.
+//!
+//! Which connections are idle is a flag per connection, claimed with a compare-and-swap, not
+//! a locked list: the pacer (real-time priority) never waits for a lock a normal-priority task
+//! may hold while preempted.
 
 use std::collections::VecDeque;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -38,7 +43,15 @@ pub struct DirectPool {
 #[derive(Debug)]
 struct Shared {
     conns: Vec<Conn>,
-    state: Mutex<PoolState>,
+    /// Due requests no connection was free for, oldest first. Touched only when every
+    /// connection is busy (past the target's knee), so its lock is off the pacer's usual path.
+    overflow: Mutex<VecDeque<Job>>,
+    /// `overflow.len()`, readable without the lock: with the connections' `IDLE` flags it is
+    /// the hand-shake that lets neither a queued job nor an idle connection be overlooked.
+    queued: AtomicUsize,
+    /// Where the pacer's search for an idle connection starts: the one after the last it took,
+    /// so the requests go round the connections.
+    cursor: AtomicUsize,
     timeout: Duration,
     rec: Arc<Recorder>,
     protocol: Protocol,
@@ -52,16 +65,14 @@ struct Shared {
 /// they count in the totals and in no backend's share (the recorder ignores indices this large).
 const NO_BACKEND: u32 = u32::MAX;
 
-#[derive(Debug, Default)]
-struct PoolState {
-    /// Connected connections with nothing in flight, in the order they became idle.
-    idle: VecDeque<usize>,
-    /// Due requests no connection was free for.
-    queue: VecDeque<Job>,
-}
+/// [`Conn::state`]: connected with nothing in flight, free for whoever claims it first.
+const IDLE: u8 = 1;
+/// [`Conn::state`]: connecting, or owned by whoever claimed it (a request is going out or in
+/// flight).
+const BUSY: u8 = 0;
 
-/// A request on the wire: the job and how late it went out after its due time (zero for a
-/// queued job, written as soon as a connection freed up).
+/// A request on the wire: the job and how late it went out after it could have (its due time,
+/// or for a queued job the moment a connection freed up if that was later).
 #[derive(Clone, Copy, Debug)]
 struct InFlight {
     job: Job,
@@ -78,6 +89,10 @@ struct Conn {
     in_flight: Mutex<Option<InFlight>>,
     /// Tells the task a request is in flight.
     sent: Notify,
+    /// [`IDLE`] or [`BUSY`]. The idle set is these flags rather than a locked list: the pacer
+    /// runs at real-time priority, and a lock shared with the normal-priority connection tasks
+    /// made it wait whenever one of them was preempted holding it.
+    state: AtomicU8,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -97,7 +112,9 @@ impl DirectPool {
     ) -> DirectPool {
         let shared = Arc::new(Shared {
             conns: (0..connections.max(1)).map(|_| Conn::default()).collect(),
-            state: Mutex::new(PoolState::default()),
+            overflow: Mutex::new(VecDeque::new()),
+            queued: AtomicUsize::new(0),
+            cursor: AtomicUsize::new(0),
             timeout,
             rec,
             protocol,
@@ -112,20 +129,27 @@ impl DirectPool {
 
     /// Connections connected and idle (to wait for the pool before the time line starts).
     pub fn idle(&self) -> usize {
-        lock(&self.shared.state).idle.len()
+        self.shared.conns.iter().filter(|c| c.state.load(Ordering::SeqCst) == IDLE).count()
     }
 
     /// Puts `job` on the wire now if a connection is idle, else queues it.
     pub fn submit(&self, job: Job) {
-        let k = {
-            let mut st = lock(&self.shared.state);
-            match st.idle.pop_front() {
-                Some(k) => k,
-                None => return st.queue.push_back(job),
-            }
-        };
-        let send_lag = Instant::now().saturating_duration_since(job.due);
-        self.shared.send(k, job, send_lag);
+        let shared = &self.shared;
+        // Jobs already waiting go first: this one joins them.
+        if shared.queued.load(Ordering::SeqCst) == 0
+            && let Some(k) = shared.claim_idle()
+        {
+            shared.send(k, job, Instant::now().saturating_duration_since(job.due));
+            return;
+        }
+        {
+            let mut q = lock(&shared.overflow);
+            q.push_back(job);
+            shared.queued.fetch_add(1, Ordering::SeqCst);
+        }
+        // A connection may have gone idle after the search above but before `queued` rose:
+        // it saw no queued job, so the job must find it.
+        shared.drain(job.due);
     }
 }
 
@@ -156,16 +180,61 @@ impl Shared {
         conn.sent.notify_one();
     }
 
-    /// Connection `k` is free: it takes the oldest queued request, or goes idle.
-    fn freed(&self, k: usize) {
-        let next = {
-            let mut st = lock(&self.state);
-            match st.queue.pop_front() {
-                Some(job) => job,
-                None => return st.idle.push_back(k),
+    /// Takes an idle connection for the caller, searching from the cursor on.
+    fn claim_idle(&self) -> Option<usize> {
+        let n = self.conns.len();
+        let from = self.cursor.load(Ordering::Relaxed);
+        for i in 0..n {
+            let k = (from + i) % n;
+            let claimed = self.conns.get(k).is_some_and(|c| {
+                c.state.compare_exchange(IDLE, BUSY, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+            });
+            if claimed {
+                self.cursor.store(k + 1, Ordering::Relaxed);
+                return Some(k);
             }
-        };
-        self.send(k, next, Duration::ZERO);
+        }
+        None
+    }
+
+    /// Connection `k` is free since `since` (for a reply: when the kernel received it): it
+    /// goes idle, and queued requests take idle connections.
+    fn freed(&self, k: usize, since: Instant) {
+        if let Some(c) = self.conns.get(k) {
+            c.state.store(IDLE, Ordering::SeqCst);
+        }
+        self.drain(since);
+    }
+
+    /// Sends queued requests on idle connections while there are both. Whoever makes the
+    /// second of the two exist (a job queued, a connection idle) runs this after publishing
+    /// its own change, so one of the two sides always sees the other.
+    ///
+    /// A queued job could have gone out at `ready` (when the connection freed up) or at its
+    /// due time, whichever is later: the wait before that is the target's (every connection
+    /// was busy), the time after it until the write is the generator's own error.
+    fn drain(&self, ready: Instant) {
+        while self.queued.load(Ordering::SeqCst) > 0 {
+            let Some(k) = self.claim_idle() else { return };
+            let job = {
+                let mut q = lock(&self.overflow);
+                let job = q.pop_front();
+                if job.is_some() {
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                }
+                job
+            };
+            match job {
+                Some(job) => self.send(k, job, Instant::now().saturating_duration_since(ready.max(job.due))),
+                // Someone else took it: give the connection back and look again (a job queued
+                // meanwhile may have missed it while it was claimed here).
+                None => {
+                    if let Some(c) = self.conns.get(k) {
+                        c.state.store(IDLE, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -184,7 +253,7 @@ async fn conn_task(shared: Arc<Shared>, k: usize, addr: SocketAddr) {
         let writer = socket2::SockRef::from(&stream).try_clone().map(std::net::TcpStream::from);
         let Ok(writer) = writer else { continue };
         *lock(&conn.writer) = Some(writer);
-        shared.freed(k);
+        shared.freed(k, Instant::now());
         serve(&shared, conn, k, &stream).await;
         *lock(&conn.writer) = None;
     }
@@ -241,7 +310,7 @@ async fn serve(shared: &Shared, conn: &Conn, k: usize, stream: &TcpStream) {
                 if !reply.keep_alive {
                     return;
                 }
-                shared.freed(k);
+                shared.freed(k, now.checked_sub(reply.lag.unwrap_or_default()).unwrap_or(now));
             }
             Ok(Err(why)) => {
                 shared.rec.failed(job.measured, why);
@@ -280,3 +349,4 @@ async fn read_http(shared: &Shared, stream: &TcpStream, reader: &mut ResponseRea
         }
     }
 }
+

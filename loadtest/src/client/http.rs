@@ -244,9 +244,12 @@ mod tests {
         assert_eq!(r.feed(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"), Ok(Some(Response { status: 200, keep_alive: false })));
     }
 
+    /// A reply and the test its error must pass.
+    type Case = (&'static [u8], fn(&HttpError) -> bool);
+
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        let cases: [(&[u8], fn(&HttpError) -> bool); 7] = [
+        let cases: [Case; 7] = [
             (b"TPLR\0\0\0\0\0\0\0\0\0\0\0\0\r\n\r\n", |e| matches!(e, HttpError::StatusLine(_))),
             (b"HTTP/1.1 2000 OK\r\n\r\n", |e| matches!(e, HttpError::StatusLine(_))),
             (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", |e| matches!(e, HttpError::Header(_))),
