@@ -580,6 +580,23 @@ openloop_cell() {
     echo "$(cell "$1" ol_p50 3) / $(cell "$1" ol_p99 3) / $(cell "$1" ol_p999 3)"
 }
 
+# Peers whose closed-loop keep-alive req/s (this run's median) stayed under the open-loop rate,
+# or that failed open-loop requests: their row measures a queue, not the proxy at equal load.
+openloop_notes() {
+    [ "$LOADTEST_AVAILABLE" -eq 1 ] || return 0
+    local peer rps over=() failing=()
+    for peer in "${PEER_LIST[@]}"; do
+        [ -z "${UNAVAILABLE[$peer]:-}" ] || continue
+        rps=$(med "$peer" ka_rps)
+        [ -n "$rps" ] && awk -v r="$rps" -v o="$OPEN_RATE" 'BEGIN { exit !(r < o) }' && over+=("$peer")
+        [ "$(printf '%s\n' ${R[$peer:ol_err]:-0} | awk '{ s += $1 } END { print s + 0 }')" -gt 0 ] && failing+=("$peer")
+    done
+    [ "${#over[@]}" -eq 0 ] ||
+        printf '\nOpen loop: %s req/s is above the closed-loop keep-alive throughput of %s in this run: those latencies are queueing behind an overloaded path, not the proxy at equal load (lower --open-rate, or run on a quiet machine).\n' "$OPEN_RATE" "${over[*]}"
+    [ "${#failing[@]}" -eq 0 ] ||
+        printf '\nOpen loop: requests failed (timed out after 5 s or errors) through %s; see "open-loop failed requests".\n' "${failing[*]}"
+}
+
 openloop_errs() {
     [ -n "${UNAVAILABLE[$1]:-}" ] || [ -z "${R[$1:ol_err]:-}" ] && { echo "–"; return; }
     local a b
@@ -768,6 +785,7 @@ EOF
     for peer in "${!UNAVAILABLE[@]}"; do
         printf '\n%s: not available (%s).\n' "$peer" "${UNAVAILABLE[$peer]}"
     done
+    openloop_notes
     printf '\n<details><summary>every repetition</summary>\n\n```\n'
     local key
     for key in $(printf '%s\n' "${!R[@]}" | sort); do
