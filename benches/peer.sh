@@ -5,6 +5,7 @@
 #   benches/peer.sh [--quick] [--duration SECS] [--reps N] [--connections N] [--threads N]
 #                   [--policy cluster|local] [--peers LIST] [--tpvs PATH] [--no-build]
 #                   [--out FILE] [--keep-going] [--tpvs-args ARGS] [--rps]
+#                   [--open-rate R] [--open-connections N] [--loadtest PATH]
 #
 #   --quick            2 s per measurement, 3 repetitions (the default is 5 s, 3 repetitions)
 #   --duration SECS    length of each measurement
@@ -24,6 +25,10 @@
 #   --rps              spread the node's receive processing over all CPUs by flow hash (RPS
 #                      on its veths), as a multi-queue NIC's RSS does on a real node; without
 #                      it a veth handles a packet on the sender's CPU
+#   --open-rate R      the open-loop latency row's fixed rate, the same for every peer
+#                      (default 20000 req/s: well under every peer's keep-alive knee)
+#   --open-connections N  its keep-alive connections (default: --connections)
+#   --loadtest PATH    the tpvs-loadtest binary for that row (default: build it, release)
 #
 # Needs root (it builds network namespaces). Every byte stays inside the lab's namespaces.
 set -euo pipefail
@@ -44,9 +49,12 @@ KEEP_GOING=0
 WARMUP=1
 TPVS_ARGS=
 RPS=0
+OPEN_RATE=20000
+OPEN_CONNS=
+LOADTEST_BIN=
 
 usage() {
-    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -65,6 +73,9 @@ while [ $# -gt 0 ]; do
         --keep-going) KEEP_GOING=1 ;;
         --tpvs-args) TPVS_ARGS=${2?}; shift ;;
         --rps) RPS=1 ;;
+        --open-rate) OPEN_RATE=${2:?}; shift ;;
+        --open-connections) OPEN_CONNS=${2:?}; shift ;;
+        --loadtest) LOADTEST_BIN=${2:?}; shift ;;
         -h | --help) usage ;;
         *) echo "benches/peer.sh: unknown argument $1" >&2; usage ;;
     esac
@@ -75,6 +86,9 @@ done
 [[ $CONNS =~ ^[0-9]+$ ]] && [ "$CONNS" -ge 1 ] || { echo "--connections: a positive number" >&2; exit 2; }
 [[ $THREADS =~ ^[0-9]+$ ]] && [ "$THREADS" -ge 1 ] && [ "$THREADS" -le "$CONNS" ] ||
     { echo "--threads: between 1 and --connections" >&2; exit 2; }
+[[ $OPEN_RATE =~ ^[0-9]+$ ]] && [ "$OPEN_RATE" -ge 1 ] || { echo "--open-rate: requests per second >= 1" >&2; exit 2; }
+OPEN_CONNS=${OPEN_CONNS:-$CONNS}
+[[ $OPEN_CONNS =~ ^[0-9]+$ ]] && [ "$OPEN_CONNS" -ge 1 ] || { echo "--open-connections: a positive number" >&2; exit 2; }
 case "$POLICY" in cluster | local) ;; *) echo "--policy: cluster or local" >&2; exit 2 ;; esac
 IFS=, read -r -a PEER_LIST <<<"$PEERS"
 for p in "${PEER_LIST[@]}"; do
@@ -565,6 +579,102 @@ measure_keepalive() {
     note "$(printf '%-8s keep-alive  %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  errors %s' "$peer" "$rps" "$p50" "$p99" "$errs")"
 }
 
+# ---------------------------------------------------------------------------------------------
+# Open-loop latency (issue 14): wrk's latency is closed-loop (a slow reply delays the next
+# request, so the peer that is slowest also gets the least load). Here every peer gets the same
+# fixed offered rate, well under its knee, from tpvs-loadtest: HTTP/1.1 keep-alive GETs on
+# persistent connections, each request's latency measured from its scheduled send time
+# (coordinated omission corrected), the generator's own error measured per request.
+# ---------------------------------------------------------------------------------------------
+LOADTEST_AVAILABLE=0
+
+# openloop_one URL RATE CONNS OUTFILE: one open-loop run against URL; prints the summary line.
+openloop_one() {
+    local hostport=${1#http://}
+    hostport=${hostport%%/*}
+    [[ $hostport == *:* ]] || hostport=$hostport:80
+    timeout $((DURATION + 40)) ip netns exec "$NS_CLIENT" \
+        "$LOADTEST_BIN" external --target "$hostport" --protocol http --mode persistent \
+        --rate "$2" --connections "$3" --duration "$DURATION" --warmup "$WARMUP" --timeout 5 \
+        --label open-loop --quiet --summary-line >"$4" 2>&1
+}
+
+# Fields of a summary line: "key=value ..." -> value of key.
+summary_field() { awk -v k="$2" '/^summary / { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) print kv[2] } }' "$1"; }
+
+measure_openloop() {
+    local peer=$1
+    [ "$LOADTEST_AVAILABLE" -eq 1 ] || return 0
+    # Like wrk's runs, direct splits the load over both backends (half the rate and connections
+    # each); its percentiles are the mean of the two runs'.
+    local n=${#URLS[@]} i pids=() rc=0
+    local rate=$((OPEN_RATE / n)) c=$((OPEN_CONNS / n))
+    [ "$c" -ge 1 ] || c=1
+    for ((i = 0; i < n; i++)); do
+        openloop_one "${URLS[$i]}" "$rate" "$c" "$WORK/open.$i" &
+        pids+=("$!")
+    done
+    for i in "${pids[@]}"; do
+        wait "$i" || rc=1
+    done
+    local p50=0 p99=0 p999=0 failed=0 sent=0 gen=0 f v
+    for ((i = 0; i < n; i++)); do
+        f=$WORK/open.$i
+        if [ "$rc" -ne 0 ] || [ -z "$(summary_field "$f" p99_ms)" ]; then
+            cat "$f" >&2
+            return 1
+        fi
+        p50=$(awk -v a="$p50" -v b="$(summary_field "$f" p50_ms)" -v n="$n" 'BEGIN { printf "%.3f", a + b / n }')
+        p99=$(awk -v a="$p99" -v b="$(summary_field "$f" p99_ms)" -v n="$n" 'BEGIN { printf "%.3f", a + b / n }')
+        p999=$(awk -v a="$p999" -v b="$(summary_field "$f" p999_ms)" -v n="$n" 'BEGIN { printf "%.3f", a + b / n }')
+        failed=$((failed + $(summary_field "$f" failed)))
+        sent=$((sent + $(summary_field "$f" sent)))
+        # The generator's own error: the worse of the runs (nan when the kernel gave no stamps).
+        v=$(summary_field "$f" generator_p99_us)
+        gen=$(awk -v a="$gen" -v b="$v" 'BEGIN { if (b == "nan") print a; else printf "%.1f", (b + 0 > a + 0 ? b : a) }')
+    done
+    record "$peer" ol_p50 "$p50"
+    record "$peer" ol_p99 "$p99"
+    record "$peer" ol_p999 "$p999"
+    record "$peer" ol_err "$failed"
+    record "$peer" ol_sent "$sent"
+    record "$peer" ol_gen_us "$gen"
+    note "$(printf '%-8s open loop   %6d req/s  p50 %7.3f ms  p99 %7.3f ms  p99.9 %7.3f ms  failed %s of %s  generator p99 error %s µs' \
+        "$peer" "$OPEN_RATE" "$p50" "$p99" "$p999" "$failed" "$sent" "$gen")"
+}
+
+# The open-loop row's cell: "p50 / p99 / p99.9" medians, or why it is missing.
+openloop_cell() {
+    if [ -n "${UNAVAILABLE[$1]:-}" ]; then echo "not available"; return; fi
+    [ "$LOADTEST_AVAILABLE" -eq 1 ] || { echo "no tpvs-loadtest"; return; }
+    echo "$(cell "$1" ol_p50 3) / $(cell "$1" ol_p99 3) / $(cell "$1" ol_p999 3)"
+}
+
+# Peers whose closed-loop keep-alive req/s (this run's median) stayed under the open-loop rate,
+# or that failed open-loop requests: their row measures a queue, not the proxy at equal load.
+openloop_notes() {
+    [ "$LOADTEST_AVAILABLE" -eq 1 ] || return 0
+    local peer rps over=() failing=()
+    for peer in "${PEER_LIST[@]}"; do
+        [ -z "${UNAVAILABLE[$peer]:-}" ] || continue
+        rps=$(med "$peer" ka_rps)
+        [ -n "$rps" ] && awk -v r="$rps" -v o="$OPEN_RATE" 'BEGIN { exit !(r < o) }' && over+=("$peer")
+        [ "$(printf '%s\n' ${R[$peer:ol_err]:-0} | awk '{ s += $1 } END { print s + 0 }')" -gt 0 ] && failing+=("$peer")
+    done
+    [ "${#over[@]}" -eq 0 ] ||
+        printf '\nOpen loop: %s req/s is above the closed-loop keep-alive throughput of %s in this run: those latencies are queueing behind an overloaded path, not the proxy at equal load (lower --open-rate, or run on a quiet machine).\n' "$OPEN_RATE" "${over[*]}"
+    [ "${#failing[@]}" -eq 0 ] ||
+        printf '\nOpen loop: requests failed (timed out after 5 s or errors) through %s; see "open-loop failed requests".\n' "${failing[*]}"
+}
+
+openloop_errs() {
+    [ -n "${UNAVAILABLE[$1]:-}" ] || [ -z "${R[$1:ol_err]:-}" ] && { echo "–"; return; }
+    local a b
+    a=$(printf '%s\n' ${R[$1:ol_err]} | awk '{ s += $1 } END { print s + 0 }')
+    b=$(printf '%s\n' ${R[$1:ol_sent]} | awk '{ s += $1 } END { print s + 0 }')
+    echo "$a of $b"
+}
+
 measure_close() {
     local peer=$1 s0 s1 out
     reset_lab_state
@@ -623,7 +733,7 @@ run_peer() { # one repetition of every measurement through one peer
     fi
     local rss0=
     [ -n "$PEER_PID" ] && rss0=$(rss_kb "$PEER_PID")
-    measure_keepalive "$peer" && measure_close "$peer" && measure_bulk "$peer" ||
+    measure_keepalive "$peer" && measure_openloop "$peer" && measure_close "$peer" && measure_bulk "$peer" ||
         die "a measurement through $peer failed"
     if [ -n "$PEER_PID" ]; then
         local rss1 hwm
@@ -714,6 +824,7 @@ report() {
 - tpvs: ${TPVS_VERSION:-not available} (tree $rev)
 - peers: HAProxy ${HAPROXY_VERSION} (\`mode tcp\`, TPROXY \`bind … transparent\`, nbthread $NCPU, no splicing), nftables ${NFT_VERSION} DNAT (\`numgen random\` map), tpvs (\`tpvs run${TPVS_ARGS:+ $TPVS_ARGS}\`, $NCPU workers)
 - load: wrk ${WRK_VERSION}, $THREADS threads, $CONNS connections (direct: split over be1 and be2); iperf3 ${IPERF_VERSION}, one stream; nginx ${NGINX_VERSION} backends (be1, be2; bulk: be1)
+- open loop: tpvs-loadtest $OPEN_RATE req/s fixed for every peer, HTTP/1.1 keep-alive GETs over $OPEN_CONNS persistent connections, latency from each request's scheduled send time (coordinated omission corrected; direct: half the rate to each backend, percentiles averaged)
 - each measurement ${DURATION} s, ${REPS} repetitions, medians shown; traffic policy: $POLICY$([ "$RPS" -eq 1 ] && echo "; RPS over all CPUs on the node's interfaces")
 - CPU busy before the run (work outside the benchmark): ${BUSY_BEFORE}%$NOISE_NOTE
 
@@ -723,6 +834,7 @@ report() {
 | keep-alive p50 latency (ms) | $(cell direct ka_p50 3) | $(cell dnat ka_p50 3) | $(cell haproxy ka_p50 3) | $(cell tpvs ka_p50 3) | $(ratio "$(med tpvs ka_p50)" "$(med haproxy ka_p50)") | $(ratio "$(med tpvs ka_p50)" "$(med dnat ka_p50)") | |
 | keep-alive p99 latency (ms) | $(cell direct ka_p99 3) | $(cell dnat ka_p99 3) | $(cell haproxy ka_p99 3) | $(cell tpvs ka_p99 3) | $(ratio "$p99_t" "$p99_h") | $(ratio "$p99_t" "$(med dnat ka_p99)") | ≤ HAProxy's in every repetition$(every_run_at_most tpvs haproxy ka_p99) |
 | added p99 vs direct (ms) | – | $(fmt "$(added_p99 dnat)" 3) | $(fmt "$ap_h" 3) | $(fmt "$ap_t" 3) | | | ≤ HAProxy's$(at_most "$ap_t" "$ap_h") |
+| open-loop keep-alive at $OPEN_RATE req/s ($OPEN_CONNS connections): p50 / p99 / p99.9 latency (ms) | $(openloop_cell direct) | $(openloop_cell dnat) | $(openloop_cell haproxy) | $(openloop_cell tpvs) | p99: $(ratio "$(med tpvs ol_p99)" "$(med haproxy ol_p99)") | p99: $(ratio "$(med tpvs ol_p99)" "$(med dnat ol_p99)") | |
 | new connections/s | $(cell direct cc_cps 0) | $(cell dnat cc_cps 0) | $(cell haproxy cc_cps 0) | $(cell tpvs cc_cps 0) | $(ratio "$cc_t" "$cc_h") | $(ratio "$cc_t" "$cc_d") | ≥ 2× HAProxy$(meets "$cc_t" "$cc_h" 2), ≥ 0.85× DNAT$(meets "$cc_t" "$cc_d" 0.85) |
 | bulk throughput (Gbit/s) | $(cell direct bulk 2) | $(cell dnat bulk 2) | $(cell haproxy bulk 2) | $(cell tpvs bulk 2) | $(ratio "$bu_t" "$bu_h") | $(ratio "$bu_t" "$bu_d") | ≥ 1.5× HAProxy$(meets "$bu_t" "$bu_h" 1.5), ≥ 0.9× DNAT$(meets "$bu_t" "$bu_d" 0.9) |
 | RSS idle (MB) | – | – | $(cell haproxy rss_idle 1 1024) | $(cell tpvs rss_idle 1 1024) | | | tpvs ≤ 20 MB$(at_most "$(med tpvs rss_idle)" 20480) |
@@ -736,6 +848,8 @@ Diagnostics (medians):
 | client SYN retransmits per 100 new connections | $(cell direct cc_synre 2) | $(cell dnat cc_synre 2) | $(cell haproxy cc_synre 2) | $(cell tpvs cc_synre 2) |
 | node TIME_WAIT sockets after a new-connection run | $(cell direct cc_tw 0) | $(cell dnat cc_tw 0) | $(cell haproxy cc_tw 0) | $(cell tpvs cc_tw 0) |
 | wrk errors (keep-alive / close), all runs | $(errs direct) | $(errs dnat) | $(errs haproxy) | $(errs tpvs) |
+| open-loop failed requests, all runs | $(openloop_errs direct) | $(openloop_errs dnat) | $(openloop_errs haproxy) | $(openloop_errs tpvs) |
+| open loop: the generator's own p99 error (µs; kept out of the latencies above) | $(cell direct ol_gen_us 0) | $(cell dnat ol_gen_us 0) | $(cell haproxy ol_gen_us 0) | $(cell tpvs ol_gen_us 0) |
 | peak RSS (MB) | – | – | $(cell haproxy rss_peak 1 1024) | $(cell tpvs rss_peak 1 1024) |
 | busiest tpvs worker's share of the workers' CPU, keep-alive / new connections (%; even: $((100 / NCPU))) | – | – | – | $(cell tpvs ka_worker_busy 1) / $(cell tpvs cc_worker_busy 1) |
 | busiest tpvs worker's share of new connections (%) | – | – | – | $(cell tpvs cc_worker_conns 1) |
@@ -751,6 +865,7 @@ EOF
     for peer in "${!UNAVAILABLE[@]}"; do
         printf '\n%s: not available (%s).\n' "$peer" "${UNAVAILABLE[$peer]}"
     done
+    openloop_notes
     printf '\n<details><summary>every repetition</summary>\n\n```\n'
     local key
     for key in $(printf '%s\n' "${!R[@]}" | sort); do
@@ -794,6 +909,20 @@ if [ "$want_tpvs" -eq 1 ]; then
         fi
     fi
     [ -n "${UNAVAILABLE[tpvs]:-}" ] && note "tpvs: not available (${UNAVAILABLE[tpvs]})"
+fi
+
+# The open-loop row's generator; without it the row says so and the rest of the run goes on.
+if [ -z "$LOADTEST_BIN" ]; then
+    LOADTEST_BIN=$ROOT/target/release/tpvs-loadtest
+    if [ "$BUILD" -eq 1 ]; then
+        say "building tpvs-loadtest (release)"
+        cargo build --release -q -p tpvs-loadtest || note "tpvs-loadtest: the build failed"
+    fi
+fi
+if [ -x "$LOADTEST_BIN" ] && "$LOADTEST_BIN" external --help 2>/dev/null | grep -q -- --summary-line; then
+    LOADTEST_AVAILABLE=1
+else
+    note "tpvs-loadtest: no usable binary at $LOADTEST_BIN (needs \`external --protocol http --summary-line\`): no open-loop row"
 fi
 
 HAPROXY_VERSION=$(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }')

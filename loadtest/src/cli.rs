@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use schedulers::SchedulerKind;
 
 use crate::backends::{self, Epoch, Spec};
-use crate::client::{Mode, Pacing};
+use crate::client::http::HttpRequest;
+use crate::client::{Mode, Pacing, Protocol};
 use crate::metrics::{self, Live};
 use crate::report;
 use crate::runner::{self, RunOptions};
@@ -128,11 +129,34 @@ pub struct ServeArgs {
     pub seed: u64,
 }
 
+/// What `external` sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProtocolArg {
+    /// tpvs-loadtest frames (backends run by `serve`; replies name their backend).
+    Frames,
+    /// HTTP/1.1 keep-alive GETs (any web server; needs --mode persistent; no per-backend
+    /// shares, the replies do not name a backend).
+    Http,
+}
+
 #[derive(Debug, Args)]
 pub struct ExternalArgs {
-    /// Where to send requests (the backends behind it must speak the tpvs-loadtest frames).
+    /// Where to send requests (the backends behind it must speak the tpvs-loadtest frames,
+    /// or HTTP with --protocol http).
     #[arg(long)]
     pub target: SocketAddr,
+    #[arg(long, value_enum, default_value = "frames")]
+    pub protocol: ProtocolArg,
+    /// HTTP: the path requested.
+    #[arg(long, default_value = "/")]
+    pub http_path: String,
+    /// HTTP: the Host header (default: the target address).
+    #[arg(long)]
+    pub http_host: Option<String>,
+    /// Also print one machine-readable line: `summary sent=N ok=N failed=N p50_ms=X p99_ms=X
+    /// p999_ms=X max_ms=X generator_p99_us=X` (generator_p99_us=nan when not measured).
+    #[arg(long)]
+    pub summary_line: bool,
     #[arg(long, value_enum, default_value = "per-request")]
     pub mode: Mode,
     #[arg(long, default_value_t = 1000.0)]
@@ -286,6 +310,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn external(args: ExternalArgs) -> anyhow::Result<ExitCode> {
+    let protocol = match args.protocol {
+        ProtocolArg::Frames => Protocol::Frames,
+        ProtocolArg::Http => {
+            anyhow::ensure!(args.mode == Mode::Persistent, "--protocol http needs --mode persistent (keep-alive connections)");
+            let host = args.http_host.clone().unwrap_or_else(|| args.target.to_string());
+            Protocol::Http(Arc::new(HttpRequest::get(&args.http_path, &host).map_err(anyhow::Error::msg)?))
+        }
+    };
     let live = start_metrics(&args.out)?;
     let sr = runner::run_external(
         &runner::ExternalSpec {
@@ -297,10 +329,20 @@ fn external(args: ExternalArgs) -> anyhow::Result<ExitCode> {
             connections: args.connections,
             timeout: args.timeout,
             label: args.label.clone(),
+            protocol,
         },
         &RunOptions { live, quiet: args.out.quiet, ..RunOptions::default() },
     )?;
     println!("{}", report::table::render(&sr));
+    if args.summary_line
+        && let Some(r) = sr.runs.first()
+    {
+        let generator = r.generator.map_or("nan".to_string(), |g| format!("{:.1}", g.p99 * 1e3));
+        println!(
+            "summary sent={} ok={} failed={} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} max_ms={:.3} generator_p99_us={generator}",
+            r.sent, r.recorded, r.failed, r.latency.p50, r.latency.p99, r.latency.p999, r.latency.max
+        );
+    }
     write_outputs(&args.out, vec![sr])?;
     Ok(ExitCode::SUCCESS)
 }

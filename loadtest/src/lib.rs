@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line (`list`, `run`, `serve`, `external`).
+//! - [`cli`]: the command line (`list`, `run`, `serve`, `external`, with `--protocol http`).
 //! - [`scenario`]: the built-in scenarios and their time-scaling for CI.
 //! - [`profile`]: backend latency profiles (constant, lognormal, bimodal; stall and refusal
 //!   windows; concurrency caps), reproducible from a seed; [`rng`]: the seeded generator.
@@ -13,8 +13,10 @@
 //!   listen mode.
 //! - [`pacer`]: the open-loop time line (latency from the scheduled send time), paced by a
 //!   thread at real-time priority where allowed; [`client`]: the generator that puts it on the
-//!   wire (TCP per-request / persistent — written by the pacing thread itself — and UDP), and
-//!   measures its own error per request from the kernel's receive timestamps.
+//!   wire (TCP per-request / persistent — written by the pacing thread itself — and UDP; on
+//!   persistent connections either the frames or HTTP/1.1 keep-alive `GET`s, for targets that
+//!   are ordinary web servers), and measures its own error per request from the kernel's
+//!   receive timestamps.
 //! - [`record`]: HdrHistograms overall and per backend, failures by reason, successes per
 //!   second and backend.
 //! - [`runner`]: one scenario once per scheduler; [`seeds`]: several seeds of a scenario, each

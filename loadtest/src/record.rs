@@ -38,8 +38,11 @@ pub enum Failure {
     Timeout,
     /// The generator had too many requests in flight to start this one.
     Overload,
-    /// A reply that was not a tpvs-loadtest frame.
+    /// A reply that was not a tpvs-loadtest frame (or, in HTTP mode, not a readable HTTP/1.1
+    /// response).
     Protocol,
+    /// HTTP mode: a whole response whose status was not 2xx.
+    HttpStatus,
     Other,
 }
 
@@ -51,6 +54,7 @@ impl Failure {
             Failure::Timeout => "timeout",
             Failure::Overload => "generator-overload",
             Failure::Protocol => "protocol",
+            Failure::HttpStatus => "http-status",
             Failure::Other => "other",
         }
     }

@@ -141,6 +141,7 @@ pub fn run_one(scenario: &Scenario, kind: Option<SchedulerKind>, opts: &RunOptio
         threads: opts.client_threads,
         pacing: opts.pacing,
         udp_flows: scenario.udp_flows,
+        protocol: client::Protocol::Frames,
     };
     let stop = AtomicBool::new(false);
     let driven = client::drive(&target, timeline, cfg, &rec, &stop);
@@ -255,6 +256,7 @@ pub struct ExternalSpec {
     pub connections: usize,
     pub timeout: Duration,
     pub label: String,
+    pub protocol: client::Protocol,
 }
 
 pub fn run_external(spec: &ExternalSpec, opts: &RunOptions) -> anyhow::Result<ScenarioReport> {
@@ -290,15 +292,19 @@ pub fn run_external(spec: &ExternalSpec, opts: &RunOptions) -> anyhow::Result<Sc
         pacing: opts.pacing,
         // Unchanged for external targets: one socket, so one flow to whatever is behind it.
         udp_flows: UdpFlows::Shared,
+        protocol: spec.protocol.clone(),
     };
     let stop = AtomicBool::new(false);
     let driven = client::drive(&Target::Addr(spec.target), timeline, cfg, &rec, &stop);
     progress.finish();
     driven.context("running the load")?;
     let sent = rec.sent.load(std::sync::atomic::Ordering::Relaxed);
-    let mut run = rec.with(|t| {
-        RunResult::from_tallies(&spec.label, spec.mode.as_str(), &spec.target.to_string(), sent, spec.measure.as_secs_f64(), t)
-    });
+    // HTTP replies do not say which backend served them: the run has no per-backend shares.
+    let mode = match spec.protocol {
+        client::Protocol::Frames => spec.mode.as_str(),
+        client::Protocol::Http(_) => "http-keep-alive",
+    };
+    let mut run = rec.with(|t| RunResult::from_tallies(&spec.label, mode, &spec.target.to_string(), sent, spec.measure.as_secs_f64(), t));
     let unresolved = run.sent.saturating_sub(run.recorded + run.failed);
     if unresolved > 0 {
         *run.failures.entry("timeout".to_string()).or_insert(0) += unresolved;

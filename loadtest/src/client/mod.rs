@@ -4,6 +4,8 @@
 //!   per request (the mode in which an L4 proxy's scheduler decides every request).
 //! - [`direct`]: persistent connections the pacer thread writes on itself (the default
 //!   persistent pacing: no thread hop between a request's due time and its send).
+//! - [`http`]: HTTP/1.1 keep-alive `GET`s and the response reader, for targets that are
+//!   ordinary web servers (on the direct pacing's connections).
 //! - [`udp`]: request/response datagrams on one socket (one flow), matched to their request
 //!   by id.
 //! - [`udp_flow`]: one datagram each way on a socket of its own per request (a flow per
@@ -14,6 +16,7 @@
 //! [`drive`] owns the generator's runtime and the pacer thread for one run.
 
 pub mod direct;
+pub mod http;
 pub mod stamp;
 pub mod tcp;
 pub mod udp;
@@ -80,6 +83,16 @@ pub enum Pacing {
     Handoff,
 }
 
+/// What the requests and replies are.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// The 16-byte frames of [`crate::wire`] (`serve`'s backends, the self-hosted runs).
+    #[default]
+    Frames,
+    /// One HTTP/1.1 keep-alive `GET` per request; persistent direct pacing only.
+    Http(Arc<http::HttpRequest>),
+}
+
 /// Nanoseconds of `d`, saturating.
 pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -92,7 +105,7 @@ pub enum Target {
     Addr(SocketAddr),
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ClientConfig {
     pub mode: Mode,
     /// Pool size in persistent mode.
@@ -108,6 +121,7 @@ pub struct ClientConfig {
     pub pacing: Pacing,
     /// UDP mode only: a flow per request or one for the run.
     pub udp_flows: UdpFlows,
+    pub protocol: Protocol,
 }
 
 /// Runs the whole time line against `target`, recording into `rec`; returns after every
@@ -119,11 +133,14 @@ pub fn drive(target: &Target, timeline: Timeline, cfg: ClientConfig, rec: &Arc<R
         .enable_all()
         .build()?;
     let handle = runtime.handle().clone();
+    if cfg.protocol != Protocol::Frames && !(cfg.mode == Mode::Persistent && cfg.pacing == Pacing::Direct) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "HTTP requests need --mode persistent with --pacing direct"));
+    }
     // The hand-off pacing is kept as the generator was before, without real-time pacing.
     let realtime = !(cfg.mode == Mode::Persistent && cfg.pacing == Pacing::Handoff);
     match (cfg.mode, target) {
         (Mode::Persistent, Target::Addr(addr)) if cfg.pacing == Pacing::Direct => {
-            let pool = direct::DirectPool::start(&handle, *addr, cfg.connections, cfg.timeout, Arc::clone(rec));
+            let pool = direct::DirectPool::start(&handle, *addr, cfg.connections, cfg.timeout, cfg.protocol.clone(), Arc::clone(rec));
             // Connect the pool before the first request is due, so no request pays a connect.
             while pool.idle() < cfg.connections.max(1) && Instant::now() < timeline.start {
                 std::thread::sleep(Duration::from_millis(1));

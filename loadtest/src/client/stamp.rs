@@ -37,19 +37,32 @@ pub async fn read_exact(stream: &TcpStream, buf: &mut [u8]) -> io::Result<Option
     let mut filled = 0;
     let mut stamp = None;
     while filled < buf.len() {
+        let (n, at) = read_some(stream, &mut buf[filled..]).await?;
+        filled += n;
+        stamp = at.or(stamp);
+    }
+    Ok(waited_since(stamp))
+}
+
+/// Reads what is available into `buf` (waiting for at least one byte); the bytes read and
+/// the kernel's receive time of the newest of them (on `CLOCK_REALTIME`, for
+/// [`waited_since`]), if it sent one. The end of the stream is an error: every caller is
+/// waiting for a reply.
+pub async fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option<Duration>)> {
+    loop {
         stream.readable().await?;
-        let rest = &mut buf[filled..];
-        match stream.try_io(Interest::READABLE, || recv_stamped(stream.as_raw_fd(), rest)) {
-            Ok((0, _)) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok((n, at)) => {
-                filled += n;
-                stamp = at.or(stamp);
-            }
+        match stream.try_io(Interest::READABLE, || recv_stamped(stream.as_raw_fd(), buf)) {
+            Ok((0, _)) if !buf.is_empty() => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(got) => return Ok(got),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
     }
-    Ok(stamp.and_then(|at| realtime_now().checked_sub(at)))
+}
+
+/// How long ago the kernel stamped a segment at `at` (from [`read_some`]).
+pub fn waited_since(at: Option<Duration>) -> Option<Duration> {
+    at.and_then(|at| realtime_now().checked_sub(at))
 }
 
 /// One `recvmsg` into `buf`; the bytes read and the kernel's receive time, if it sent one.

@@ -20,6 +20,9 @@ fn ms(v: f64) -> String {
 /// Shares in backend order; when the listed backends are not simply #0..#n (an `external` run
 /// lists those that answered), each is prefixed with its index.
 fn shares(run: &RunResult) -> String {
+    if run.backends.is_empty() && run.mode == "http-keep-alive" {
+        return "n/a (HTTP replies do not name their backend)".to_string();
+    }
     let contiguous = run.backends.iter().enumerate().all(|(i, b)| b.index == i);
     run.backends
         .iter()
