@@ -4,7 +4,7 @@
 #
 #   benches/peer.sh [--quick] [--duration SECS] [--reps N] [--connections N] [--threads N]
 #                   [--policy cluster|local] [--peers LIST] [--tpvs PATH] [--no-build]
-#                   [--out FILE] [--keep-going] [--tpvs-args ARGS] [--rps]
+#                   [--out FILE] [--keep-going] [--tpvs-args ARGS] [--rps] [--only LIST]
 #
 #   --quick            2 s per measurement, 3 repetitions (the default is 5 s, 3 repetitions)
 #   --duration SECS    length of each measurement
@@ -24,6 +24,8 @@
 #   --rps              spread the node's receive processing over all CPUs by flow hash (RPS
 #                      on its veths), as a multi-queue NIC's RSS does on a real node; without
 #                      it a veth handles a packet on the sender's CPU
+#   --only LIST        comma-separated subset of keepalive,close,bulk to measure (default: all);
+#                      the others show n/a (e.g. `--only bulk` for the bulk path alone)
 #
 # Needs root (it builds network namespaces). Every byte stays inside the lab's namespaces.
 set -euo pipefail
@@ -44,9 +46,11 @@ KEEP_GOING=0
 WARMUP=1
 TPVS_ARGS=
 RPS=0
+ONLY=keepalive,close,bulk
 
 usage() {
-    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2
+    # The header comment, up to its first non-comment line.
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2
     exit 2
 }
 
@@ -65,6 +69,7 @@ while [ $# -gt 0 ]; do
         --keep-going) KEEP_GOING=1 ;;
         --tpvs-args) TPVS_ARGS=${2?}; shift ;;
         --rps) RPS=1 ;;
+        --only) ONLY=${2:?}; shift ;;
         -h | --help) usage ;;
         *) echo "benches/peer.sh: unknown argument $1" >&2; usage ;;
     esac
@@ -80,6 +85,12 @@ IFS=, read -r -a PEER_LIST <<<"$PEERS"
 for p in "${PEER_LIST[@]}"; do
     case "$p" in direct | dnat | haproxy | tpvs) ;; *) echo "--peers: unknown peer $p" >&2; exit 2 ;; esac
 done
+IFS=, read -r -a ONLY_LIST <<<"$ONLY"
+[ "${#ONLY_LIST[@]}" -ge 1 ] || { echo "--only: at least one of keepalive,close,bulk" >&2; exit 2; }
+for m in "${ONLY_LIST[@]}"; do
+    case "$m" in keepalive | close | bulk) ;; *) echo "--only: unknown measurement $m" >&2; exit 2 ;; esac
+done
+wanted() { [[ ",$ONLY," == *",$1,"* ]]; } # wanted MEASUREMENT: listed in --only
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "benches/peer.sh: the lab needs root (network namespaces, nftables)" >&2
@@ -549,7 +560,9 @@ run_peer() { # one repetition of every measurement through one peer
     fi
     local rss0=
     [ -n "$PEER_PID" ] && rss0=$(rss_kb "$PEER_PID")
-    measure_keepalive "$peer" && measure_close "$peer" && measure_bulk "$peer" ||
+    { ! wanted keepalive || measure_keepalive "$peer"; } &&
+        { ! wanted close || measure_close "$peer"; } &&
+        { ! wanted bulk || measure_bulk "$peer"; } ||
         die "a measurement through $peer failed"
     if [ -n "$PEER_PID" ]; then
         local rss1 hwm
