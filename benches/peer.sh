@@ -5,7 +5,7 @@
 #   benches/peer.sh [--quick] [--duration SECS] [--reps N] [--connections N] [--threads N]
 #                   [--policy cluster|local] [--peers LIST] [--tpvs PATH] [--no-build]
 #                   [--out FILE] [--keep-going] [--tpvs-args ARGS] [--rps]
-#                   [--open-rate R] [--open-connections N] [--loadtest PATH]
+#                   [--open-rate R] [--open-connections N] [--loadtest PATH] [--only LIST]
 #
 #   --quick            2 s per measurement, 3 repetitions (the default is 5 s, 3 repetitions)
 #   --duration SECS    length of each measurement
@@ -29,6 +29,8 @@
 #                      (default 20000 req/s: well under every peer's keep-alive knee)
 #   --open-connections N  its keep-alive connections (default: --connections)
 #   --loadtest PATH    the tpvs-loadtest binary for that row (default: build it, release)
+#   --only LIST        comma-separated subset of keepalive,openloop,close,bulk to measure (default: all);
+#                      the others show n/a (e.g. `--only bulk` for the bulk path alone)
 #
 # Needs root (it builds network namespaces). Every byte stays inside the lab's namespaces.
 set -euo pipefail
@@ -53,8 +55,11 @@ OPEN_RATE=20000
 OPEN_CONNS=
 LOADTEST_BIN=
 
+ONLY=keepalive,openloop,close,bulk
+
 usage() {
-    sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//' >&2
+    # The header comment, up to its first non-comment line.
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2
     exit 2
 }
 
@@ -76,6 +81,7 @@ while [ $# -gt 0 ]; do
         --open-rate) OPEN_RATE=${2:?}; shift ;;
         --open-connections) OPEN_CONNS=${2:?}; shift ;;
         --loadtest) LOADTEST_BIN=${2:?}; shift ;;
+        --only) ONLY=${2:?}; shift ;;
         -h | --help) usage ;;
         *) echo "benches/peer.sh: unknown argument $1" >&2; usage ;;
     esac
@@ -94,6 +100,12 @@ IFS=, read -r -a PEER_LIST <<<"$PEERS"
 for p in "${PEER_LIST[@]}"; do
     case "$p" in direct | dnat | haproxy | tpvs) ;; *) echo "--peers: unknown peer $p" >&2; exit 2 ;; esac
 done
+IFS=, read -r -a ONLY_LIST <<<"$ONLY"
+[ "${#ONLY_LIST[@]}" -ge 1 ] || { echo "--only: at least one of keepalive,close,bulk" >&2; exit 2; }
+for m in "${ONLY_LIST[@]}"; do
+    case "$m" in keepalive | close | bulk) ;; *) echo "--only: unknown measurement $m" >&2; exit 2 ;; esac
+done
+wanted() { [[ ",$ONLY," == *",$1,"* ]]; } # wanted MEASUREMENT: listed in --only
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "benches/peer.sh: the lab needs root (network namespaces, nftables)" >&2
@@ -733,7 +745,10 @@ run_peer() { # one repetition of every measurement through one peer
     fi
     local rss0=
     [ -n "$PEER_PID" ] && rss0=$(rss_kb "$PEER_PID")
-    measure_keepalive "$peer" && measure_openloop "$peer" && measure_close "$peer" && measure_bulk "$peer" ||
+    { ! wanted keepalive || measure_keepalive "$peer"; } &&
+        { ! wanted openloop || measure_openloop "$peer"; } &&
+        { ! wanted close || measure_close "$peer"; } &&
+        { ! wanted bulk || measure_bulk "$peer"; } ||
         die "a measurement through $peer failed"
     if [ -n "$PEER_PID" ]; then
         local rss1 hwm

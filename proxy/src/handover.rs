@@ -201,10 +201,10 @@ pub const PAIRS_PER_BATCH: usize = FDS_PER_MESSAGE / 2;
 pub const FLOWS_PER_BATCH: usize = FDS_PER_MESSAGE;
 
 /// Most bytes one direction of a connection can have in flight inside tpvs: one read of the
-/// copy buffer (64 KiB) or one pipe (64 KiB), never both (a direction splices only once its
-/// copy spill is written). Anything beyond stays in the kernel's socket buffers, which move
-/// with the sockets.
-pub const MAX_PENDING: u32 = 128 * 1024;
+/// copy buffer (64 KiB) or one pipe's content (at most `forward::splice::PIPE_SIZE`, 1 MiB),
+/// never both (a direction splices only once its copy spill is written). Anything beyond
+/// stays in the kernel's socket buffers, which move with the sockets.
+pub const MAX_PENDING: u32 = 1024 * 1024;
 
 /// One established TCP connection as it passes: who talks to whom, what was in flight inside
 /// tpvs, and how far it got.

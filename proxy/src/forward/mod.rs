@@ -10,7 +10,7 @@
 //!   counting; small messages copied through a per-worker buffer, bulk spliced.
 //! - [`steering`]: which worker a new connection goes to (the kernel's hash, or the CPU that
 //!   took the SYN through a reuseport BPF program, with workers pinned one per CPU).
-//! - [`splice`]: zero-copy socket-to-socket transfer through pooled pipes.
+//! - [`splice`]: zero-copy socket-to-socket transfer through pooled pipes, grown for bulk.
 //! - [`load`]: each worker's accepted and open connections and CPU time (imbalance metrics).
 //! - [`detach`]: a worker's live connections, paused and taken out for a hand-over, and
 //!   connections adopted from another instance.

@@ -21,11 +21,26 @@
 //! pipe from the worker's pool and splices, zero-copy, until a fill comes back small again
 //! (the bulk is over), when the pipe goes back to the pool.
 //!
+//! # Keeping the pipe busy
+//!
+//! A splicing direction does not wait for its pipe to empty before filling it again: it
+//! drains while the destination takes bytes and fills while the pipe has room and the source
+//! has bytes, in one loop, and waits only when neither can move. The pipe is big (see
+//! [`super::splice`]), so one fill takes what the socket holds, and the relay sleeps only when
+//! the backend (or client) is slower than the sender or the sender is idle.
+//!
+//! One subtlety: a pipe counts buffers, not bytes (one per socket fragment, however small),
+//! so a fill into a pipe that holds bytes may find it full while the socket still has data.
+//! Such a refusal says nothing about the socket, so it does not clear the socket's readiness
+//! (edge-triggered: a cleared readiness with data waiting would never be signalled again);
+//! only a fill into an empty pipe learns that the socket is drained.
+//!
 //! # Pausing for a hand-over
 //!
 //! When the worker's [`Pause`] is set, the relay stops at its next poll, before moving
 //! another byte: between two reads, never inside one. What it read and has not written yet
-//! is at most one spill (copying) or one pipe's content (splicing), read out of the pipe;
+//! is at most one spill (copying) or one pipe's content (splicing, at most
+//! [`super::splice::PIPE_SIZE`]), read out of the pipe;
 //! it comes back in [`Suspended`] with the two sockets and whether each direction has
 //! already passed its end of stream on. Everything else is in the kernel's socket buffers,
 //! which move with the sockets. A relay started from [`Resume`] writes the pending bytes
@@ -43,7 +58,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::detach::Pause;
-use super::splice::{CHUNK, Pipe, PipePool};
+use super::splice::{Pipe, PipePool};
 use crate::dispatch::Lease;
 use crate::sockopt::{enable_keepalive, reset_on_close};
 
@@ -113,7 +128,8 @@ enum Outcome {
 
 /// The worker's scratch buffer. A read that fills it marks the direction as bulk.
 const SCRATCH: usize = 64 * 1024;
-/// A splice fill smaller than this (once the pipe is drained) ends a direction's bulk phase.
+/// A splice fill into an empty pipe smaller than this ends a direction's bulk phase once the
+/// pipe is drained.
 const SMALL: usize = 4 * 1024;
 /// Upstream keepalive is armed once a connection has lived this long. The accepted side
 /// inherits keepalive from the listener for free; the upstream side would pay four setsockopt
@@ -125,6 +141,12 @@ const KEEPALIVE_AFTER: Duration = Duration::from_secs(30);
 thread_local! {
     /// One per worker thread: it holds bytes only within one poll, never across an await.
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Fills into a pipe that still held bytes (tests check the pipelined path was taken).
+    static REFILLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -308,8 +330,12 @@ struct Half {
     pipe: Option<Pipe>,
     /// Bytes in the pipe not yet spliced out.
     in_pipe: usize,
-    /// The last fill of the pipe (its size decides when bulk is over).
-    last_fill: usize,
+    /// The last fill of the pipe was small (the source had little): bulk is over once the
+    /// pipe is drained.
+    small_fill: bool,
+    /// The source's end of stream was read while the pipe still held bytes: passed on once
+    /// they are out.
+    source_ended: bool,
     /// A read filled the scratch buffer: splice next.
     bulk: bool,
     done: bool,
@@ -368,7 +394,8 @@ impl Half {
                         // Out of fds for a pipe: keep copying.
                         if let Ok(pipe) = pool.take() {
                             self.pipe = Some(pipe);
-                            self.last_fill = CHUNK;
+                            self.small_fill = false;
+                            self.source_ended = false;
                         }
                     }
                 },
@@ -441,33 +468,81 @@ impl Half {
         }
     }
 
+    /// Drains and fills the pipe in one loop (see "Keeping the pipe busy" above) until neither
+    /// can move; `Switch` once the pipe is empty after a small fill, `Eof` once it is empty
+    /// after the source ended.
     fn poll_splice(&mut self, cx: &mut Context<'_>, from: &mut TcpStream, to: &mut TcpStream, moved: &mut u64) -> Poll<io::Result<Step>> {
         let Some(pipe) = &self.pipe else { return Poll::Ready(Ok(Step::Switch)) };
+        let capacity = pipe.capacity();
         loop {
-            // Drain: WouldBlock means the destination's send buffer is full.
-            while self.in_pipe > 0 {
-                ready!(to.poll_write_ready(cx))?;
-                match to.try_io(Interest::WRITABLE, || pipe.drain(to.as_raw_fd(), self.in_pipe)) {
-                    Ok(0) => return Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, "splice wrote nothing"))),
-                    Ok(m) => self.in_pipe -= m.min(self.in_pipe),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(Err(e)),
+            // Each side either moves bytes or ends up waiting with the task's waker
+            // registered (a `Pending` readiness) or has nothing to do; the task sleeps only
+            // when both wait, so it is always woken by whichever can move first.
+            let mut drain_waits = self.in_pipe == 0;
+            if self.in_pipe > 0 {
+                match to.poll_write_ready(cx) {
+                    Poll::Pending => drain_waits = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => match to.try_io(Interest::WRITABLE, || pipe.drain(to.as_raw_fd(), self.in_pipe)) {
+                        Ok(0) => return Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, "splice wrote nothing"))),
+                        Ok(m) => self.in_pipe -= m.min(self.in_pipe),
+                        // The send buffer is full; readiness was cleared, the next poll registers.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    },
                 }
             }
-            if self.last_fill < SMALL {
-                return Poll::Ready(Ok(Step::Switch));
-            }
-            // Fill: the pipe is empty here, so WouldBlock can only mean the socket has no data.
-            ready!(from.poll_read_ready(cx))?;
-            match from.try_io(Interest::READABLE, || pipe.fill(from.as_raw_fd(), CHUNK)) {
-                Ok(0) => return Poll::Ready(Ok(Step::Eof)),
-                Ok(n) => {
-                    self.in_pipe = n;
-                    self.last_fill = n;
-                    *moved += n as u64;
+            if self.in_pipe == 0 {
+                if self.source_ended {
+                    return Poll::Ready(Ok(Step::Eof));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
+                if self.small_fill {
+                    return Poll::Ready(Ok(Step::Switch));
+                }
+            }
+            let mut fill_waits = self.source_ended || self.in_pipe >= capacity;
+            if !fill_waits {
+                match from.poll_read_ready(cx) {
+                    Poll::Pending => fill_waits = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {
+                        let room = capacity - self.in_pipe;
+                        let filled = if self.in_pipe == 0 {
+                            // An empty pipe has room: WouldBlock means the socket is drained.
+                            from.try_io(Interest::READABLE, || pipe.fill(from.as_raw_fd(), room))
+                        } else {
+                            // WouldBlock may mean a pipe full of small buffers: readiness kept.
+                            pipe.fill(from.as_raw_fd(), room)
+                        };
+                        match filled {
+                            Ok(0) => self.source_ended = true,
+                            Ok(n) => {
+                                // Only a fill into an empty pipe had every buffer free: a short
+                                // one then means the socket had little. Into a fuller pipe it
+                                // may only mean the buffers ran out.
+                                if self.in_pipe == 0 {
+                                    self.small_fill = n < SMALL;
+                                } else if n >= SMALL {
+                                    self.small_fill = false;
+                                }
+                                #[cfg(test)]
+                                if self.in_pipe > 0 {
+                                    REFILLS.with(|r| r.set(r.get() + 1));
+                                }
+                                self.in_pipe += n;
+                                *moved += n as u64;
+                            }
+                            // Readiness cleared: the next poll registers the waker.
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.in_pipe == 0 => continue,
+                            // The pipe is full: the drain (waiting or not) makes room.
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => fill_waits = true,
+                            Err(e) => return Poll::Ready(Err(e)),
+                        }
+                    }
+                }
+            }
+            if drain_waits && fill_waits {
+                return Poll::Pending;
             }
         }
     }
@@ -564,7 +639,8 @@ mod tests {
         let (mut client, accepted, upstream, mut backend) = pairs().await;
         let (lease, _stats) = Lease::detached();
         let pool = PipePool::new(4, crate::slots::SlotPool::new(8));
-        let data = pattern(8 << 20, 5);
+        // Big enough to fill the backend's socket buffers and the pipe behind them.
+        let data = pattern(32 << 20, 5);
         let sent = data.clone();
         let writer = tokio::spawn(async move {
             client.write_all(&sent).await.unwrap();
@@ -582,6 +658,10 @@ mod tests {
         let Ended::Paused(s) = ended else { panic!("not paused: {ended:?}") };
         assert!(!s.to_backend.is_empty(), "a relay blocked on a full destination holds bytes in flight");
         assert!(s.to_backend.len() <= crate::handover::MAX_PENDING as usize);
+        if mode == RelayMode::Splice {
+            // A grown pipe's content, more than a default pipe (64 KiB) could hold.
+            assert!(s.to_backend.len() > 64 * 1024, "{} bytes in the pipe", s.to_backend.len());
+        }
         assert!(!s.client_closed && !s.backend_closed);
         pause.set(false);
         let (c, u) = (TcpStream::from_std(s.client).unwrap(), TcpStream::from_std(s.upstream).unwrap());
@@ -609,6 +689,52 @@ mod tests {
     #[tokio::test]
     async fn a_copying_relay_paused_mid_transfer_resumes_byte_exact() {
         pause_mid_transfer_and_resume(RelayMode::Copy).await;
+    }
+
+    /// A backend reading slowly, in small pieces, drains the pipe a little at a time: the
+    /// relay fills the pipe again while it still holds bytes, and every byte arrives in order.
+    #[tokio::test]
+    async fn a_pipe_refilled_before_it_drained_keeps_the_bytes_in_order() {
+        let (mut client, accepted, upstream, mut backend) = pairs().await;
+        let (lease, _stats) = Lease::detached();
+        let pool = PipePool::new(4, crate::slots::SlotPool::new(8));
+        let pause = Pause::default();
+        let data = pattern(16 << 20, 9);
+        let sent = data.clone();
+        let before = REFILLS.with(|r| r.get());
+        let proxy = relay(accepted, upstream, &lease, &pool, RelayMode::Splice, None, &pause, Resume::default());
+        let peers = async {
+            let ((), got) = tokio::join!(
+                async {
+                    client.write_all(&sent).await.unwrap();
+                    client.shutdown().await.unwrap();
+                },
+                async {
+                    let mut got = Vec::with_capacity(sent.len());
+                    let mut piece = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = backend.read(&mut piece).await.unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        got.extend_from_slice(&piece[..n]);
+                        // Let the relay run between two small reads.
+                        tokio::task::yield_now().await;
+                    }
+                    backend.shutdown().await.unwrap();
+                    got
+                }
+            );
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            got
+        };
+        let (ended, got) = tokio::join!(proxy, peers);
+        assert!(matches!(ended, Ended::Closed), "{ended:?}");
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "the backend got the stream intact");
+        let refills = REFILLS.with(|r| r.get()) - before;
+        assert!(refills > 0, "the pipe was never filled while holding bytes");
     }
 
     #[tokio::test]
