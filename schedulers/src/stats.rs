@@ -47,6 +47,14 @@ pub struct BackendStats {
     ewma_bits: AtomicU64,
     /// `now_nanos` at the last estimate update.
     ewma_stamp: AtomicU64,
+    /// The last *answer* latency itself, in nanoseconds (a first byte back, or a timeout; not
+    /// a connect): ewma's bounded exploration judges a probe by its own answer, not by the
+    /// slow-moving estimate, and a connect that the kernel completed says nothing about how
+    /// fast the application answers.
+    last_answer: AtomicU64,
+    /// `now_nanos` when `last_answer` was taken (0: never). Apart from `ewma_stamp`, which
+    /// connects and a restart of the estimate also move.
+    last_answer_at: AtomicU64,
     /// The indices to tell when `active` changes. Read on every open and close, written only
     /// when a scheduler over this backend is built or dropped: a lock-free snapshot.
     watchers: ArcSwap<Vec<Watcher>>,
@@ -87,6 +95,8 @@ impl Default for BackendStats {
             failures: AtomicU64::new(0),
             ewma_bits: AtomicU64::new(EWMA_DEFAULT_RTT_NS.to_bits()),
             ewma_stamp: AtomicU64::new(0),
+            last_answer: AtomicU64::new(0),
+            last_answer_at: AtomicU64::new(0),
             watchers: ArcSwap::from_pointee(Vec::new()),
         }
     }
@@ -168,17 +178,31 @@ impl BackendStats {
         self.watchers.load().len()
     }
 
-    /// Feeds one observed latency (connect or first byte) into the peak-EWMA estimate.
+    /// Feeds one observed answer latency (first byte back, or a timeout) into the peak-EWMA
+    /// estimate, and keeps it as the last answer.
     pub fn observe_latency_ns(&self, rtt_ns: u64) {
         self.observe_latency_at(rtt_ns, now_nanos());
     }
 
     /// [`Self::observe_latency_ns`] with an explicit clock, for deterministic tests.
-    ///
+    pub fn observe_latency_at(&self, rtt_ns: u64, now_ns: u64) {
+        // The answer before its stamp (Release) so a reader that sees the new stamp (Acquire in
+        // `last_answer`) sees this answer or a later one, never the one before.
+        self.last_answer.store(rtt_ns, Ordering::Relaxed);
+        self.last_answer_at.store(now_ns.max(1), Ordering::Release);
+        self.blend_latency_at(rtt_ns, now_ns);
+    }
+
+    /// Feeds a completed connect's duration into the estimate only: it is a latency sample (a
+    /// full accept queue shows there) but not an answer from the application.
+    pub fn observe_connect_latency_ns(&self, rtt_ns: u64) {
+        self.blend_latency_at(rtt_ns, now_nanos());
+    }
+
     /// Peak-sensitive: a sample above the estimate replaces it at once (a backend that got slow
     /// is avoided immediately); a lower sample is blended in with a weight that grows with the
     /// time since the last update (a backend that recovered earns traffic back gradually).
-    pub fn observe_latency_at(&self, rtt_ns: u64, now_ns: u64) {
+    fn blend_latency_at(&self, rtt_ns: u64, now_ns: u64) {
         let rtt = rtt_ns as f64;
         // Stamp 0 means "never measured" to the readers; a sample at clock 0 is stamped 1.
         let last = self.ewma_stamp.swap(now_ns.max(1), Ordering::Relaxed);
@@ -215,6 +239,20 @@ impl BackendStats {
     /// same factor from a common `now`, so only the difference of their stamps matters.
     pub fn ewma_sample(&self) -> (f64, u64) {
         (self.ewma_ns(), self.ewma_stamp.load(Ordering::Relaxed))
+    }
+
+    /// The last answer latency (ns) and the clock reading it was taken at (0 = none yet).
+    pub fn last_answer(&self) -> (u64, u64) {
+        let stamp = self.last_answer_at.load(Ordering::Acquire);
+        (self.last_answer.load(Ordering::Relaxed), stamp)
+    }
+
+    /// Replaces the estimate with `estimate_ns` as of `now_ns`, whatever it was: for a
+    /// scheduler that has seen enough fresh evidence that the estimate's history (a peak the
+    /// decay would take many seconds to forget) no longer describes the backend.
+    pub fn restart_latency_estimate_at(&self, estimate_ns: f64, now_ns: u64) {
+        self.ewma_bits.store(estimate_ns.to_bits(), Ordering::Relaxed);
+        self.ewma_stamp.store(now_ns.max(1), Ordering::Relaxed);
     }
 
     /// Peak-EWMA load as of `now_ns`: estimated latency × (outstanding connections + 1), the
@@ -330,6 +368,24 @@ mod tests {
         // Read later without new samples, the estimate has decayed by e^-1 per decay constant.
         let later = s.ewma_ns_at(at + EWMA_DECAY_NS as u64);
         assert!((later - e * (-1.0f64).exp()).abs() < 1.0, "got {later}");
+    }
+
+    #[test]
+    fn last_answer_is_the_raw_answer_and_a_restart_replaces_the_estimate() {
+        let s = BackendStats::default();
+        assert_eq!(s.last_answer(), (0, 0), "never measured");
+        s.observe_latency_at(80_000_000, 1_000);
+        s.observe_latency_at(4_000_000, 2_000);
+        // The estimate still holds the 80 ms peak; the last answer is the 4 ms one.
+        assert!(s.ewma_ns() > 79_000_000.0, "{}", s.ewma_ns());
+        assert_eq!(s.last_answer(), (4_000_000, 2_000));
+        // A connect moves the estimate's stamp but is no answer.
+        s.observe_connect_latency_ns(100_000);
+        assert_eq!(s.last_answer(), (4_000_000, 2_000));
+        assert!(s.ewma_sample().1 > 2_000);
+        s.restart_latency_estimate_at(6_000_000.0, u64::MAX / 2);
+        assert_eq!(s.ewma_sample(), (6_000_000.0, u64::MAX / 2));
+        assert_eq!(s.last_answer(), (4_000_000, 2_000), "a restart is not an answer");
     }
 
     #[test]

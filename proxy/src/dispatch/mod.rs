@@ -332,7 +332,8 @@ impl Attempt<'_, '_> {
     /// the backend's outlier record is cleared.
     pub fn connected(self) -> Lease {
         let took = self.started.elapsed();
-        self.backend.stats.observe_latency_ns(nanos(took));
+        // A connect feeds the estimate but is no answer: ewma judges its probes by first bytes.
+        self.backend.stats.observe_connect_latency_ns(nanos(took));
         self.metrics.observe_connect(took);
         self.metrics.outlier.on_success();
         self.established()
