@@ -169,14 +169,16 @@ impl Takeover {
                     flows += f;
                 }
                 Ok(None) => {}
-                Err(Ok(open_connections)) => break Released { open_connections, connections, flows },
-                Err(Err(Message::Refused { reason })) if connections + flows == 0 => {
-                    return Err(TakeoverError::Refused { pid: self.predecessor, reason });
-                }
-                Err(Err(other)) => {
-                    warn!(predecessor = self.predecessor, answer = ?other, connections, flows, "the hand-over of the connections ended without a release; serving what was adopted");
-                    break Released { open_connections: 0, connections, flows };
-                }
+                Err(BatchesEnd::Released(open_connections)) => break Released { open_connections, connections, flows },
+                Err(BatchesEnd::Other(answer)) => match *answer {
+                    Message::Refused { reason } if connections + flows == 0 => {
+                        return Err(TakeoverError::Refused { pid: self.predecessor, reason });
+                    }
+                    other => {
+                        warn!(predecessor = self.predecessor, answer = ?other, connections, flows, "the hand-over of the connections ended without a release; serving what was adopted");
+                        break Released { open_connections: 0, connections, flows };
+                    }
+                },
             }
         };
         // The predecessor frees the name right after Released.
@@ -184,10 +186,10 @@ impl Takeover {
     }
 
     /// Reads one message after Ready: a batch (adopted and acknowledged: `Ok(Some(counts))`),
-    /// the release (`Err(Ok(open))`), or anything else (`Err(Err(message))`; a read error
+    /// the release (`Err(BatchesEnd::Released(open))`), or anything else (`Err(BatchesEnd::Other)`; a read error
     /// reads as a refusal naming it).
-    fn adopt_one(&mut self, data_path: &dyn HandOff) -> Result<Option<(usize, usize)>, Result<usize, Message>> {
-        let fail = |e: ProtocolError| Err(Message::Refused { reason: e.to_string() });
+    fn adopt_one(&mut self, data_path: &dyn HandOff) -> Result<Option<(usize, usize)>, BatchesEnd> {
+        let fail = |e: ProtocolError| BatchesEnd::Other(Box::new(Message::Refused { reason: e.to_string() }));
         let msg = handover::read_message(&mut self.stream).map_err(fail)?;
         let (what, counts) = match msg {
             Message::Connections { pairs, tail } => {
@@ -200,13 +202,22 @@ impl Takeover {
                 let n = flows.len();
                 (Detached { pairs: Vec::new(), flows }, (0, n))
             }
-            Message::Released { open_connections } => return Err(Ok(open_connections)),
-            other => return Err(Err(other)),
+            Message::Released { open_connections } => return Err(BatchesEnd::Released(open_connections)),
+            other => return Err(BatchesEnd::Other(Box::new(other))),
         };
         data_path.adopt(what);
         handover::write_message(&mut self.stream, &Message::Adopted { count: counts.0 + counts.1 }).map_err(fail)?;
         Ok(Some(counts))
     }
+}
+
+/// What ends the stream of batches after `Ready`.
+enum BatchesEnd {
+    /// The predecessor released everything, with this many connections still open on its side.
+    Released(usize),
+    /// Any other message (a refusal; a read error reads as one). Boxed: a message is large,
+    /// and every batch's result would be as large.
+    Other(Box<Message>),
 }
 
 #[cfg(test)]
