@@ -101,9 +101,9 @@ for p in "${PEER_LIST[@]}"; do
     case "$p" in direct | dnat | haproxy | tpvs) ;; *) echo "--peers: unknown peer $p" >&2; exit 2 ;; esac
 done
 IFS=, read -r -a ONLY_LIST <<<"$ONLY"
-[ "${#ONLY_LIST[@]}" -ge 1 ] || { echo "--only: at least one of keepalive,close,bulk" >&2; exit 2; }
+[ "${#ONLY_LIST[@]}" -ge 1 ] || { echo "--only: at least one of keepalive,openloop,close,bulk" >&2; exit 2; }
 for m in "${ONLY_LIST[@]}"; do
-    case "$m" in keepalive | close | bulk) ;; *) echo "--only: unknown measurement $m" >&2; exit 2 ;; esac
+    case "$m" in keepalive | openloop | close | bulk) ;; *) echo "--only: unknown measurement $m" >&2; exit 2 ;; esac
 done
 wanted() { [[ ",$ONLY," == *",$1,"* ]]; } # wanted MEASUREMENT: listed in --only
 
