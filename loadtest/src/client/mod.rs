@@ -160,22 +160,12 @@ pub fn drive(target: &Target, timeline: Timeline, cfg: ClientConfig, rec: &Arc<R
             drop(queue);
         }
         (Mode::PerRequest, Target::Addr(addr)) => {
-            pacer::run(timeline, stop, realtime, |job| {
-                rec.start(job.measured);
-                if rec.in_flight.load(Ordering::Relaxed) > cfg.max_in_flight {
-                    rec.failed(job.measured, Failure::Overload);
-                    return;
-                }
+            spawn_each(timeline, stop, realtime, rec, cfg.max_in_flight, |job| {
                 handle.spawn(tcp::one_shot(*addr, job, cfg.timeout, Arc::clone(rec)));
             });
         }
         (Mode::Udp, Target::Addr(addr)) if cfg.udp_flows == UdpFlows::PerRequest => {
-            pacer::run(timeline, stop, realtime, |job| {
-                rec.start(job.measured);
-                if rec.in_flight.load(Ordering::Relaxed) > cfg.max_in_flight {
-                    rec.failed(job.measured, Failure::Overload);
-                    return;
-                }
+            spawn_each(timeline, stop, realtime, rec, cfg.max_in_flight, |job| {
                 handle.spawn(udp_flow::one_shot(*addr, job, cfg.timeout, Arc::clone(rec)));
             });
         }
@@ -200,4 +190,17 @@ pub fn drive(target: &Target, timeline: Timeline, cfg: ClientConfig, rec: &Arc<R
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Paces the time line, starting one independent request per due time through `spawn` — or
+/// failing it at once as generator overload when `max_in_flight` are already open.
+fn spawn_each(timeline: Timeline, stop: &AtomicBool, realtime: bool, rec: &Recorder, max_in_flight: u64, mut spawn: impl FnMut(pacer::Job)) {
+    pacer::run(timeline, stop, realtime, |job| {
+        rec.start(job.measured);
+        if rec.in_flight.load(Ordering::Relaxed) > max_in_flight {
+            rec.failed(job.measured, Failure::Overload);
+            return;
+        }
+        spawn(job);
+    });
 }
