@@ -102,8 +102,11 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// A report written by `run --json` or `external --json`.
-    pub input: PathBuf,
+    /// Reports written by `run --json` or `external --json`. Several are merged scenario by
+    /// scenario into one multi-seed report (each scenario's seeds pooled: e.g. seed 1 from one
+    /// invocation and seeds 2 and 3 from another); a seed may not appear twice.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -273,9 +276,26 @@ fn write_outputs(out: &OutputArgs, scenarios: Vec<ScenarioReport>) -> anyhow::Re
 }
 
 fn rerender(args: ReportArgs) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
-    let report: Report = serde_json::from_str(&text).with_context(|| format!("{} is not a report", args.input.display()))?;
-    let mut scenarios = report.scenarios;
+    // Each scenario's reports from every input, in the order the scenarios first appear.
+    let mut by_scenario: Vec<(String, Vec<ScenarioReport>)> = Vec::new();
+    for input in &args.inputs {
+        let text = std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
+        let report: Report = serde_json::from_str(&text).with_context(|| format!("{} is not a report", input.display()))?;
+        for sr in report.scenarios {
+            match by_scenario.iter_mut().find(|(name, _)| *name == sr.scenario.name) {
+                Some((_, reports)) => reports.push(sr),
+                None => by_scenario.push((sr.scenario.name.clone(), vec![sr])),
+            }
+        }
+    }
+    let mut scenarios = Vec::with_capacity(by_scenario.len());
+    for (name, reports) in by_scenario {
+        if reports.len() < args.inputs.len() {
+            eprintln!("scenario {name}: in {} of the {} reports; merged from those", reports.len(), args.inputs.len());
+        }
+        let merged = crate::seeds::merge(reports).map_err(anyhow::Error::msg)?;
+        scenarios.extend(merged);
+    }
     for sr in &mut scenarios {
         crate::seeds::rejudge(sr);
         println!("{}", report::table::render(sr));

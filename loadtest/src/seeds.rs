@@ -158,6 +158,37 @@ pub fn combine(mut reports: Vec<ScenarioReport>) -> Option<ScenarioReport> {
     Some(first)
 }
 
+/// One report of a scenario from reports written by separate invocations (e.g. seed 1 one
+/// day, seeds 2 and 3 the next), each possibly with several seeds already: every seed's runs
+/// are pooled, in the order given, and judged together as [`combine`] does. The reports must
+/// be of the same scenario at the same time scale, and no seed may appear twice (the same seed
+/// twice would count one measurement as two).
+pub fn merge(reports: Vec<ScenarioReport>) -> Result<Option<ScenarioReport>, String> {
+    let mut per_seed: Vec<ScenarioReport> = Vec::new();
+    for mut r in reports {
+        let others = std::mem::take(&mut r.other_seeds);
+        r.spread = None;
+        let template = r.clone();
+        per_seed.push(r);
+        per_seed.extend(others.into_iter().map(|o| ScenarioReport { seed: o.seed, runs: o.runs, best: o.best, ..template.clone() }));
+    }
+    let Some(first) = per_seed.first() else { return Ok(None) };
+    let (name, scale) = (first.scenario.name.clone(), first.time_scale);
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &per_seed {
+        if r.scenario.name != name || r.time_scale != scale {
+            return Err(format!(
+                "cannot merge scenario {:?} at time scale {} with {:?} at time scale {}",
+                r.scenario.name, r.time_scale, name, scale
+            ));
+        }
+        if !seen.insert(r.seed) {
+            return Err(format!("seed {} of scenario {name:?} appears twice", r.seed));
+        }
+    }
+    Ok(combine(per_seed))
+}
+
 /// Recomputes every seed's best, the spread and the report's best with the current rules (a
 /// report with one seed gets its plain best).
 pub fn rejudge(sr: &mut ScenarioReport) {
@@ -180,6 +211,34 @@ pub fn rejudge(sr: &mut ScenarioReport) {
 mod tests {
     use super::*;
     use crate::summary::tests::run;
+
+    /// A scenario report with one seed's runs, for merging.
+    fn one_seed(seed: u64, runs: Vec<RunResult>) -> ScenarioReport {
+        let scenario = crate::scenario::find("baseline").unwrap_or_else(|| panic!("scenario missing"));
+        ScenarioReport { scenario, time_scale: 1.0, seed, runs, best: None, other_seeds: Vec::new(), spread: None }
+    }
+
+    #[test]
+    fn reports_of_separate_invocations_merge_into_one_spread_and_refuse_a_repeated_seed() {
+        let a = one_seed(1, vec![run("rr", 1.0, 10.0, &[0.5, 0.5]), run("lc", 1.0, 20.0, &[0.5, 0.5])]);
+        let bc = combine(vec![
+            one_seed(2, vec![run("rr", 1.0, 30.0, &[0.5, 0.5]), run("lc", 1.0, 21.0, &[0.5, 0.5])]),
+            one_seed(3, vec![run("rr", 1.0, 50.0, &[0.5, 0.5]), run("lc", 1.0, 22.0, &[0.5, 0.5])]),
+        ])
+        .unwrap_or_else(|| panic!("no report"));
+        let merged = merge(vec![a.clone(), bc.clone()]).unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("no report"));
+        assert_eq!(merged.seed, 1);
+        assert_eq!(merged.other_seeds.iter().map(|s| s.seed).collect::<Vec<_>>(), vec![2, 3]);
+        let spread = merged.spread.as_ref().unwrap_or_else(|| panic!("no spread"));
+        let rr = spread.get("rr").unwrap_or_else(|| panic!("rr missing"));
+        assert_eq!((rr.p99.median, rr.p99.min, rr.p99.max), (30.0, 10.0, 50.0));
+        assert_eq!(merged.best.as_deref(), Some("lc"), "lc's median p99 (21) beats rr's (30)");
+        let again = merge(vec![a.clone(), a]).err().unwrap_or_else(|| panic!("a repeated seed merged"));
+        assert!(again.contains("seed 1"), "{again}");
+        let mut other = bc;
+        other.time_scale = 0.1;
+        assert!(merge(vec![one_seed(9, Vec::new()), other]).is_err(), "different time scales merged");
+    }
 
     #[test]
     fn spread_is_median_min_max_and_even_counts_average_the_middle() {
