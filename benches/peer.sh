@@ -441,6 +441,17 @@ tpvs_workers() {
         END { for (i = 0; i < n; i++) print a[i] + 0, b[i] + 0 }'
 }
 
+# record_worker_spread PEER PREFIX BEFORE AFTER: records PREFIX_worker_conns, _busy and _split
+# from two readings of the per-worker metrics, and leaves the busiest worker's CPU share and the
+# split in BUSY_SHARE and SPLIT (not printed: a subshell would lose the records).
+record_worker_spread() {
+    local peer=$1 prefix=$2 conn_share
+    read -r conn_share BUSY_SHARE SPLIT <<<"$(worker_spread "$3" "$4")"
+    record "$peer" "${prefix}_worker_conns" "$conn_share"
+    record "$peer" "${prefix}_worker_busy" "$BUSY_SHARE"
+    record "$peer" "${prefix}_worker_split" "$SPLIT"
+}
+
 # worker_spread BEFORE AFTER: from two tpvs_workers snapshots, the busiest worker's share (%)
 # of the connections accepted and of the workers' CPU time in between, and the split itself.
 worker_spread() {
@@ -569,11 +580,8 @@ measure_keepalive() {
     t1=$(cpu_ticks "$PEER_PID")
     [ "$peer" = tpvs ] && w1=$(tpvs_workers)
     if [ -n "$w0" ] && [ -n "$w1" ]; then
-        local conn_share busy_share split
-        read -r conn_share busy_share split <<<"$(worker_spread "$w0" "$w1")"
-        record "$peer" ka_worker_busy "$busy_share"
-        record "$peer" ka_worker_split "$split"
-        note "$(printf '%-8s keep-alive  busiest worker: %s%% of the workers'"'"' CPU; connections per worker %s' "$peer" "$busy_share" "$split")"
+        record_worker_spread "$peer" ka "$w0" "$w1"
+        note "$(printf '%-8s keep-alive  busiest worker: %s%% of the workers'"'"' CPU; connections per worker %s' "$peer" "$BUSY_SHARE" "$SPLIT")"
     fi
     local rps requests p50 p99 errs
     read -r rps requests p50 p99 errs <<<"$out"
@@ -699,12 +707,7 @@ measure_close() {
     c1=$(cpu_snapshot "$PEER_PID")
     s1=$(syn_retrans)
     [ "$peer" = tpvs ] && w1=$(tpvs_workers)
-    if [ -n "$w0" ] && [ -n "$w1" ]; then
-        local conn_share busy_share split
-        read -r conn_share busy_share split <<<"$(worker_spread "$w0" "$w1")"
-        record "$peer" cc_worker_conns "$conn_share"
-        record "$peer" cc_worker_busy "$busy_share"
-    fi
+    if [ -n "$w0" ] && [ -n "$w1" ]; then record_worker_spread "$peer" cc "$w0" "$w1"; fi
     local cps conns p50 p99 errs tw
     read -r cps conns p50 p99 errs <<<"$out"
     tw=$(node ss -Htan state time-wait | wc -l)
