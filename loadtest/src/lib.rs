@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line (`list`, `run`, `serve`, `external`, with `--protocol http`).
+//! - [`cli`]: the command line (`list`, `run`, `serve`, `external` with `--protocol http`, and
+//!   `report`, which re-renders a JSON report or merges several into one multi-seed report).
 //! - [`scenario`]: the built-in scenarios and their time-scaling for CI.
 //! - [`profile`]: backend latency profiles (constant, lognormal, bimodal; stall and refusal
 //!   windows; concurrency caps), reproducible from a seed; [`rng`]: the seeded generator.
