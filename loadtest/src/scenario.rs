@@ -138,7 +138,8 @@ pub fn builtin() -> Vec<Scenario> {
     let mut s = Scenario::new(
         "slow-then-recovers",
         "One backend 8× slower for the first half, normal after",
-        "11 backends lognormal median 5 ms; backend 5 has median 40 ms for the first 10 s measured, then          5 ms like the others. The per-second shares show how fast each scheduler gives it its traffic back.",
+        "11 backends lognormal median 5 ms; backend 5 has median 40 ms for the first 10 s measured, then \
+         5 ms like the others. The per-second shares show how fast each scheduler gives it its traffic back.",
         recovers,
     );
     s.measure = S(20);
@@ -203,8 +204,8 @@ pub fn builtin() -> Vec<Scenario> {
         "UDP, one backend stalled at 2 s for 6 s",
         "As one-stalled, over UDP datagrams through the tpvs UDP engine, with a shorter stall. Each \
          request is its own flow (a source address and port of its own, as a resolver's fresh port \
-         per DNS query), so the engine schedules every request; a flow's first reply is the \
-         latency sample latency-aware schedulers see.",
+         per DNS query), so the engine schedules every request; a flow counts as active while \
+         it awaits its answer, and its first reply is the latency sample ewma sees.",
         udp,
     );
     s.mode = Mode::Udp;

@@ -477,3 +477,24 @@ fn a_short_circuited_flow_keeps_its_backend_across_a_table_change() {
     assert!(closed.is_some(), "the flow outlived its backend; log:\n{}", lab.tpvs_log());
     assert!(ask(&s, "after").is_err(), "no answer once the backend is gone (the only endpoint left serves nothing)");
 }
+
+#[test]
+fn least_connection_steers_new_flows_away_from_a_backend_that_stopped_answering() {
+    let Some(mut lab) = lab(2) else { return };
+    let _echo = echoes(&lab, &[0]);
+    // be1 has its port open and never answers: no "port unreachable", only silence, as a
+    // stalled DNS server.
+    let silent_addr = sa(&format!("10.1.1.2:{ECHO_PORT}"));
+    let _silent = in_netns(&lab.backends[1], || UdpSocket::bind(silent_addr)).unwrap_or_else(|e| panic!("bind {silent_addr}: {e}"));
+    lab.write_manifests(&manifests(&[echo_svc("echo", "10.96.0.63", &[0, 1])]));
+    // Flows outlive the test: only answers can take them out of the count.
+    lab.start_tpvs(&["--scheduler", "lc", "--udp-timeout", "120s"]);
+    wait_udp(&lab, "10.96.0.63:53");
+    const FLOWS: usize = 30;
+    // A new source port per request (a resolver's fresh port per query): a new flow each.
+    let unanswered = (0..FLOWS).filter(|i| ask(&client_socket(&lab, "10.96.0.63:53"), &format!("q{i}")).is_err()).count();
+    // be1 holds at most one waiting flow more than be0 ever has (none: be0's are answered at
+    // once), so it gets at most the first request. Counting answered flows as active, lc
+    // alternates and about half the requests go unanswered.
+    assert!(unanswered <= 1, "{unanswered} of {FLOWS} new flows went to the silent backend\n{}", lab.tpvs_log());
+}

@@ -13,7 +13,13 @@ use schedulers::{Backend, BackendSet, BackendStats, Scheduler, SchedulerKind, Sc
 use tpvs::addrs::NodePortAddrs;
 use tpvs::udp::{PlainUdpServer, Timeouts, UdpConfig, UdpStatsSnapshot, serve_plain_udp};
 
-/// A backend answering every datagram with `<name>|<payload>` after `delay`, until dropped.
+/// A payload the echo backends answer only after [`HOLD_FOR`] more, so that a test can watch
+/// a flow while it waits.
+const HOLD: &str = "hold";
+const HOLD_FOR: Duration = Duration::from_secs(1);
+
+/// A backend answering every datagram with `<name>|<payload>` after `delay` (and `HOLD` after
+/// `HOLD_FOR` more), until dropped.
 struct EchoBackend {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -33,6 +39,9 @@ impl EchoBackend {
             while !stopped.load(Ordering::Relaxed) {
                 let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
                 std::thread::sleep(delay);
+                if buf[..n] == *HOLD.as_bytes() {
+                    std::thread::sleep(HOLD_FOR);
+                }
                 let mut reply = format!("{name}|").into_bytes();
                 reply.extend_from_slice(&buf[..n]);
                 let _ = sock.send_to(&reply, from);
@@ -71,8 +80,12 @@ fn frontend(scheduler: Arc<dyn Scheduler>) -> Frontend {
 }
 
 fn serve(backends: &[SocketAddr], idle: Duration) -> (PlainUdpServer, Arc<dyn Scheduler>) {
+    serve_with(SchedulerKind::Rr, backends, idle)
+}
+
+fn serve_with(kind: SchedulerKind, backends: &[SocketAddr], idle: Duration) -> (PlainUdpServer, Arc<dyn Scheduler>) {
     let set = BackendSet::new(backends.iter().map(|a| Backend::new(*a, Arc::new(BackendStats::default()))).collect());
-    let scheduler = schedulers::build(SchedulerKind::Rr, Arc::new(set), &SchedulerOptions::default());
+    let scheduler = schedulers::build(kind, Arc::new(set), &SchedulerOptions::default());
     let config = UdpConfig {
         port: 0,
         workers: 2,
@@ -161,6 +174,59 @@ fn datagrams_reach_both_backends_replies_find_their_client_and_a_flow_keeps_its_
     let reply = ask(&clients[0], "again");
     assert!(reply.ends_with("|again"), "{reply}");
     assert_eq!(server.shared.snapshot().flows_created, CLIENTS as u64 + 1);
+    server.stop();
+}
+
+#[test]
+fn a_flow_counts_as_active_only_while_its_answer_is_awaited() {
+    let answering = EchoBackend::start("answering", Duration::ZERO);
+    // Bound and never read: datagrams queue, no answer and no "port unreachable".
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("silent bind: {e}"));
+    let silent_addr = silent.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    // Flows far outlive the test: only answers can take them out of the count.
+    let (server, scheduler) = serve_with(SchedulerKind::Lc, &[silent_addr, answering.addr], Duration::from_secs(60));
+    let active = |i: usize| scheduler.backends().get(i).map(|b| b.stats.active()).unwrap_or_else(|| panic!("backend {i}"));
+
+    const FLOWS: usize = 20;
+    let mut unanswered = 0;
+    for i in 0..FLOWS {
+        // A socket (source port) of its own per request: every request is a new flow, as a
+        // resolver's queries are.
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        c.connect(server.addr).unwrap_or_else(|e| panic!("{e}"));
+        c.set_read_timeout(Some(Duration::from_millis(300))).unwrap_or_else(|e| panic!("{e}"));
+        c.send(format!("q{i}").as_bytes()).unwrap_or_else(|e| panic!("send: {e}"));
+        let mut buf = [0u8; 512];
+        match c.recv(&mut buf) {
+            Ok(n) => assert!(String::from_utf8_lossy(&buf[..n]).starts_with("answering|")),
+            Err(_) => unanswered += 1,
+        }
+    }
+    // The silent backend is first in set order, so lc's tie-break gives it the first flow;
+    // from then on its waiting flow outweighs the answering backend's answered ones. Were
+    // answered flows still counted, lc would alternate and half the requests would go unanswered.
+    assert_eq!(unanswered, 1, "lc sends new flows to the backend that answers");
+    let settled_active = |want: (u64, u64)| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while (active(0), active(1)) != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (active(0), active(1))
+    };
+    assert_eq!(settled_active((1, 0)), (1, 0), "the waiting flow counts, the {} answered ones do not", FLOWS - 1);
+    assert_eq!(server.shared.snapshot().flows_active, FLOWS as u64, "answered flows stay open all the same");
+
+    // A new datagram on an answered flow counts it again until its answer comes back.
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    c.connect(server.addr).unwrap_or_else(|e| panic!("{e}"));
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap_or_else(|e| panic!("{e}"));
+    assert!(ask(&c, "first").starts_with("answering|"));
+    assert_eq!(settled_active((1, 0)), (1, 0));
+    c.send(HOLD.as_bytes()).unwrap_or_else(|e| panic!("send: {e}"));
+    assert_eq!(settled_active((1, 1)), (1, 1), "a flow awaiting its second answer counts again");
+    let mut buf = [0u8; 512];
+    c.recv(&mut buf).unwrap_or_else(|e| panic!("no answer to {HOLD}: {e}"));
+    assert_eq!(settled_active((1, 0)), (1, 0), "and stops counting once answered");
     server.stop();
 }
 

@@ -141,7 +141,7 @@ impl BackendStats {
         self.active.fetch_add(1, Ordering::SeqCst);
         self.connections.fetch_add(1, Ordering::Relaxed);
         self.notify_active_changed();
-        ActiveGuard { stats: Arc::clone(self) }
+        ActiveGuard { stats: Arc::clone(self), counted: true }
     }
 
     /// Sets the active count directly; for tests and benchmarks that need given counters.
@@ -264,21 +264,47 @@ impl BackendStats {
 }
 
 /// Holds one active connection on a backend; dropping it releases the slot.
+///
+/// A UDP flow is active only while its client waits for an answer: [`ActiveGuard::release`]
+/// gives the slot back without ending the hold, [`ActiveGuard::reacquire`] takes it again.
 #[derive(Debug)]
 pub struct ActiveGuard {
     stats: Arc<BackendStats>,
+    counted: bool,
 }
 
 impl ActiveGuard {
     pub fn stats(&self) -> &Arc<BackendStats> {
         &self.stats
     }
+
+    /// Whether this hold is in the backend's active count now.
+    pub fn is_counted(&self) -> bool {
+        self.counted
+    }
+
+    /// Leaves the active count (idempotent); the guard keeps its stats for feedback.
+    pub fn release(&mut self) {
+        if self.counted {
+            self.counted = false;
+            self.stats.active.fetch_sub(1, Ordering::SeqCst);
+            self.stats.notify_active_changed();
+        }
+    }
+
+    /// Enters the active count again (idempotent); no new connection is counted.
+    pub fn reacquire(&mut self) {
+        if !self.counted {
+            self.counted = true;
+            self.stats.active.fetch_add(1, Ordering::SeqCst);
+            self.stats.notify_active_changed();
+        }
+    }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.stats.active.fetch_sub(1, Ordering::SeqCst);
-        self.stats.notify_active_changed();
+        self.release();
     }
 }
 
@@ -325,6 +351,24 @@ mod tests {
 
     fn addr(s: &str) -> BackendAddr {
         BackendAddr(s.parse().unwrap_or_else(|e| panic!("bad test address {s}: {e}")))
+    }
+
+    #[test]
+    fn a_released_guard_leaves_the_active_count_until_reacquired() {
+        let stats = Arc::new(BackendStats::default());
+        let mut guard = stats.open();
+        guard.release();
+        guard.release();
+        assert_eq!((stats.active(), guard.is_counted()), (0, false));
+        guard.reacquire();
+        guard.reacquire();
+        assert_eq!((stats.active(), stats.connections()), (1, 1), "counted again, not a new connection");
+        guard.release();
+        drop(guard);
+        assert_eq!(stats.active(), 0, "a released guard does not release twice");
+        let counted = stats.open();
+        drop(counted);
+        assert_eq!(stats.active(), 0);
     }
 
     #[test]

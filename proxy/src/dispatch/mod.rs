@@ -402,7 +402,8 @@ impl Attempt<'_, '_> {
 }
 
 /// A connection's or flow's hold on its backend: its active-connection slot (what lc, wlc,
-/// sed, nq and p2c read) until dropped, and the feedback the relay reports while it lives.
+/// sed, nq, p2c and ewma read) until dropped — a UDP flow's only while its client awaits an
+/// answer — and the feedback the relay reports while it lives.
 #[derive(Debug)]
 pub struct Lease {
     backend: BackendAddr,
@@ -426,6 +427,20 @@ impl Lease {
         if took <= TURN_SAMPLE_MAX {
             self.guard.stats().observe_latency_ns(nanos(took));
         }
+    }
+
+    /// A UDP flow's client sent datagrams: until the backend answers, the flow counts as
+    /// active (what lc, wlc, sed, nq, p2c and ewma read as outstanding), so a backend that
+    /// stops answering piles up waiting flows and is avoided at once.
+    pub fn awaiting_answer(&mut self) {
+        self.guard.reacquire();
+    }
+
+    /// The backend answered a UDP flow: it stops counting as active. An answered flow is not
+    /// load (a DNS query's flow lingers until it expires), and counting it would hide a
+    /// stalled backend among equally many idle flows on the healthy ones.
+    pub fn answered(&mut self) {
+        self.guard.release();
     }
 
     /// The backend answered a flow's datagram with "port unreachable": it is not serving.

@@ -429,6 +429,10 @@ impl Worker {
                 f.created = now.checked_sub(Duration::from_millis(r.age_ms)).unwrap_or(now);
                 f.last_seen = now.checked_sub(Duration::from_millis(r.idle_ms)).unwrap_or(now);
                 f.replies = r.replies;
+                if r.replies > 0 {
+                    // Answered before the hand-over: idle until its client sends again.
+                    f.value.lease.answered();
+                }
             }
             if let Err(e) = self.epoll.add(raw, id.to_token()) {
                 self.flows.remove(id);
@@ -538,11 +542,14 @@ impl Worker {
                 j += 1;
             }
             i = j;
-            let Some(flow) = self.flows.get(id) else {
+            let Some(flow) = self.flows.get_mut(id) else {
                 continue;
             };
             let sent = self.tx.send(flow.value.upstream.as_raw_fd(), &self.rx, &self.slots, None);
             flow.value.lease.add_bytes(sent.bytes, 0);
+            if sent.datagrams > 0 {
+                flow.value.lease.awaiting_answer();
+            }
             let stats = &self.shared.stats;
             add(&stats.datagrams_to_backends, sent.datagrams);
             if let Some(e) = sent.error {
@@ -677,7 +684,7 @@ impl Worker {
             self.flush_replies();
         }
         // A stale token (the flow closed after epoll reported it) resolves to nothing.
-        let Some(flow) = self.flows.get(id) else {
+        let Some(flow) = self.flows.get_mut(id) else {
             return;
         };
         let start = self.up_used;
@@ -704,6 +711,7 @@ impl Worker {
             // TCP path's first byte back; a backend that stalls shows up here.
             flow.value.lease.turn_took(self.now.saturating_duration_since(flow.created));
         }
+        flow.value.lease.answered();
         let mut bytes = 0u64;
         for slot in start..start + n {
             if self.up.truncated(slot) {
