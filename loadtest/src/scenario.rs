@@ -197,6 +197,21 @@ pub fn builtin() -> Vec<Scenario> {
     s.rate = 1500.0;
     out.push(s);
 
+    // The other end of the range from the stalls: nothing is wrong and little is happening, as
+    // for most Services of a cluster most of the time. What matters here is the spread: with
+    // every backend idle between requests, counting and latency-aware schedulers decide on
+    // ties and on estimates of microseconds.
+    let mut s = Scenario::new(
+        "light-pair",
+        "Two identical fast backends at light load",
+        "2 backends answering at once (a fast Service: a cache, a lookup), 50 req/s, a new \
+         connection per request: each request finds both idle. The shares show whether a \
+         scheduler still spreads the load when there is no load to go by.",
+        uniform(2, Dist::Constant { ms: 0.0 }),
+    );
+    s.rate = 50.0;
+    out.push(s);
+
     let mut udp = uniform(11, base());
     udp[ODD].stall = Some(Stall { window: Window { start: S(2), len: S(6) }, latency: S(2) });
     let mut s = Scenario::new(

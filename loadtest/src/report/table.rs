@@ -85,7 +85,7 @@ pub fn render(sr: &ScenarioReport) -> String {
     };
     if !pinned.is_empty() {
         let most = if sr.spread.is_some() { " in most seeds" } else { "" };
-        let _ = writeln!(out, "   pinned{most} (one backend served > 50% and > 2× its fair share, not eligible for best): {}", pinned.join(", "));
+        let _ = writeln!(out, "   pinned{most} (one backend served > 50% and > 2× its fair share, or > 90% of two; not eligible for best): {}", pinned.join(", "));
     }
     if let Some(b) = &sr.best {
         let on = if sr.spread.is_some() { " on the medians" } else { "" };
