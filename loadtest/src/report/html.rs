@@ -139,7 +139,7 @@ pub fn render(report: &Report) -> String {
         "<h1>tpvs scheduler comparison</h1><p class=\"small\">{} on {} CPUs. Latency is measured from each request's \
          scheduled send time on an open-loop time line (coordinated-omission corrected); warm-up excluded. \
          ★ marks the best scheduler: highest success rate, then lowest p99, then p99.9, among those \
-         that spread the load (a run where one backend served over half, and over twice its fair share, is <i>pinned</i>).</p>",
+         that spread the load (a run where one backend served over half, and over twice its fair share — or over 90 % of two — is <i>pinned</i>).</p>",
         esc(&report.tool),
         report.cpus
     );
