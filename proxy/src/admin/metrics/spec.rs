@@ -33,7 +33,7 @@ macro_rules! specs {
 specs! {
     be_conns = "tpvs_backend_connections_total", C, BE,
         "Connections opened to the backend (counted from the connect attempt, like IPVS).";
-    be_active = "tpvs_backend_connections_active", G, BE, "Connections open to the backend now.";
+    be_active = "tpvs_backend_connections_active", G, BE, "Connections open to the backend now (UDP: flows awaiting its answer).";
     be_closed = "tpvs_backend_connections_closed_total", C, BE, "Connections to the backend that have ended.";
     be_bytes = "tpvs_backend_bytes_total", C, &["namespace", "service", "port", "backend", "direction"],
         "Bytes relayed, by direction (to_backend, from_backend).";
@@ -51,7 +51,7 @@ specs! {
     be_omitted = "tpvs_metrics_backends_omitted", G, &[],
         "Backends left out of the per-backend series of this scrape (--metrics-max-backends keeps the busiest).";
     svc_conns = "tpvs_service_connections_total", C, SVC, "Connections opened to the Service port's backends (summed over them).";
-    svc_active = "tpvs_service_connections_active", G, SVC, "Connections open to the Service port's backends now.";
+    svc_active = "tpvs_service_connections_active", G, SVC, "Connections open to the Service port's backends now (UDP: flows awaiting an answer).";
     svc_bytes = "tpvs_service_bytes_total", C, &["namespace", "service", "port", "direction"],
         "Bytes relayed to and from the Service port's backends, by direction.";
     svc_failures = "tpvs_service_connect_failures_total", C, SVC, "Failed connect attempts to the Service port's backends.";
