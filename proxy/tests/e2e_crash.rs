@@ -124,6 +124,9 @@ fn after_a_sigkill_the_next_instance_adopts_the_rules_and_no_connect_is_refused_
 
     let killed = Instant::now();
     assert!(!lab.stop_tpvs(libc::SIGKILL), "killed, not exited");
+    // The signal lands a moment after `killed`: a connect started in between may still be
+    // accepted by the dying process and reset with it. From `gone` on, it is reaped.
+    let gone = Instant::now();
     assert!(nft_table(&lab).contains("10.96.0.10"), "a killed instance leaves its rules");
 
     // Datagrams to a UDP Service meet no listener either: dropped, so the client's connected
@@ -163,9 +166,10 @@ fn after_a_sigkill_the_next_instance_adopts_the_rules_and_no_connect_is_refused_
     }
     let attempts = std::mem::take(&mut *attempts.0.lock().unwrap_or_else(|p| p.into_inner()));
     // A connection in flight at the kill was the killed process's: the kernel closed its
-    // sockets (a reset, or an end of stream before the hello). Every later one must succeed.
-    let cut = attempts.iter().filter(|a| a.0 < killed && a.0 + a.1 > killed && a.2.is_err()).count();
-    let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.0 >= killed && a.2.is_err()).collect();
+    // sockets (a reset, or an end of stream before the hello). Every one started once the
+    // process was gone must succeed.
+    let cut = attempts.iter().filter(|a| a.0 < gone && a.0 + a.1 > killed && a.2.is_err()).count();
+    let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.0 >= gone && a.2.is_err()).collect();
     let first_after = attempts.iter().filter(|a| a.2.is_ok() && a.0 + a.1 > killed).map(|a| a.0 + a.1).min();
     let spanning: Vec<Duration> = attempts.iter().filter(|a| a.0 >= killed && a.0 < listening).map(|a| a.1).collect();
     let worst = attempts.iter().map(|a| a.1).max().unwrap_or_default();
