@@ -135,13 +135,10 @@ impl BackendStats {
     /// Marks one connection open until the returned guard drops. Keeping the count exact is
     /// what makes lc/wlc/sed/nq/p2c correct, so the decrement is tied to a destructor.
     pub fn open(self: &Arc<Self>) -> ActiveGuard {
-        // SeqCst (free on x86, where every read-modify-write is a full fence) pairs with the
-        // fence in `watch`'s callers: either a new index sees this count when it first computes
-        // its order, or this change sees the index's subscription and tells it.
-        self.active.fetch_add(1, Ordering::SeqCst);
         self.connections.fetch_add(1, Ordering::Relaxed);
-        self.notify_active_changed();
-        ActiveGuard { stats: Arc::clone(self), counted: true }
+        let mut guard = ActiveGuard { stats: Arc::clone(self), counted: false };
+        guard.reacquire();
+        guard
     }
 
     /// Sets the active count directly; for tests and benchmarks that need given counters.
@@ -157,7 +154,7 @@ impl BackendStats {
     }
 
     /// Subscribes `watch` to changes of the active count, as its `slot`. The caller must issue
-    /// a SeqCst fence before it first reads the count (see `open`).
+    /// a SeqCst fence before it first reads the count (see `ActiveGuard::reacquire`).
     pub(crate) fn watch(&self, watch: &Arc<dyn ActiveWatch>, slot: u32) {
         self.watchers.rcu(|list| {
             let mut next = Vec::with_capacity(list.len() + 1);
@@ -296,6 +293,9 @@ impl ActiveGuard {
     pub fn reacquire(&mut self) {
         if !self.counted {
             self.counted = true;
+            // SeqCst (free on x86, where every read-modify-write is a full fence) pairs with
+            // the fence in `watch`'s callers: either a new index sees this count when it first
+            // computes its order, or this change sees the index's subscription and tells it.
             self.stats.active.fetch_add(1, Ordering::SeqCst);
             self.stats.notify_active_changed();
         }
